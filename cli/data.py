@@ -1,0 +1,113 @@
+"""`cpt data ...` and `cpt tokenizer ...`: turn text into token shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cli.state import state
+
+data_app = typer.Typer(help="Prepare and inspect token shards.", no_args_is_help=True)
+tokenizer_app = typer.Typer(help="Train tokenizers.", no_args_is_help=True)
+
+
+@data_app.command("prepare")
+def prepare(src: list[Path] = typer.Argument(..., help="Text file/folder, JSONL or Parquet (one or more)."),
+            domain: str = typer.Option(..., "--domain", "-d", help="Domain name."),
+            out: Path = typer.Option(None, "--out", help="Output folder (default CPT_HOME/data/DOMAIN)."),
+            tokenizer: Path = typer.Option(None, "--tokenizer", help="tokenizer.json (default CPT_HOME's)."),
+            val_fraction: float = typer.Option(0.05, help="Share of documents held out for validation."),
+            text_field: str = typer.Option("text", help="JSONL field / Parquet column with the text."),
+            seed: int = typer.Option(0, help="Seed of the document-level train/val split."),
+            overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+            as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON.")) -> None:
+    """Tokenize documents into Arrow shards + manifest.json (written atomically)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from cli.output import console, print_json
+    from store.ingest import prepare_domain
+
+    home = state.home()
+    out = out or home.data / domain
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console(stderr=True), transient=True) as progress:
+        task = progress.add_task(f"tokenizing {domain}", total=None)
+        manifest = prepare_domain(
+            list(src), domain, out, tokenizer or home.tokenizer, val_fraction=val_fraction, seed=seed,
+            text_field=text_field, overwrite=overwrite,
+            on_progress=lambda n, t: progress.update(task, description=f"{domain}: {n:,} docs, {t:,} tokens"))
+    if as_json:
+        print_json(manifest)
+    else:
+        console().print(f"{out}: {manifest['documents']['train']:,} train / {manifest['documents']['val']:,} val "
+                        f"docs, {manifest['tokens']['train']:,} / {manifest['tokens']['val']:,} tokens")
+
+
+@data_app.command("builtin")
+def builtin(names: list[str] = typer.Argument(None, help="Built-in domains (default: all)."),
+            install: bool = typer.Option(False, help="apt-get install missing text packages (root)."),
+            max_chars: int = typer.Option(3_000_000, help="Characters of text per domain."),
+            vocab_size: int = typer.Option(4096, help="Tokenizer vocabulary size."),
+            overwrite: bool = typer.Option(False, help="Retrain the tokenizer and re-prepare.")) -> None:
+    """Prepare the built-in demo domains (real text from the machine) in CPT_HOME/data."""
+    from cli.output import console
+    from orchestrator.builtin import prepare_builtins
+
+    home = state.home()
+    c = console()
+    prepare_builtins(home.data, home.tokenizer, names or None, max_chars, vocab_size, install, overwrite,
+                     log=c.print)
+    c.print(f"built-in domains ready in {home.data}")
+
+
+@data_app.command("list")
+def list_domains(folder: Path = typer.Argument(None, help="Folder of domains (default CPT_HOME/data)."),
+                 as_json: bool = typer.Option(False, "--json")) -> None:
+    """List prepared domains with their token counts."""
+    from cli.output import print_json, table
+    from store.datasets import read_manifest
+    from store.errors import DataError
+
+    folder = folder or state.home().data
+    rows = []
+    for d in sorted(p for p in folder.glob("*") if p.is_dir() and not p.name.startswith(".")):
+        try:
+            m = read_manifest(d)
+        except DataError as exc:
+            rows.append({"domain": d.name, "error": str(exc)})
+            continue
+        rows.append({"domain": d.name, "train_tokens": m["tokens"]["train"], "val_tokens": m["tokens"]["val"],
+                     "docs": m["documents"]["train"] + m["documents"]["val"], "tokenizer": m["tokenizer_hash"],
+                     "path": str(d)})
+    if as_json:
+        print_json(rows)
+    else:
+        table(f"domains in {folder}", ["domain", "train tokens", "val tokens", "docs", "tokenizer"],
+              [[r["domain"], r.get("train_tokens"), r.get("val_tokens"), r.get("docs"),
+                r.get("tokenizer", r.get("error"))] for r in rows])
+
+
+@data_app.command("verify")
+def verify(folder: Path = typer.Argument(..., help="Domain folder.")) -> None:
+    """Check a domain's manifest, shards and checksums (reads every byte)."""
+    from cli.output import console
+    from store.datasets import verify_domain
+
+    m = verify_domain(folder)
+    console().print(f"{folder}: ok ({len(m['shards'])} shards, {sum(m['tokens'].values()):,} tokens)")
+
+
+@tokenizer_app.command("train")
+def train(src: list[Path] = typer.Argument(..., help="Text files/folders, JSONL or Parquet to train on."),
+          out: Path = typer.Option(None, "--out", help="tokenizer.json path (default CPT_HOME/tokenizer.json)."),
+          vocab_size: int = typer.Option(8192, help="Vocabulary size (>= 300)."),
+          text_field: str = typer.Option("text", help="JSONL field / Parquet column with the text.")) -> None:
+    """Train a byte-level BPE tokenizer (HF tokenizers) over the given sources."""
+    from cli.output import console
+    from store.ingest import iter_documents
+    from store.tokenizer import train_tokenizer
+
+    out = out or state.home().tokenizer
+    h = train_tokenizer((d for s in src for d in iter_documents(s, text_field)), out, vocab_size)
+    console().print(f"wrote {out} (hash {h})")

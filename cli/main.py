@@ -1,0 +1,162 @@
+"""`cpt`: the typer app. Heavy modules (torch, ray, lightning, mlflow) are imported inside
+commands so `cpt --help` stays instant. CptError subclasses map to exit codes here, once."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from cli import data as data_cmds
+from cli import runs as runs_cmds
+from cli.state import state
+
+app = typer.Typer(help="Continual pre-training orchestration: stages, rounds, replay and data mixing.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app.add_typer(data_cmds.data_app, name="data")
+app.add_typer(data_cmds.tokenizer_app, name="tokenizer")
+app.add_typer(runs_cmds.runs_app, name="runs")
+db_app = typer.Typer(help="Run store database.", no_args_is_help=True)
+schedule_app = typer.Typer(help="LR schedules.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(schedule_app, name="schedule")
+app.command("submit")(runs_cmds.submit)
+app.command("demo")(runs_cmds.demo)
+
+
+@app.callback()
+def _root(
+    home: Path = typer.Option(None, "--home", envvar="CPT_HOME", help="State folder (default ./cpt-home)."),
+    store: str = typer.Option(None, "--store", envvar="CPT_STORE_URL",
+                              help="Run store SQLAlchemy URL (default SQLite in --home)."),
+    address: str = typer.Option(None, "--address", envvar="RAY_ADDRESS",
+                                help="Ray cluster address (default: start a local Ray)."),
+) -> None:
+    state.configure(home, store, address)
+
+
+@app.command()
+def validate(spec: Path = typer.Argument(..., help="Run spec YAML."),
+             check_files: bool = typer.Option(True, "--check-data/--no-check-data",
+                                              help="Also check tokenizer, shards and checkpoint on disk."),
+             as_json: bool = typer.Option(False, "--json", help="Print the resolved spec as JSON.")) -> None:
+    """Validate a run spec and print it resolved (defaults filled in, paths absolute)."""
+    from cli.output import console, print_json
+    from orchestrator.spec import check_data, load_spec
+
+    state.home()
+    run_spec, _ = load_spec(spec)
+    if check_files:
+        check_data(run_spec)
+    resolved = run_spec.model_dump(mode="json")
+    if as_json:
+        print_json(resolved)
+        return
+    import yaml
+
+    c = console()
+    c.print(yaml.safe_dump(resolved, sort_keys=False), end="")
+    steps = [run_spec.stage_steps(i) for i in range(len(run_spec.stages))]
+    c.print(f"[green]ok[/green]: {len(steps)} stage(s), steps per stage {steps}, "
+            f"{run_spec.tokens_per_step():,} tokens/step")
+
+
+@app.command()
+def mixers(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List the registered mixers and their parameters."""
+    from cli.output import print_json, table
+    from mixers.base import MIXERS, mixer_names
+
+    rows = [[n, (MIXERS[n].__doc__ or "").strip().splitlines()[0],
+             ", ".join(f"{k}: {f.description or ''}" for k, f in MIXERS[n].Config.model_fields.items())]
+            for n in mixer_names()]
+    if as_json:
+        print_json([{"name": r[0], "doc": r[1], "params": r[2]} for r in rows])
+    else:
+        table("mixers", ["name", "what", "params"], rows)
+
+
+@schedule_app.command("plot")
+def schedule_plot(spec: Path = typer.Argument(..., help="Run spec YAML."),
+                  out: Path = typer.Option(None, "--out", "-o", help="PNG path (default <spec>.lr.png).")) -> None:
+    """Plot the whole run's LR over global steps (each stage re-warmed and re-decayed)."""
+    from cli.output import console
+    from orchestrator.plots import plot_lr
+    from orchestrator.spec import load_spec
+
+    state.home()
+    run_spec, _ = load_spec(spec)
+    path = plot_lr(run_spec, out or spec.with_suffix(".lr.png"))
+    console().print(f"wrote {path}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head")) -> None:
+    """Apply run-store migrations (Alembic) up to REVISION."""
+    from cli.output import console
+    from store.db import redact, upgrade
+
+    url = state.home().store_url
+    upgrade(url, revision)
+    console().print(f"run store {redact(url)} at {revision}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the run store's migration revision."""
+    from store.db import current_revision, make_engine
+
+    print(current_revision(make_engine(state.home().store_url)) or "(empty)")
+
+
+@app.command()
+def ui(port: int = typer.Option(5000, help="MLflow UI port."),
+       host: str = typer.Option("127.0.0.1", help="Bind address (keep 127.0.0.1 unless you mean it).")) -> None:
+    """Start the MLflow UI on the run's tracking store; print the Ray dashboard URL."""
+    import os
+    import subprocess
+
+    from cli.output import console
+
+    home = state.home()
+    c = console()
+    c.print(f"MLflow UI: http://{host}:{port}  (store {home.mlflow_uri})")
+    c.print("Ray dashboard: "
+            + (f"{home.ray_address} (cluster)" if home.ray_address else
+               "http://127.0.0.1:8265 while a local cluster started with `ray start --head` runs"))
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", home.mlflow_uri,
+           "--default-artifact-root", (home.root / "mlartifacts").as_uri(), "--host", host, "--port", str(port),
+           "--workers", "1"]
+    raise typer.Exit(subprocess.call(cmd, env=env))
+
+
+def main() -> None:
+    import click
+
+    from store.errors import CptError
+
+    try:
+        rc = app(standalone_mode=False)
+    except CptError as exc:
+        from rich.markup import escape
+
+        from cli.output import console
+
+        console(stderr=True).print(f"[red]error[/red]: {escape(str(exc))}")
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Console helpers: rich tables for people, --json for programs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+
+def console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.table import Table
+
+    t = Table(title=title, show_lines=False)
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*("" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)) for v in r))
+    console().print(t)
+
+
+def loss_table(title: str, rows: list[dict[str, Any]]) -> list[list[Any]]:
+    """rows: [{'point': str, 'losses': {domain: loss}}] -> printed table (domains as columns)."""
+    domains = sorted({d for r in rows for d in r["losses"]})
+    body = [[r["point"], *[r["losses"].get(d) for d in domains]] for r in rows]
+    table(title, ["", *domains], body)
+    return body

@@ -1,0 +1,238 @@
+"""`cpt submit`, `cpt runs ...` and `cpt demo`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from cli.state import state
+
+runs_app = typer.Typer(help="Inspect and control runs in the store.", no_args_is_help=True)
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+class LiveReporter:
+    """Progress bar over the run's global steps: stage / round / loss / LR."""
+
+    def __init__(self, total: int, quiet: bool = False):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from cli.output import console
+
+        self.c = console()
+        self.quiet = quiet
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.c,
+                                 disable=quiet)
+        self.task = self.bar.add_task("starting", total=total, info="")
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def round_started(self, plan, stage: str) -> None:
+        w = " ".join(f"{d}={v:.2f}" for d, v in sorted(plan.weights.items()))
+        self.bar.update(self.task, description=f"{stage} r{plan.round_index}", completed=plan.global_step_start)
+        if not self.quiet:
+            self.bar.console.print(f"[bold]{stage}[/bold] round {plan.round_index} (attempt {plan.attempt}): "
+                                        f"{plan.num_steps} steps, weights {w}")
+
+    def progress(self, step: int, total: int, loss: float, lr: float) -> None:
+        self.bar.update(self.task, completed=step, info=f"loss {loss:.3f} lr {lr:.2e}")
+
+    def round_finished(self, plan, result) -> None:
+        if not self.quiet:
+            ev = " ".join(f"{d}={v:.3f}" for d, v in sorted(result.eval_losses.items()))
+            self.bar.console.print(f"  eval {ev}  ({result.tokens_per_s:,.0f} tok/s, {result.wall_s:.1f}s)")
+
+    def message(self, text: str) -> None:
+        self.bar.console.print(text)
+
+
+def _drive(run_id: str, quiet: bool = False) -> str:
+    from orchestrator.cluster import shutdown
+    from orchestrator.controller import Controller
+
+    home, store = state.home(), state.store()
+    ctl = Controller(store, home, run_id)
+    try:
+        with LiveReporter(ctl.spec.total_steps(), quiet) as rep:
+            ctl.reporter = rep
+            status = ctl.run()
+    finally:
+        shutdown()
+    _print_summary(store, run_id, status)
+    return status
+
+
+def _print_summary(store, run_id: str, status: str) -> None:
+    from cli.output import console, loss_table
+    from orchestrator.controller import stage_summary
+
+    rows = stage_summary(store, run_id)
+    if rows:
+        loss_table(f"validation loss per domain ({run_id})", rows)
+    console().print(f"run {run_id}: {status}")
+
+
+def submit(spec: Path = typer.Argument(..., help="Run spec YAML."),
+           detach: bool = typer.Option(False, help="Submit the controller as a Ray Job and return."),
+           quiet: bool = typer.Option(False, help="No live progress display."),
+           as_json: bool = typer.Option(False, "--json", help="Print {run_id, status} as JSON.")) -> None:
+    """Validate, record and run a spec (stages x rounds on Ray)."""
+    from cli.output import console, print_json
+    from orchestrator.controller import create_run
+    from orchestrator.spec import check_data, load_spec
+
+    home = state.home()
+    run_spec, text = load_spec(spec)
+    check_data(run_spec)
+    store = state.store()
+    run_id = create_run(store, home, run_spec, text)
+    if detach:
+        run_id_job = _detach(run_id)
+        if as_json:
+            print_json({"run_id": run_id, "job_id": run_id_job, "status": "pending"})
+        else:
+            console().print(f"submitted run {run_id} as Ray job {run_id_job}; follow with `cpt runs show {run_id}`")
+        return
+    console().print(f"run {run_id} recorded")
+    status = _drive(run_id, quiet or as_json)
+    if as_json:
+        print_json({"run_id": run_id, "status": status})
+    if status != "finished":
+        raise typer.Exit(1)
+
+
+def _detach(run_id: str) -> str:
+    import os
+    import shlex
+
+    from orchestrator.cluster import submit_job
+    from store.errors import InputError
+
+    home = state.home()
+    if not home.ray_address:
+        raise InputError("--detach needs a Ray cluster: pass --address or set RAY_ADDRESS "
+                         "(the job server URL, e.g. http://127.0.0.1:8265)")
+    entry = (f"cpt --home {shlex.quote(str(home.root))} --store {shlex.quote(home.store_url)} "
+             f"runs resume {shlex.quote(run_id)} --quiet")
+    env = {"RAY_ADDRESS": os.environ.get("CPT_JOB_RAY_ADDRESS", "auto")}
+    return submit_job(home.ray_address, entry, env)
+
+
+@runs_app.command("list")
+def list_runs(limit: int = typer.Option(50, help="Most recent N runs."),
+              as_json: bool = typer.Option(False, "--json")) -> None:
+    """List runs, newest first."""
+    from cli.output import print_json, table
+
+    store = state.store()
+    rows = []
+    for r in store.list_runs(limit):
+        done = len(store.rounds(r.id, status="finished"))
+        total = sum(st["rounds"] for st in r.spec_json["stages"])
+        rows.append({"id": r.id, "name": r.name, "status": r.status, "rounds": f"{done}/{total}",
+                     "created": r.created_at.isoformat(timespec="seconds"), "error": r.error})
+    if as_json:
+        print_json(rows)
+    else:
+        table("runs", ["id", "name", "status", "rounds", "created"],
+              [[r["id"], r["name"], r["status"], r["rounds"], r["created"]] for r in rows])
+
+
+@runs_app.command("show")
+def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
+    """A run's stages, rounds (weights, losses, throughput) and per-stage losses."""
+    from cli.output import console, loss_table, print_json, table
+    from orchestrator.controller import stage_summary
+
+    store = state.store()
+    run = store.get_run(run_id)
+    rounds = store.rounds(run_id)
+    if as_json:
+        print_json({"id": run.id, "name": run.name, "status": run.status, "error": run.error,
+                    "mlflow_run_id": run.mlflow_run_id, "workdir": run.workdir,
+                    "stages": [{"index": s.index, "name": s.name, "status": s.status, "steps": s.total_steps,
+                                "rounds": s.num_rounds} for s in store.stages(run_id)],
+                    "rounds": [{"stage": x.stage_index, "round": x.round_index, "attempt": x.attempt,
+                                "status": x.status, "weights": x.weights, "steps": [x.step_start, x.step_end],
+                                "eval_losses": x.eval_losses, "train_loss": x.train_loss,
+                                "tokens_per_s": x.tokens_per_s, "checkpoint": x.checkpoint_uri,
+                                "error": x.error} for x in rounds],
+                    "summary": stage_summary(store, run_id)})
+        return
+    c = console()
+    c.print(f"[bold]{run.id}[/bold] ({run.name}): {run.status}" + (f" - {run.error}" if run.error else ""))
+    table("rounds", ["stage", "round", "try", "status", "steps", "weights", "train loss", "eval", "tok/s"],
+          [[x.stage_index, x.round_index, x.attempt, x.status, f"{x.step_start}-{x.step_end}",
+            " ".join(f"{d}={w:.2f}" for d, w in sorted(x.weights.items())), x.train_loss,
+            " ".join(f"{d}={v:.3f}" for d, v in sorted((x.eval_losses or {}).items())),
+            None if x.tokens_per_s is None else f"{x.tokens_per_s:,.0f}"] for x in rounds])
+    rows = stage_summary(store, run_id)
+    if rows:
+        loss_table("validation loss per domain", rows)
+
+
+@runs_app.command("resume")
+def resume(run_id: str = typer.Argument(...), quiet: bool = typer.Option(False, help="No live display.")) -> None:
+    """Continue a run after its last finished round (after a crash, kill or cancel)."""
+    from store.errors import InputError
+
+    run = state.store().get_run(run_id)
+    if run.status == "finished":
+        raise InputError(f"run {run_id} is already finished")
+    if _drive(run_id, quiet) != "finished":
+        raise typer.Exit(1)
+
+
+@runs_app.command("cancel")
+def cancel(run_id: str = typer.Argument(...)) -> None:
+    """Stop a run cleanly: the controller stops its round and marks the run cancelled."""
+    from cli.output import console
+
+    outcome = state.store().request_cancel(run_id)
+    console().print({"requested": f"cancel requested for {run_id}; its controller stops within a second",
+                     "cancelled": f"run {run_id} cancelled"}.get(outcome, f"run {run_id} is {outcome}"))
+
+
+@runs_app.command("events")
+def events(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
+    """The run's state transitions, oldest first."""
+    from cli.output import print_json, table
+
+    ev = [{"at": e.at.isoformat(timespec="seconds"), "entity": e.entity, "id": e.entity_id,
+           "from": e.from_state, "to": e.to_state, "message": e.message} for e in state.store().events(run_id)]
+    if as_json:
+        print_json(ev)
+    else:
+        table(f"events of {run_id}", ["at", "entity", "id", "from", "to", "message"],
+              [list(e.values()) for e in ev])
+
+
+def demo(install: bool = typer.Option(True, help="apt-get install missing text packages (root)."),
+         spec: Path = typer.Option(EXAMPLES / "demo.yaml", help="Demo spec."),
+         quiet: bool = typer.Option(False, help="No live progress display.")) -> None:
+    """Prepare the built-in data and run a real 2-stage CPT (English -> German, 5% replay) on CPU."""
+    from cli.output import console
+    from orchestrator.builtin import prepare_builtins
+    from orchestrator.controller import create_run
+    from orchestrator.spec import check_data, load_spec
+
+    home = state.home()
+    c = console()
+    prepare_builtins(home.data, home.tokenizer, install=install, log=c.print)
+    run_spec, text = load_spec(spec)
+    check_data(run_spec)
+    c.print(f"demo: {len(run_spec.stages)} stages, {run_spec.total_steps()} steps "
+            f"({json.dumps({s.name: s.domains for s in run_spec.stages})})")
+    run_id = create_run(state.store(), home, run_spec, text)
+    status = _drive(run_id, quiet)
+    c.print(f"inspect: cpt runs show {run_id} | cpt ui (MLflow at http://127.0.0.1:5000)")
+    if status != "finished":
+        raise typer.Exit(1)

@@ -1,0 +1,1 @@
+"""Mixture policies: which domain weights each round trains on."""

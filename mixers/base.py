@@ -1,0 +1,136 @@
+"""Mixer protocol, the observation a mixer sees, and the registry of mixers by name."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from store.errors import InputError, RegistryError, SpecError
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """What one finished round tells a mixer."""
+
+    stage_index: int
+    round_index: int
+    weights: dict[str, float]
+    eval_losses: dict[str, float]
+    domain_train_losses: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything a mixer may base the next round's weights on; built from the run store."""
+
+    stage_index: int
+    round_index: int
+    num_rounds: int
+    stage_domains: list[str]
+    """Domains new in (trained by) this stage."""
+    replay_domains: list[str]
+    """Earlier domains replayed in this stage."""
+    replay_fraction: float
+    """Share of each batch the stage's replay spec asks for."""
+    domain_tokens: dict[str, int]
+    """Training tokens available per domain (for proportional / temperature mixing)."""
+    history: list[RoundRecord] = field(default_factory=list)
+    """Finished rounds of this run, oldest first."""
+
+    @property
+    def domains(self) -> list[str]:
+        return [*self.stage_domains, *self.replay_domains]
+
+    @property
+    def progress(self) -> float:
+        return self.round_index / max(1, self.num_rounds)
+
+
+class MixerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class Mixer:
+    """Maps an observation to the next round's weights. Subclasses set `name` and `Config`."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[MixerConfig]] = MixerConfig
+
+    def __init__(self, config: MixerConfig):
+        self.config = config
+
+    def propose(self, obs: Observation) -> dict[str, float]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del state
+
+
+MIXERS: dict[str, type[Mixer]] = {}
+
+
+def register(cls: type[Mixer]) -> type[Mixer]:
+    MIXERS[cls.name] = cls
+    return cls
+
+
+def _load_builtin() -> None:
+    import mixers.static  # noqa: F401  (registers on import)
+
+
+def mixer_names() -> list[str]:
+    _load_builtin()
+    return sorted(MIXERS)
+
+
+def build_mixer(spec: dict[str, Any], where: str = "mixer") -> Mixer:
+    """Build a mixer from `{kind: NAME, ...params}`; errors name the field and the valid choices."""
+    _load_builtin()
+    params = dict(spec)
+    kind = params.pop("kind", None)
+    if kind not in MIXERS:
+        raise RegistryError(f"{where}.kind: unknown mixer {kind!r}; valid: {', '.join(sorted(MIXERS))}")
+    cls = MIXERS[kind]
+    try:
+        return cls(cls.Config(**params))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise SpecError(f"{where}.{loc}: {err['msg']} (mixer {kind!r})") from None
+
+
+def check_weights(weights: dict[str, float], known: list[str], where: str = "weights") -> dict[str, float]:
+    """Validate a mixture: known domains, non-negative, finite, sums to 1 (within 1e-6)."""
+    unknown = sorted(set(weights) - set(known))
+    if unknown:
+        raise InputError(f"{where}: unknown domain(s) {unknown}; valid: {sorted(known)}")
+    for d, w in weights.items():
+        if not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
+            raise InputError(f"{where}.{d}: weight must be a finite number >= 0, got {w!r}")
+    total = sum(weights.values())
+    if abs(total - 1.0) > 1e-6:
+        raise InputError(f"{where}: weights must sum to 1, got {total:.6g}")
+    return {d: float(w) for d, w in weights.items() if w > 0}
+
+
+def with_replay(new: dict[str, float], replay: dict[str, float], fraction: float) -> dict[str, float]:
+    """Scale new-data weights by (1 - f) and replay weights by f (gpt-neox replay blending)."""
+    if not replay or fraction <= 0:
+        return _normalise(new)
+    out = {d: w * (1 - fraction) for d, w in _normalise(new).items()}
+    for d, w in _normalise(replay).items():
+        out[d] = out.get(d, 0.0) + w * fraction
+    return out
+
+
+def _normalise(w: dict[str, float]) -> dict[str, float]:
+    total = sum(w.values())
+    if total <= 0:
+        raise InputError("mixture has no positive weight")
+    return {d: v / total for d, v in w.items()}

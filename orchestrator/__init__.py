@@ -1,0 +1,1 @@
+"""Controller side of a run: spec, round loop, Ray, MLflow."""

@@ -1,0 +1,276 @@
+"""The round loop: one run = stages x rounds, the store is the source of truth.
+
+Per round (each transition persisted before the side effect it announces):
+  planned (weights, steps, LR segment, data cursor, init checkpoint, mixer state)
+  -> running (Ray task submitted) -> finished (result + checkpoint: the commit point)
+  -> MLflow (idempotent: a finished round without an MLflow id is logged on resume).
+A failed worker is retried from the same plan as a new attempt; a dead controller is resumed
+with `cpt runs resume`, which abandons open attempts and continues after the last finished round.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Protocol
+
+from mixers.base import Mixer, Observation, RoundRecord, build_mixer, check_weights
+from orchestrator.home import Home
+from orchestrator.spec import RunSpec, parse_spec
+from store.errors import Cancelled, CptError, TrainingError
+from store.records import RoundPlan, RoundResult
+from store.runs import RunStore
+
+
+class WorkerFailed(Exception):
+    """The round's worker crashed or raised something unexpected: retried as a new attempt."""
+
+
+class Reporter(Protocol):
+    def round_started(self, plan: RoundPlan, stage: str) -> None: ...
+    def progress(self, step: int, total: int, loss: float, lr: float) -> None: ...
+    def round_finished(self, plan: RoundPlan, result: RoundResult) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+class SilentReporter:
+    def round_started(self, plan, stage): pass
+    def progress(self, step, total, loss, lr): pass
+    def round_finished(self, plan, result): pass
+    def message(self, text): pass
+
+
+def create_run(store: RunStore, home: Home, spec: RunSpec, spec_yaml: str) -> str:
+    """Record a validated spec as a pending run with its stages."""
+    starts = spec.stage_starts()
+    stages = [(st.name, starts[i], spec.stage_steps(i), st.rounds) for i, st in enumerate(spec.stages)]
+    return store.create_run(spec.name, spec_yaml, spec.model_dump(mode="json"), str(home.runs), stages)
+
+
+class Controller:
+    def __init__(self, store: RunStore, home: Home, run_id: str, reporter: Reporter | None = None,
+                 tracking: bool = True, poll_s: float = 0.5):
+        self.store, self.home, self.run_id = store, home, run_id
+        self.reporter = reporter or SilentReporter()
+        run = store.get_run(run_id)
+        self.spec: RunSpec = parse_spec(json.dumps(run.spec_json), f"run {run_id} spec")
+        self.spec_yaml = run.spec_yaml
+        self.workdir = Path(run.workdir)
+        self.poll_s = poll_s
+        self.tracking = tracking
+        self.tracker = None
+        self.mlflow_id: str | None = run.mlflow_run_id
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def run(self) -> str:
+        from orchestrator import cluster
+        from orchestrator.spec import check_data
+
+        manifests = check_data(self.spec)
+        self._tok = {"hash": next(iter(manifests.values()))["tokenizer_hash"],
+                     "vocab": next(iter(manifests.values()))["vocab_size"]}
+        self._domain_tokens = {d: m["tokens"]["train"] for d, m in manifests.items()}
+        run = self.store.get_run(self.run_id)
+        self.store.set_run_status(self.run_id, "running", message="resumed" if run.status != "pending" else None)
+        abandoned = self.store.abandon_open_rounds(self.run_id, "abandoned: controller stopped mid-round")
+        if abandoned:
+            self.reporter.message(f"abandoned {abandoned} unfinished round attempt(s); re-running from plan")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._start_tracking()
+        try:
+            cluster.connect(self.home, num_cpus=None)
+            for i in range(len(self.spec.stages)):
+                self._run_stage(i)
+        except Cancelled:
+            self.store.set_run_status(self.run_id, "cancelled", message="cancelled by user")
+            self._end_tracking("cancelled")
+            return "cancelled"
+        except BaseException as exc:
+            msg = exc.args[0] if isinstance(exc, CptError) and exc.args else repr(exc)
+            self.store.set_run_status(self.run_id, "failed", error=str(msg)[:4000])
+            self._end_tracking("failed")
+            raise
+        self.store.set_run_status(self.run_id, "finished")
+        self._end_tracking("finished")
+        return "finished"
+
+    def _run_stage(self, i: int) -> None:
+        st = self.spec.stages[i]
+        mixer = build_mixer(st.mixer, where=f"stages.{i}.mixer")
+        for r, _ in enumerate(self.spec.round_bounds(i)):
+            done = self.store.finished_round(self.run_id, i, r)
+            if done is not None:
+                if done.mixer_state is not None:
+                    mixer.load_state_dict(done.mixer_state)
+                if done.mlflow_run_id is None:
+                    self._log_round(done.id, i, r, done.weights, RoundResult.from_json(done.result_json),
+                                    done.step_start)
+                continue
+            self.store.set_stage_status(self.run_id, i, "running")
+            self._run_round(i, r, mixer)
+        self.store.set_stage_status(self.run_id, i, "finished")
+
+    def _observation(self, i: int, r: int) -> Observation:
+        st = self.spec.stages[i]
+        history = [RoundRecord(x.stage_index, x.round_index, x.weights, x.eval_losses or {},
+                               json.loads(x.result_json or "{}").get("domain_train_losses", {}))
+                   for x in self.store.rounds(self.run_id, status="finished")]
+        return Observation(stage_index=i, round_index=r, num_rounds=st.rounds, stage_domains=list(st.domains),
+                           replay_domains=self.spec.replay_domains(i), replay_fraction=st.replay.fraction,
+                           domain_tokens=self._domain_tokens, history=history)
+
+    def _run_round(self, i: int, r: int, mixer: Mixer) -> None:
+        if self.store.cancel_requested(self.run_id):
+            raise Cancelled("cancelled before round start")
+        obs = self._observation(i, r)
+        weights = check_weights(mixer.propose(obs), obs.domains, f"stages.{i}.mixer proposal")
+        plan = self._plan(i, r, weights, attempt=self.store.next_attempt(self.run_id, i, r))
+        st = self.spec.stages[i]
+        lr_segment = {**st.schedule.model_dump(), "stage_steps": plan.stage_steps,
+                      "first": plan.stage_step_start, "count": plan.num_steps}
+        max_attempts = self.spec.resources.max_attempts
+        while True:
+            round_id = self.store.plan_round(plan, lr_segment, mixer.state_dict())
+            try:
+                result = self._execute(round_id, plan, st.name)
+                break
+            except WorkerFailed as exc:  # worker died or Ray lost it: retry from the same plan
+                self.store.fail_round(round_id, f"{type(exc).__name__}: {exc}"[:4000])
+                if plan.attempt >= max_attempts:
+                    raise TrainingError(f"stage {i} round {r} failed {plan.attempt} times; last error: "
+                                        f"{type(exc).__name__}: {str(exc)[:500]}") from exc
+                self.reporter.message(f"round {i}.{r} attempt {plan.attempt} failed ({type(exc).__name__}); "
+                                      f"retrying")
+                plan = self._plan(i, r, weights, attempt=plan.attempt + 1)
+        self.store.finish_round(round_id, result)  # the commit point
+        self.reporter.round_finished(plan, result)
+        self._log_round(round_id, i, r, weights, result, plan.global_step_start)
+
+    def _execute(self, round_id: int, plan: RoundPlan, stage_name: str) -> RoundResult:
+        import ray
+
+        from orchestrator import cluster
+
+        self.store.start_round(round_id)
+        self.reporter.round_started(plan, stage_name)
+        res = self.spec.resources
+        ref = cluster.submit_round(plan, res.cpus, res.gpus)
+        seen = 0
+        try:
+            while True:
+                ready, _ = ray.wait([ref], timeout=self.poll_s)
+                seen = self._poll_progress(plan, seen)
+                if ready:
+                    return ray.get(ref)
+                if self.store.cancel_requested(self.run_id):
+                    raise Cancelled("cancelled mid-round")
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+            if isinstance(cause, CptError):
+                self.store.fail_round(round_id, f"{type(cause).__name__}: {cause}"[:4000])
+                raise cause from None
+            raise WorkerFailed(f"{type(cause).__name__}: {cause}") from None
+        except ray.exceptions.RayError as exc:  # worker process died, node lost, ...
+            raise WorkerFailed(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        except BaseException as exc:
+            # Cancel, Ctrl-C or a controller bug: never leave the task training unobserved.
+            ray.cancel(ref, force=True)
+            status = "cancelled" if isinstance(exc, Cancelled | KeyboardInterrupt) else "failed"
+            self.store.fail_round(round_id, f"{type(exc).__name__}: {exc}"[:4000], status=status)
+            raise
+
+    def _poll_progress(self, plan: RoundPlan, seen: int) -> int:
+        path = Path(plan.progress_path or "")
+        if not plan.progress_path or not path.exists():
+            return seen
+        lines = path.read_text().splitlines()
+        for line in lines[seen:]:
+            try:
+                p = json.loads(line)
+            except json.JSONDecodeError:  # a line being written
+                return seen
+            step = plan.global_step_start - plan.stage_step_start + p["step"]
+            self.reporter.progress(step, self.spec.total_steps(), p["loss"], p["lr"])
+            seen += 1
+        return seen
+
+    def _plan(self, i: int, r: int, weights: dict[str, float], attempt: int) -> RoundPlan:
+        spec, st = self.spec, self.spec.stages[i]
+        first, n = spec.round_bounds(i)[r]
+        prev = self._latest_checkpoint()
+        ckpt = self.workdir / "checkpoints" / f"s{i}-r{r}-a{attempt}"
+        progress = self.workdir / "progress" / f"s{i}-r{r}-a{attempt}.jsonl"
+        progress.parent.mkdir(parents=True, exist_ok=True)
+        progress.unlink(missing_ok=True)
+        return RoundPlan(
+            run_id=self.run_id, stage_index=i, round_index=r, attempt=attempt, seed=spec.seed, weights=weights,
+            domain_paths=dict(spec.domains), eval_domains=sorted(spec.domains), stage_step_start=first,
+            num_steps=n, stage_steps=spec.stage_steps(i), global_step_start=spec.stage_starts()[i] + first,
+            schedule=st.schedule.model_dump(), model=spec.model.model_dump(), tokenizer_hash=self._tok["hash"],
+            vocab_size=self._tok["vocab"], seq_len=spec.seq_len, batch_size=spec.batch_size,
+            optimizer=spec.optimizer.model_dump(mode="json"), init_checkpoint=prev,
+            load_optimizer=prev is not None and not (r == 0 and st.reset_optimizer),
+            checkpoint_dir=str(ckpt), eval_batches=spec.eval_batches,
+            eval_before=(i == 0 and r == 0), progress_path=str(progress))
+
+    def _latest_checkpoint(self) -> str | None:
+        done = self.store.rounds(self.run_id, status="finished")
+        return done[-1].checkpoint_uri if done else None
+
+    # ---- tracking ---------------------------------------------------------------------------
+    def _start_tracking(self) -> None:
+        if not self.tracking:
+            return
+        from orchestrator.plots import plot_lr
+        from orchestrator.tracking import Tracker
+
+        t = self.spec.tracking
+        self.tracker = Tracker(t.mlflow_uri or self.home.mlflow_uri, t.experiment, self.home.root / "mlartifacts")
+        fresh = self.mlflow_id is None
+        self.mlflow_id = self.tracker.start_run(self.run_id, self.spec.name, self.spec.model_dump(mode="json"),
+                                                self.mlflow_id)
+        if fresh:
+            self.store.update_run(self.run_id, mlflow_run_id=self.mlflow_id)
+            spec_path = self.workdir / "spec.yaml"
+            spec_path.write_text(self.spec_yaml)
+            self.tracker.log_artifact(self.mlflow_id, spec_path)
+            self.tracker.log_artifact(self.mlflow_id, plot_lr(self.spec, self.workdir / "lr_schedule.png"))
+
+    def _log_round(self, round_id: int, i: int, r: int, weights: dict[str, float], result: RoundResult,
+                   step_start: int) -> None:
+        if self.tracker is None:
+            return
+        from dataclasses import asdict
+
+        cid = self.tracker.log_round(self.mlflow_id, self.spec.name, self.spec.stages[i].name, i, r, weights,
+                                     asdict(result), step_start)
+        self.store.set_round_mlflow(round_id, cid)
+
+    def _end_tracking(self, status: str) -> None:
+        if self.tracker is None:
+            return
+        from orchestrator.plots import plot_mixture
+
+        try:
+            rounds = [{"label": f"s{x.stage_index}r{x.round_index}", "weights": x.weights}
+                      for x in self.store.rounds(self.run_id, status="finished")]
+            if rounds:
+                self.tracker.log_artifact(self.mlflow_id, plot_mixture(rounds, self.workdir / "mixture.png"))
+            self.tracker.end(self.mlflow_id, status)
+        except Exception as exc:  # tracking must not mask the run's own outcome
+            self.reporter.message(f"MLflow: could not finish tracking ({exc})")
+
+
+def stage_summary(store: RunStore, run_id: str) -> list[dict[str, Any]]:
+    """Per-domain eval losses before the run and after each stage (from finished rounds)."""
+    rows: list[dict[str, Any]] = []
+    done = store.rounds(run_id, status="finished")
+    if done and done[0].result_json:
+        before = json.loads(done[0].result_json).get("eval_before")
+        if before:
+            rows.append({"point": "start", "losses": before})
+    for stage in store.stages(run_id):
+        last = [x for x in done if x.stage_index == stage.index]
+        if last:
+            rows.append({"point": f"after {stage.name}", "losses": last[-1].eval_losses})
+    return rows

@@ -1,0 +1,67 @@
+"""PNG plots: the whole run's LR schedule and the mixture weights over rounds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.spec import RunSpec
+from workers.schedules import stage_lrs
+
+
+def run_lrs(spec: RunSpec) -> list[float]:
+    """LR at every global step of the run (stages concatenated, each re-warmed)."""
+    out: list[float] = []
+    for i, st in enumerate(spec.stages):
+        out += stage_lrs(st.schedule, spec.stage_steps(i))
+    return out
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_lr(spec: RunSpec, path: str | Path) -> Path:
+    plt = _plt()
+    lrs = run_lrs(spec)
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.plot(range(len(lrs)), lrs, lw=1.5)
+    for start, st in zip(spec.stage_starts(), spec.stages, strict=True):
+        ax.axvline(start, color="grey", ls=":", lw=1)
+        ax.text(start, max(lrs) * 1.02, f" {st.name} ({st.schedule.kind})", fontsize=8, va="bottom")
+    ax.set_xlabel("global step")
+    ax.set_ylabel("learning rate")
+    ax.set_title(f"{spec.name}: LR schedule")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_mixture(rounds: list[dict], path: str | Path, title: str = "mixture weights") -> Path:
+    """rounds: [{'label': str, 'weights': {domain: w}}] in order; a stacked bar per round."""
+    plt = _plt()
+    domains = sorted({d for r in rounds for d in r["weights"]})
+    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(rounds) + 2), 3))
+    bottom = [0.0] * len(rounds)
+    for d in domains:
+        vals = [r["weights"].get(d, 0.0) for r in rounds]
+        ax.bar(range(len(rounds)), vals, bottom=bottom, label=d)
+        bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    ax.set_xticks(range(len(rounds)), [r["label"] for r in rounds], rotation=45, ha="right", fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("weight")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,286 @@
+"""The run spec: a typed model of a multi-stage CPT run, loaded from YAML.
+
+`load_spec` checks structure and values (SpecError naming the field); `check_data` checks that
+domains, tokenizer and checkpoint on disk fit the spec (DataError naming the file).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from store.errors import SpecError
+from workers.schedules import Cosine, ScheduleSpec
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class ModelSpec(_M):
+    """A Llama-style causal LM: built from scratch from these sizes, or loaded from `path`."""
+
+    path: str | None = None
+    """Local Hugging Face checkpoint folder (safetensors); None builds a new model from the sizes."""
+    hidden_size: int = Field(128, gt=0)
+    """Width of the residual stream."""
+    num_layers: int = Field(2, gt=0)
+    """Transformer blocks."""
+    num_heads: int = Field(4, gt=0)
+    """Attention heads (hidden_size must divide by it)."""
+    num_kv_heads: int | None = Field(None, gt=0)
+    """Key/value heads for grouped-query attention; None = num_heads."""
+    intermediate_size: int = Field(352, gt=0)
+    """Hidden width of the SwiGLU MLP."""
+    tie_embeddings: bool = True
+    """Share input and output embeddings (saves parameters in tiny models)."""
+    dtype: str = "float32"
+    """Training precision: float32 or bfloat16 (bf16-mixed on GPUs)."""
+
+    @model_validator(mode="after")
+    def _heads(self) -> ModelSpec:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.num_kv_heads and self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be divisible by num_kv_heads")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError("dtype must be float32 or bfloat16")
+        return self
+
+
+class ReplaySpec(_M):
+    fraction: float = Field(0.0, ge=0, lt=1)
+    """Share of each batch drawn from earlier stages' domains (0.05 = 5% replay)."""
+    sources: list[str] | None = None
+    """Domains to replay; None = every domain trained in an earlier stage."""
+
+
+class StageSpec(_M):
+    name: str = Field(min_length=1, max_length=100)
+    """Stage name (shown in the CLI and MLflow)."""
+    domains: list[str] = Field(min_length=1)
+    """Domains new in this stage (its training data besides replay)."""
+    tokens: int = Field(gt=0)
+    """Token budget of the stage (replay included): steps = tokens / (batch_size * seq_len)."""
+    rounds: int = Field(1, gt=0)
+    """Rounds the stage is split into; the mixer re-weights between rounds."""
+    schedule: ScheduleSpec = Field(default_factory=Cosine)
+    """LR schedule over the stage: re-warm at its start, re-decay within it."""
+    mixer: dict[str, Any] = Field(default_factory=lambda: {"kind": "fixed_replay"})
+    """Mixer `{kind: NAME, ...params}`; see `cpt mixers`."""
+    replay: ReplaySpec = Field(default_factory=ReplaySpec)
+    """Replay of earlier stages' data."""
+    reset_optimizer: bool = True
+    """Start the stage with fresh AdamW state (as in Ibrahim et al. 2024)."""
+
+    @field_validator("mixer")
+    @classmethod
+    def _mixer_kind(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if "kind" not in v:
+            raise ValueError("mixer needs a 'kind'")
+        return v
+
+
+class OptimizerSpec(_M):
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    weight_decay: float = Field(0.1, ge=0)
+    """AdamW decoupled weight decay."""
+    grad_clip: float = Field(1.0, ge=0)
+    """Gradient norm clip (0 disables)."""
+    eps: float = Field(1e-8, gt=0)
+    """AdamW epsilon."""
+
+
+class ResourceSpec(_M):
+    cpus: float = Field(1, gt=0)
+    """CPUs per training round (Ray num_cpus; also the torch thread count)."""
+    gpus: float = Field(0, ge=0)
+    """GPUs per training round (Ray num_gpus); 0 trains on CPU."""
+    max_attempts: int = Field(3, ge=1)
+    """Attempts per round before the run fails (a retried round restarts from its plan)."""
+
+
+class TrackingSpec(_M):
+    mlflow_uri: str | None = None
+    """MLflow tracking URI; None = a local SQLite store in CPT_HOME."""
+    experiment: str = "cpt"
+    """MLflow experiment name."""
+
+
+class RunSpec(_M):
+    """A continual pre-training run: stages of rounds over domains of token shards."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Run name (letters, digits, . _ -)."""
+    seed: int = 0
+    """Seed for model init and data order."""
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    """The model to train."""
+    tokenizer: str
+    """Path of the tokenizers JSON every domain was prepared with."""
+    seq_len: int = Field(128, ge=8, le=32768)
+    """Tokens per training sequence."""
+    batch_size: int = Field(16, gt=0)
+    """Sequences per optimizer step."""
+    domains: dict[str, str] = Field(min_length=1)
+    """Domain name -> shard folder (made by `cpt data prepare`)."""
+    stages: list[StageSpec] = Field(min_length=1)
+    """Stages in order."""
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    """AdamW settings shared by all stages."""
+    eval_batches: int = Field(4, gt=0)
+    """Validation batches per domain after each round."""
+    resources: ResourceSpec = Field(default_factory=ResourceSpec)
+    """Resources per round on Ray."""
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    """MLflow settings."""
+
+    @model_validator(mode="after")
+    def _cross(self) -> RunSpec:
+        from mixers.base import build_mixer
+
+        seen: set[str] = set()
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        for i, st in enumerate(self.stages):
+            for d in st.domains:
+                if d not in self.domains:
+                    raise SpecError(f"stages.{i}.domains: unknown domain {d!r}; "
+                                    f"defined: {sorted(self.domains)}")
+            for d in st.replay.sources or []:
+                if d not in self.domains:
+                    raise SpecError(f"stages.{i}.replay.sources: unknown domain {d!r}; "
+                                    f"defined: {sorted(self.domains)}")
+            steps = self.stage_steps(i)
+            if st.rounds > steps:
+                raise SpecError(f"stages.{i}.rounds: {st.rounds} rounds but only {steps} steps "
+                                f"({st.tokens} tokens / {self.batch_size * self.seq_len} per step)")
+            build_mixer(st.mixer, where=f"stages.{i}.mixer")
+            if st.mixer["kind"] == "static":
+                known = [*st.domains, *self.replay_domains(i)]
+                unknown = sorted(set(st.mixer.get("weights", {})) - set(known))
+                if unknown:
+                    raise SpecError(f"stages.{i}.mixer.weights: domain(s) {unknown} are not trained in "
+                                    f"this stage; valid: {known}")
+            seen.update(st.domains)
+        return self
+
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    def stage_steps(self, i: int) -> int:
+        return max(1, math.ceil(self.stages[i].tokens / self.tokens_per_step()))
+
+    def stage_starts(self) -> list[int]:
+        starts, acc = [], 0
+        for i in range(len(self.stages)):
+            starts.append(acc)
+            acc += self.stage_steps(i)
+        return starts
+
+    def total_steps(self) -> int:
+        return sum(self.stage_steps(i) for i in range(len(self.stages)))
+
+    def round_bounds(self, i: int) -> list[tuple[int, int]]:
+        """(first stage step, steps) of each round of stage i; the remainder goes to early rounds."""
+        steps, rounds = self.stage_steps(i), self.stages[i].rounds
+        base, extra = divmod(steps, rounds)
+        out, start = [], 0
+        for r in range(rounds):
+            n = base + (1 if r < extra else 0)
+            out.append((start, n))
+            start += n
+        return out
+
+    def replay_domains(self, i: int) -> list[str]:
+        st = self.stages[i]
+        if st.replay.sources is not None:
+            return [d for d in st.replay.sources if d not in st.domains]
+        earlier = [d for s in self.stages[:i] for d in s.domains]
+        return [d for d in dict.fromkeys(earlier) if d not in st.domains]
+
+
+def _format_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"{loc}: {msg}")
+    return "invalid run spec:\n  " + "\n  ".join(lines)
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    def fix(p: Any) -> Any:
+        if not isinstance(p, str):
+            return p
+        p = os.path.expanduser(os.path.expandvars(p))
+        return str(p if os.path.isabs(p) else (base / p).resolve())
+
+    raw = dict(raw)
+    if "tokenizer" in raw:
+        raw["tokenizer"] = fix(raw["tokenizer"])
+    if isinstance(raw.get("domains"), dict):
+        raw["domains"] = {k: fix(v) for k, v in raw["domains"].items()}
+    if isinstance(raw.get("model"), dict) and raw["model"].get("path"):
+        raw["model"] = {**raw["model"], "path": fix(raw["model"]["path"])}
+    return raw
+
+
+def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> RunSpec:
+    """Parse YAML text into a RunSpec; relative paths resolve against `base` ($VARS expand)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(f"{source}: malformed YAML at{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: the run spec must be a YAML mapping, got {type(raw).__name__}")
+    raw = _resolve_paths(raw, base or Path.cwd())
+    try:
+        return RunSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(f"{source}: {_format_error(exc)}") from None
+
+
+def load_spec(path: str | Path) -> tuple[RunSpec, str]:
+    """Load a YAML spec file; returns the spec and the YAML text (stored with the run)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: spec file does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read spec ({exc})") from None
+    return parse_spec(text, str(path), path.resolve().parent), text
+
+
+def check_data(spec: RunSpec) -> dict[str, dict[str, Any]]:
+    """Check tokenizer, domain manifests and shards against the spec; returns manifests by domain."""
+    from store.datasets import DomainData
+    from store.tokenizer import tokenizer_hash
+
+    tok_hash = tokenizer_hash(spec.tokenizer)
+    manifests = {}
+    for name, folder in spec.domains.items():
+        data = DomainData.open(name, folder, tokenizer_hash=tok_hash)
+        if data.tokens("train") < spec.seq_len + 1 or data.tokens("val") < spec.seq_len + 1:
+            from store.errors import DataError
+
+            raise DataError(f"{folder}: domain {name!r} has fewer tokens than seq_len + 1 in a split "
+                            f"(train {data.tokens('train')}, val {data.tokens('val')})")
+        manifests[name] = data.manifest
+    if spec.model.path:
+        from workers.model import check_hf_checkpoint
+
+        check_hf_checkpoint(spec.model.path)
+    return manifests

@@ -1,0 +1,106 @@
+"""MLflow: one parent run per CPT run, a nested run per finished round.
+
+Uses MlflowClient (no fluent global state), so several controllers in one process are safe.
+Metrics are keyed by global step, so stages line up on one axis in the MLflow UI.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+SECRET_HINTS = ("password", "secret", "token", "apikey", "api_key")
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{key}."))
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            for i, x in enumerate(v):
+                out.update(flatten(x, f"{key}.{i}."))
+        elif any(h in key.lower() for h in SECRET_HINTS):
+            out[key] = "***"
+        else:
+            out[key] = str(v)[:6000]
+    return out
+
+
+class Tracker:
+    def __init__(self, uri: str, experiment: str, artifact_root: Path):
+        import logging
+
+        os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        from mlflow.tracking import MlflowClient
+
+        for name in ("mlflow", "alembic"):  # mlflow sets its loggers up on import
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+        self.client = MlflowClient(tracking_uri=uri)
+        self.uri = uri
+        self.experiment_id = self._experiment(experiment, artifact_root)
+
+    def _experiment(self, name: str, artifact_root: Path) -> str:
+        from mlflow.exceptions import MlflowException
+
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            artifact_root.mkdir(parents=True, exist_ok=True)
+            return self.client.create_experiment(name, artifact_location=(artifact_root / name).as_uri())
+        except MlflowException:  # another controller created it first
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def start_run(self, run_id: str, name: str, spec: dict[str, Any], existing: str | None) -> str:
+        if existing:
+            self.client.update_run(existing, status="RUNNING")
+            return existing
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={"cpt.run_id": run_id})
+        from mlflow.entities import Param
+
+        params = [Param(k, v) for k, v in flatten(spec).items()]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(run.info.run_id, params=params[i:i + 100])
+        return run.info.run_id
+
+    def log_round(self, parent: str, run_name: str, stage: str, stage_index: int, round_index: int,
+                  weights: dict[str, float], result: dict[str, Any], step_start: int) -> str:
+        """Log a finished round's metrics to the parent and to a new nested run; returns its id."""
+        import time
+
+        from mlflow.entities import Metric, Param
+
+        now = int(time.time() * 1000)
+        end = step_start + len(result["train_losses"])
+        metrics = [Metric("train_loss", loss, now, step_start + i + 1) for i, loss in enumerate(result["train_losses"])]
+        metrics += [Metric("lr", lr, now, step_start + i) for i, lr in enumerate(result["lrs"])]
+        metrics += [Metric("tokens_per_s", result["tokens_per_s"], now, end)]
+        metrics += [Metric(f"eval_loss.{d}", v, now, end) for d, v in result["eval_losses"].items()]
+        metrics += [Metric(f"weight.{d}", w, now, step_start) for d, w in weights.items()]
+        if result.get("eval_before"):
+            metrics += [Metric(f"eval_loss.{d}", v, now, step_start) for d, v in result["eval_before"].items()]
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(parent, metrics=metrics[i:i + 1000])
+        child = self.client.create_run(
+            self.experiment_id, run_name=f"{run_name}/{stage}/r{round_index}",
+            tags={"mlflow.parentRunId": parent, "cpt.stage": stage, "cpt.round": str(round_index)})
+        cid = child.info.run_id
+        self.client.log_batch(
+            cid, params=[Param(f"weight.{d}", f"{w:.6f}") for d, w in weights.items()]
+            + [Param("stage_index", str(stage_index)), Param("round_index", str(round_index))],
+            metrics=[Metric(f"eval_loss.{d}", v, now, end) for d, v in result["eval_losses"].items()]
+            + [Metric("tokens_per_s", result["tokens_per_s"], now, end),
+               Metric("train_loss", sum(result["train_losses"]) / len(result["train_losses"]), now, end)])
+        self.client.set_terminated(cid, "FINISHED")
+        return cid
+
+    def log_artifact(self, mlflow_run_id: str, path: Path) -> None:
+        self.client.log_artifact(mlflow_run_id, str(path))
+
+    def end(self, mlflow_run_id: str, status: str) -> None:
+        self.client.set_terminated(mlflow_run_id, {"finished": "FINISHED", "cancelled": "KILLED"}.get(status, "FAILED"))

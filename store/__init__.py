@@ -1,0 +1,1 @@
+"""Everything persistent: run store, records shared by all layers, token shards, errors."""

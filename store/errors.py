@@ -1,0 +1,65 @@
+"""One small exception tree; the CLI maps each class to an exit code.
+
+Input errors (exit 2) are the user's to fix: they name the field or file at fault.
+Everything else is ours or the environment's (exit 1).
+"""
+
+from __future__ import annotations
+
+
+class CptError(Exception):
+    """Base of every error cpt raises on purpose."""
+
+    exit_code: int = 1
+
+
+class InputError(CptError):
+    """Bad input from the user: spec, paths, weights, names, data files."""
+
+    exit_code = 2
+
+
+class SpecError(InputError):
+    """The run spec (YAML) is malformed or invalid; the message names the field."""
+
+
+class DataError(InputError):
+    """A data source, shard, manifest or tokenizer is missing, corrupt or inconsistent."""
+
+
+class CheckpointError(InputError):
+    """A checkpoint is missing, incomplete or does not fit the run's model."""
+
+
+class RegistryError(InputError):
+    """An unknown name was asked of a registry; the message lists the valid names."""
+
+
+class StoreError(CptError):
+    """The run store cannot be reached, or a state change is not allowed."""
+
+
+class StoreUnreachable(StoreError):
+    """The store URL cannot be opened; the user must fix the URL or the server."""
+
+    exit_code = 2
+
+
+class NotFound(StoreError):
+    """A run, stage or round id that is not in the store."""
+
+    exit_code = 2
+
+
+class InvalidTransition(StoreError):
+    """A state change the run/round state machine does not allow."""
+
+
+class TrainingError(CptError):
+    """A round failed while training, evaluating or saving its checkpoint."""
+
+
+class Cancelled(CptError):
+    """The run was cancelled by the user; not a failure."""
+
+    exit_code = 130

@@ -1,0 +1,155 @@
+"""Ingest text, JSONL or Parquet into token shards with a document-level train/val split.
+
+Everything is written to a temp folder beside the output and renamed into place at the end,
+so a failure (corrupt input, full disk) leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+import zlib
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from store.datasets import FORMAT, ShardWriter, publish_folder, write_json_atomic
+from store.errors import DataError
+from store.tokenizer import EOS, load_tokenizer, tokenizer_hash
+
+TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".text", ""}
+
+
+def _files(src: Path) -> list[Path]:
+    if not src.exists():
+        raise DataError(f"{src}: source does not exist")
+    if src.is_file():
+        return [src]
+    files = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise DataError(f"{src}: folder has no files")
+    return files
+
+
+def iter_documents(src: str | Path, text_field: str = "text") -> Iterator[str]:
+    """Documents of a file or folder: a text file is one document, JSONL a line, Parquet a row."""
+    for path in _files(Path(src)):
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
+            yield from _jsonl(path, text_field)
+        elif suffix == ".parquet":
+            yield from _parquet(path, text_field)
+        else:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{path}: not UTF-8 text") from None
+            except OSError as exc:
+                raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+            if text.strip():
+                yield text
+
+
+def _jsonl(path: Path, field: str) -> Iterator[str]:
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
+                raise DataError(f"{path}:{lineno}: no string field {field!r}")
+            if obj[field].strip():
+                yield obj[field]
+
+
+def _parquet(path: Path, field: str) -> Iterator[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    if field not in pf.schema_arrow.names:
+        raise DataError(f"{path}: no column {field!r} (columns: {pf.schema_arrow.names})")
+    for batch in pf.iter_batches(columns=[field], batch_size=1024):
+        for text in batch.column(0).to_pylist():
+            if isinstance(text, str) and text.strip():
+                yield text
+
+
+def is_val(doc_index: int, val_fraction: float, seed: int) -> bool:
+    """Deterministic document-level split: the same document always lands in the same split."""
+    h = zlib.crc32(f"{seed}:{doc_index}".encode()) % 1_000_000
+    return h < val_fraction * 1_000_000
+
+
+def prepare_domain(src: str | Path | list[str | Path], domain: str, out: str | Path, tokenizer_path: str | Path,
+                   val_fraction: float = 0.05, seed: int = 0, text_field: str = "text",
+                   overwrite: bool = False, max_docs: int | None = None,
+                   on_progress: Callable[[int, int], None] | None = None,
+                   documents: Iterator[str] | None = None) -> dict[str, Any]:
+    """Tokenize documents into `out`/{train,val}-NNNNN.arrow + manifest.json. Returns the manifest."""
+    if not 0 < val_fraction < 1:
+        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise DataError(f"{out}: already exists (pass --overwrite to replace it)")
+    tok = load_tokenizer(tokenizer_path)
+    eos = tok.token_to_id(EOS)
+    sources = src if isinstance(src, list) else [src]
+    if documents is None:
+        documents = (d for s in sources for d in iter_documents(s, text_field))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        writers = {"train": ShardWriter(tmp, "train"), "val": ShardWriter(tmp, "val")}
+        docs = {"train": 0, "val": 0}
+        n = tokens = 0
+        batch: list[str] = []
+
+        def flush() -> None:
+            nonlocal n, tokens
+            for enc in tok.encode_batch(batch):
+                split = "val" if is_val(n, val_fraction, seed) else "train"
+                writers[split].add([*enc.ids, eos])
+                docs[split] += 1
+                tokens += len(enc.ids) + 1
+                n += 1
+            batch.clear()
+            if on_progress:
+                on_progress(n, tokens)
+
+        for doc in documents:
+            batch.append(doc)
+            if len(batch) >= 256:
+                flush()
+            if max_docs is not None and n + len(batch) >= max_docs:
+                break
+        flush()
+        if docs["train"] == 0 or docs["val"] == 0:
+            raise DataError(f"{domain}: needs at least one train and one val document "
+                            f"(got {docs['train']} train, {docs['val']} val from {n} documents)")
+        for w in writers.values():
+            w.flush()
+        manifest = {
+            "format": FORMAT, "domain": domain, "sources": [str(s) for s in sources],
+            "tokenizer": str(tokenizer_path), "tokenizer_hash": tokenizer_hash(tokenizer_path),
+            "vocab_size": tok.get_vocab_size(), "eos_id": eos, "val_fraction": val_fraction, "seed": seed,
+            "documents": docs,
+            "tokens": {s: sum(sh["tokens"] for sh in w.shards) for s, w in writers.items()},
+            "shards": writers["train"].shards + writers["val"].shards,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_json_atomic(tmp / "manifest.json", manifest)
+        publish_folder(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest

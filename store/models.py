@@ -1,0 +1,104 @@
+"""SQLAlchemy 2 tables of the run store. Every schema change is an Alembic migration."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    spec_yaml: Mapped[str] = mapped_column(Text)
+    spec_json: Mapped[dict] = mapped_column(JSON)
+    workdir: Mapped[str] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    mixer_state: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    stages: Mapped[list[Stage]] = relationship(back_populates="run", order_by="Stage.index")
+
+
+class Stage(Base):
+    __tablename__ = "stages"
+    __table_args__ = (UniqueConstraint("run_id", "index", name="uq_stage_run_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    step_start: Mapped[int] = mapped_column(Integer)
+    """Global step at which the stage starts."""
+    total_steps: Mapped[int] = mapped_column(Integer)
+    num_rounds: Mapped[int] = mapped_column(Integer)
+
+    run: Mapped[Run] = relationship(back_populates="stages")
+
+
+class Round(Base):
+    __tablename__ = "rounds"
+    __table_args__ = (
+        UniqueConstraint("run_id", "stage_index", "round_index", "attempt", name="uq_round_attempt"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    stage_index: Mapped[int] = mapped_column(Integer)
+    round_index: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    weights: Mapped[dict] = mapped_column(JSON)
+    step_start: Mapped[int] = mapped_column(Integer)
+    """Global step of the round's first step."""
+    step_end: Mapped[int] = mapped_column(Integer)
+    """Global step after the round's last step (exclusive)."""
+    lr_segment: Mapped[dict] = mapped_column(JSON)
+    """Schedule spec plus the stage-local step range this round covers."""
+    data_cursor: Mapped[dict] = mapped_column(JSON)
+    """(seed, stage, round, step range): all the data order depends on."""
+    init_checkpoint: Mapped[str | None] = mapped_column(Text, nullable=True)
+    checkpoint_uri: Mapped[str | None] = mapped_column(Text, nullable=True)
+    plan_json: Mapped[str] = mapped_column(Text)
+    result_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    eval_losses: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    train_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tokens_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    mixer_state: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    """Mixer state after proposing this round's weights (restored on resume)."""
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class Event(Base):
+    """Append-only log of state transitions (runs, stages, rounds)."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    entity: Mapped[str] = mapped_column(String(16))
+    entity_id: Mapped[str] = mapped_column(String(64))
+    from_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    to_state: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -1,0 +1,105 @@
+"""RoundPlan / RoundResult: the contract between the controller and a worker.
+
+Plain frozen dataclasses, JSON round-trippable, persisted in the round row. A worker needs
+nothing but the plan to do its work, so a round re-run from its stored plan reproduces it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    run_id: str
+    """Run this round belongs to."""
+    stage_index: int
+    """0-based stage index."""
+    round_index: int
+    """0-based round index within the stage."""
+    attempt: int
+    """1-based attempt number; a retried round gets a new attempt."""
+    seed: int
+    """Run seed; data order is a pure function of (seed, stage, round, step, weights)."""
+    weights: dict[str, float]
+    """Mixture weight per domain for this round (non-negative, sums to 1)."""
+    domain_paths: dict[str, str]
+    """Shard folder of every domain the round trains on or evaluates."""
+    eval_domains: list[str]
+    """Domains whose validation loss is measured at the end of the round."""
+    stage_step_start: int
+    """First step of this round, counted from the start of its stage."""
+    num_steps: int
+    """Optimizer steps this round runs."""
+    stage_steps: int
+    """Total steps of the stage (the LR schedule spans these)."""
+    global_step_start: int
+    """First step of this round counted from the start of the run (for logging)."""
+    schedule: dict[str, Any]
+    """The stage's LR schedule spec (see workers.schedules)."""
+    model: dict[str, Any]
+    """Model spec (architecture from scratch, or a local HF checkpoint dir)."""
+    tokenizer_hash: str
+    """Hash every domain's manifest must carry."""
+    vocab_size: int
+    """Tokenizer vocabulary size (embedding rows)."""
+    seq_len: int
+    """Tokens per training sequence."""
+    batch_size: int
+    """Sequences per optimizer step."""
+    optimizer: dict[str, Any]
+    """AdamW settings: betas, weight_decay, grad_clip."""
+    init_checkpoint: str | None
+    """Checkpoint to start from; None starts from the model spec."""
+    load_optimizer: bool
+    """Restore optimizer state from init_checkpoint (False at a stage start with reset)."""
+    checkpoint_dir: str
+    """Where the round writes its checkpoint (atomically)."""
+    eval_batches: int
+    """Validation batches per domain."""
+    eval_before: bool = False
+    """Also evaluate before training (first round of a run: the 'before' losses)."""
+    progress_path: str | None = None
+    """File the worker appends progress lines to (JSONL) for the live display."""
+    sample_loss: dict[str, Any] = field(default_factory=dict)
+    """Per-sample loss re-weighting options (empty: plain mean)."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RoundPlan:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    checkpoint: str
+    """Directory of the checkpoint the round wrote."""
+    eval_losses: dict[str, float]
+    """Validation loss per domain at the end of the round."""
+    eval_before: dict[str, float] | None
+    """Validation loss per domain before training (only if the plan asked)."""
+    train_losses: list[float]
+    """Mean training loss at each step of the round."""
+    domain_train_losses: dict[str, float]
+    """Mean training loss per domain over the round."""
+    lrs: list[float]
+    """Learning rate used at each step."""
+    tokens: int
+    """Tokens trained on."""
+    domain_tokens: dict[str, int]
+    """Tokens trained on, per domain."""
+    tokens_per_s: float
+    """Training throughput (fit only, excluding eval and checkpointing)."""
+    wall_s: float
+    """Wall time of the whole round in the worker."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RoundResult:
+        return cls(**json.loads(text))

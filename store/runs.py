@@ -1,0 +1,258 @@
+"""The run-store API. Every state change is one transaction, and writes its event row with it.
+
+State machines (persisted before the side effect they announce):
+  run:   pending -> running -> finished | failed | cancelled;  failed/cancelled/running -> running (resume)
+  round: planned -> running -> finished | failed | cancelled
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from store.db import ensure_schema, make_engine
+from store.errors import InvalidTransition, NotFound
+from store.models import Event, Round, Run, Stage
+from store.records import RoundPlan, RoundResult
+
+RUN_TRANSITIONS = {
+    "pending": {"running", "cancelled", "failed"},
+    "running": {"running", "finished", "failed", "cancelled"},
+    "failed": {"running"},
+    "cancelled": {"running"},
+    "finished": set(),
+}
+ROUND_TRANSITIONS = {
+    "planned": {"running", "cancelled", "failed"},
+    "running": {"finished", "failed", "cancelled"},
+    "finished": set(),
+    "failed": set(),
+    "cancelled": set(),
+}
+T = TypeVar("T")
+
+
+class RunStore:
+    """Repository over the run store. Safe to use from several processes (SQLite WAL + busy wait)."""
+
+    def __init__(self, url: str, migrate: bool = True):
+        self.url = url
+        self.engine = make_engine(url)
+        if migrate:
+            ensure_schema(self.engine, url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    def _retry(self, fn: Callable[[], T], tries: int = 8) -> T:
+        # busy_timeout covers most contention; this covers the rest (e.g. WAL checkpoints).
+        for i in range(tries):
+            try:
+                return fn()
+            except OperationalError as exc:
+                if "locked" not in str(exc) or i == tries - 1:
+                    raise
+                time.sleep(0.05 * 2**i)
+        raise AssertionError("unreachable")
+
+    # ---- runs -------------------------------------------------------------------------------
+    def create_run(self, name: str, spec_yaml: str, spec_json: dict, workdir_root: str,
+                   stages: list[tuple[str, int, int, int]]) -> str:
+        """Record a new run (pending) with its stages: (name, step_start, total_steps, rounds)."""
+        run_id = f"{name[:20]}-{uuid.uuid4().hex[:8]}"
+
+        def do() -> str:
+            with self._tx() as s:
+                s.add(Run(id=run_id, name=name, status="pending", spec_yaml=spec_yaml, spec_json=spec_json,
+                          workdir=f"{workdir_root}/{run_id}", cancel_requested=False))
+                s.flush()
+                for i, (sname, start, total, rounds) in enumerate(stages):
+                    s.add(Stage(run_id=run_id, index=i, name=sname, status="pending", step_start=start,
+                                total_steps=total, num_rounds=rounds))
+                s.add(Event(run_id=run_id, entity="run", entity_id=run_id, to_state="pending"))
+            return run_id
+
+        return self._retry(do)
+
+    def get_run(self, run_id: str) -> Run:
+        with self._sessions() as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                raise NotFound(f"no run {run_id!r} in the store")
+            return run
+
+    def list_runs(self, limit: int = 50) -> list[Run]:
+        with self._sessions() as s:
+            return list(s.scalars(select(Run).order_by(Run.created_at.desc()).limit(limit)))
+
+    def set_run_status(self, run_id: str, status: str, error: str | None = None,
+                       message: str | None = None) -> None:
+        def do() -> None:
+            with self._tx() as s:
+                run = s.get(Run, run_id)
+                if run is None:
+                    raise NotFound(f"no run {run_id!r} in the store")
+                if status not in RUN_TRANSITIONS[run.status]:
+                    raise InvalidTransition(f"run {run_id}: cannot go from {run.status} to {status}")
+                s.add(Event(run_id=run_id, entity="run", entity_id=run_id, from_state=run.status,
+                            to_state=status, message=message or error))
+                run.status = status
+                run.error = error
+                if status == "running":
+                    run.cancel_requested = False
+
+        self._retry(do)
+
+    def update_run(self, run_id: str, **fields) -> None:
+        """Non-state fields (mlflow_run_id, mixer_state)."""
+        def do() -> None:
+            with self._tx() as s:
+                run = s.get(Run, run_id)
+                if run is None:
+                    raise NotFound(f"no run {run_id!r} in the store")
+                for k, v in fields.items():
+                    setattr(run, k, v)
+
+        self._retry(do)
+
+    def request_cancel(self, run_id: str) -> str:
+        """Ask a running run to stop; a run that is not running is cancelled at once."""
+        def do() -> str:
+            with self._tx() as s:
+                run = s.get(Run, run_id)
+                if run is None:
+                    raise NotFound(f"no run {run_id!r} in the store")
+                if run.status == "running":
+                    run.cancel_requested = True
+                    s.add(Event(run_id=run_id, entity="run", entity_id=run_id, from_state="running",
+                                to_state="running", message="cancel requested"))
+                    return "requested"
+                if "cancelled" in RUN_TRANSITIONS[run.status]:
+                    s.add(Event(run_id=run_id, entity="run", entity_id=run_id, from_state=run.status,
+                                to_state="cancelled"))
+                    run.status = "cancelled"
+                    return "cancelled"
+                return run.status
+
+        return self._retry(do)
+
+    def cancel_requested(self, run_id: str) -> bool:
+        with self._sessions() as s:
+            run = s.get(Run, run_id)
+            return bool(run and run.cancel_requested)
+
+    # ---- stages -----------------------------------------------------------------------------
+    def stages(self, run_id: str) -> list[Stage]:
+        with self._sessions() as s:
+            return list(s.scalars(select(Stage).where(Stage.run_id == run_id).order_by(Stage.index)))
+
+    def set_stage_status(self, run_id: str, index: int, status: str) -> None:
+        def do() -> None:
+            with self._tx() as s:
+                stage = s.scalars(select(Stage).where(Stage.run_id == run_id, Stage.index == index)).one()
+                if stage.status != status:
+                    s.add(Event(run_id=run_id, entity="stage", entity_id=str(stage.id),
+                                from_state=stage.status, to_state=status))
+                    stage.status = status
+
+        self._retry(do)
+
+    # ---- rounds -----------------------------------------------------------------------------
+    def plan_round(self, plan: RoundPlan, lr_segment: dict, mixer_state: dict | None) -> int:
+        """Persist a planned round (the plan is durable before any work starts)."""
+        def do() -> int:
+            with self._tx() as s:
+                r = Round(run_id=plan.run_id, stage_index=plan.stage_index, round_index=plan.round_index,
+                          attempt=plan.attempt, status="planned", weights=plan.weights,
+                          step_start=plan.global_step_start,
+                          step_end=plan.global_step_start + plan.num_steps, lr_segment=lr_segment,
+                          data_cursor={"seed": plan.seed, "stage": plan.stage_index,
+                                       "round": plan.round_index, "stage_step_start": plan.stage_step_start,
+                                       "num_steps": plan.num_steps},
+                          init_checkpoint=plan.init_checkpoint, plan_json=plan.to_json(),
+                          mixer_state=mixer_state)
+                s.add(r)
+                s.flush()
+                s.add(Event(run_id=plan.run_id, entity="round", entity_id=str(r.id), to_state="planned",
+                            message=f"stage {plan.stage_index} round {plan.round_index} attempt {plan.attempt}"))
+                return r.id
+
+        return self._retry(do)
+
+    def _round_transition(self, round_id: int, status: str, message: str | None = None, **fields) -> None:
+        def do() -> None:
+            with self._tx() as s:
+                r = s.get(Round, round_id)
+                if r is None:
+                    raise NotFound(f"no round {round_id} in the store")
+                if status not in ROUND_TRANSITIONS[r.status]:
+                    raise InvalidTransition(f"round {round_id}: cannot go from {r.status} to {status}")
+                s.add(Event(run_id=r.run_id, entity="round", entity_id=str(round_id), from_state=r.status,
+                            to_state=status, message=message))
+                r.status = status
+                for k, v in fields.items():
+                    setattr(r, k, v)
+
+        self._retry(do)
+
+    def start_round(self, round_id: int) -> None:
+        self._round_transition(round_id, "running")
+
+    def finish_round(self, round_id: int, result: RoundResult) -> None:
+        """The commit point: after this the round counts, and its checkpoint is the latest."""
+        mean_loss = sum(result.train_losses) / max(len(result.train_losses), 1)
+        self._round_transition(round_id, "finished", checkpoint_uri=result.checkpoint,
+                               result_json=result.to_json(), eval_losses=result.eval_losses,
+                               train_loss=mean_loss, tokens=result.tokens, tokens_per_s=result.tokens_per_s)
+
+    def fail_round(self, round_id: int, error: str, status: str = "failed") -> None:
+        self._round_transition(round_id, status, message=error[:500], error=error)
+
+    def set_round_mlflow(self, round_id: int, mlflow_run_id: str) -> None:
+        def do() -> None:
+            with self._tx() as s:
+                s.get(Round, round_id).mlflow_run_id = mlflow_run_id
+
+        self._retry(do)
+
+    def rounds(self, run_id: str, status: str | None = None) -> list[Round]:
+        with self._sessions() as s:
+            q = select(Round).where(Round.run_id == run_id)
+            if status:
+                q = q.where(Round.status == status)
+            return list(s.scalars(q.order_by(Round.stage_index, Round.round_index, Round.attempt)))
+
+    def finished_round(self, run_id: str, stage_index: int, round_index: int) -> Round | None:
+        with self._sessions() as s:
+            return s.scalars(select(Round).where(
+                Round.run_id == run_id, Round.stage_index == stage_index,
+                Round.round_index == round_index, Round.status == "finished")).first()
+
+    def next_attempt(self, run_id: str, stage_index: int, round_index: int) -> int:
+        with self._sessions() as s:
+            attempts = s.scalars(select(Round.attempt).where(
+                Round.run_id == run_id, Round.stage_index == stage_index, Round.round_index == round_index))
+            return max(attempts, default=0) + 1
+
+    def abandon_open_rounds(self, run_id: str, reason: str) -> int:
+        """Mark rounds left planned/running by a dead controller as failed (resume starts afresh)."""
+        n = 0
+        for r in self.rounds(run_id):
+            if r.status in ("planned", "running"):
+                self.fail_round(r.id, reason)
+                n += 1
+        return n
+
+    def events(self, run_id: str) -> list[Event]:
+        with self._sessions() as s:
+            return list(s.scalars(select(Event).where(Event.run_id == run_id).order_by(Event.id)))

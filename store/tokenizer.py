@@ -1,0 +1,63 @@
+"""Byte-level BPE tokenizer training (HF tokenizers) and the tokenizer identity hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+from store.errors import DataError
+
+EOS = "<|endoftext|>"
+
+
+def tokenizer_hash(path: str | Path) -> str:
+    """Identity of a tokenizer: hash of its vocabulary, merges and special tokens."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        ident = {"model": data["model"], "added": data.get("added_tokens"), "pre": data.get("pre_tokenizer")}
+    except FileNotFoundError:
+        raise DataError(f"{path}: tokenizer file does not exist (train one with `cpt tokenizer train`)") \
+            from None
+    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a tokenizers JSON file ({exc})") from None
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_tokenizer(path: str | Path):
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    tokenizer_hash(path)  # clear error for missing / malformed files
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises plain Exception subclasses
+        raise DataError(f"{path}: cannot load tokenizer ({exc})") from None
+    if tok.token_to_id(EOS) is None:
+        raise DataError(f"{path}: tokenizer has no {EOS!r} token")
+    return tok
+
+
+def train_tokenizer(texts: Iterable[str], out: str | Path, vocab_size: int = 8192,
+                    min_frequency: int = 2) -> str:
+    """Train a byte-level BPE (any text tokenizes: byte fallback) and save it atomically."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < 300:
+        raise DataError(f"vocab_size must be >= 300 (256 bytes + merges), got {vocab_size}")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tok.save(str(tmp))
+    os.replace(tmp, out)
+    return tokenizer_hash(out)

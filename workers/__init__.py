@@ -1,0 +1,1 @@
+"""One round of training: model, schedules, data, Lightning module."""

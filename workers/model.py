@@ -1,0 +1,55 @@
+"""The causal LM: a Hugging Face Llama built from a config, or loaded from a local checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from store.errors import CheckpointError
+
+
+def llama_config(model: dict[str, Any], vocab_size: int, seq_len: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=model["hidden_size"], num_hidden_layers=model["num_layers"],
+        num_attention_heads=model["num_heads"],
+        num_key_value_heads=model.get("num_kv_heads") or model["num_heads"],
+        intermediate_size=model["intermediate_size"], max_position_embeddings=seq_len,
+        tie_word_embeddings=model.get("tie_embeddings", True), attention_dropout=0.0,
+        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+    )
+
+
+def check_hf_checkpoint(path: str | Path) -> None:
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path}: not a Hugging Face checkpoint folder (no config.json)")
+    if not list(path.glob("*.safetensors")):
+        raise CheckpointError(f"{path}: no *.safetensors weights (pickled .bin weights are refused)")
+
+
+def build_model(model: dict[str, Any], vocab_size: int, seq_len: int, seed: int):
+    """A fresh model (seeded init) or a local HF checkpoint loaded from safetensors only."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    if model.get("path"):
+        check_hf_checkpoint(model["path"])
+        m = AutoModelForCausalLM.from_pretrained(model["path"], use_safetensors=True, torch_dtype=torch.float32)
+        if m.config.vocab_size != vocab_size:
+            raise CheckpointError(f"{model['path']}: vocab_size {m.config.vocab_size} does not match the "
+                                  f"run's tokenizer ({vocab_size})")
+        return m
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(llama_config(model, vocab_size, seq_len))
+
+
+def model_signature(model) -> str:
+    """Identity of an architecture (parameter names and shapes) to refuse mismatched checkpoints."""
+    import hashlib
+
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    return hashlib.sha256(json.dumps(shapes, sort_keys=True).encode()).hexdigest()[:16]
