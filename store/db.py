@@ -37,6 +37,9 @@ def make_engine(url: str) -> Engine:
             engine = create_engine(url, pool_pre_ping=True)
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
+    except ImportError as exc:
+        raise StoreUnreachable(f"cannot open run store {redact(url)!r}: database driver not installed "
+                               f"({exc.name})") from None
     except (ArgumentError, NoSuchModuleError, OperationalError, OSError) as exc:
         raise StoreUnreachable(f"cannot open run store {redact(url)!r}: {exc.__class__.__name__}: "
                                f"{str(exc).splitlines()[0]}") from None

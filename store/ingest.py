@@ -104,6 +104,8 @@ def prepare_domain(src: str | Path | list[str | Path], domain: str, out: str | P
     eos = tok.token_to_id(EOS)
     sources = src if isinstance(src, list) else [src]
     if documents is None:
+        for s in sources:
+            _files(Path(s))  # fail on a missing source before anything is created
         documents = (d for s in sources for d in iter_documents(s, text_field))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")

@@ -23,7 +23,7 @@ def tokenizer_hash(path: str | Path) -> str:
     except FileNotFoundError:
         raise DataError(f"{path}: tokenizer file does not exist (train one with `cpt tokenizer train`)") \
             from None
-    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not a tokenizers JSON file ({exc})") from None
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from synth import make_domains  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory) -> dict:
+    """Tokenizer + prepared 'en', 'de' and 'code' domains, built once per session."""
+    return make_domains(tmp_path_factory.mktemp("synth"), langs=("en", "de", "code"))
+
+
+def tiny_spec(synth: dict, **over) -> dict:
+    """A 2-stage x 2-round spec on the synthetic domains that trains in seconds."""
+    spec = {
+        "name": "tiny",
+        "seed": 0,
+        "tokenizer": str(synth["tokenizer"]),
+        "seq_len": 32,
+        "batch_size": 4,
+        "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+        "domains": {k: str(v) for k, v in synth["domains"].items()},
+        "stages": [
+            {"name": "s1", "domains": ["en"], "tokens": 32 * 4 * 8, "rounds": 2,
+             "schedule": {"kind": "cosine", "peak_lr": 3e-3, "min_lr": 3e-4, "warmup": 0.1}},
+            {"name": "s2", "domains": ["de"], "tokens": 32 * 4 * 8, "rounds": 2,
+             "schedule": {"kind": "cosine", "peak_lr": 3e-3, "min_lr": 3e-4, "warmup": 0.1},
+             "replay": {"fraction": 0.25}},
+        ],
+        "eval_batches": 2,
+        "resources": {"cpus": 1},
+    }
+    spec.update(over)
+    return spec
+
+
+@pytest.fixture
+def spec_file(tmp_path, synth):
+    def write(**over) -> Path:
+        path = tmp_path / "run.yaml"
+        path.write_text(yaml.safe_dump(tiny_spec(synth, **over)))
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory):
+    """One local Ray for the in-process end-to-end tests."""
+    import ray
+
+    tmp = Path("/tmp") / f"cpt-test-ray-{os.getpid()}"
+    ray.init(num_cpus=2, object_store_memory=128 * 1024**2, _temp_dir=str(tmp), include_dashboard=False,
+             namespace="cpt", log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()

@@ -1,0 +1,84 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.spec import check_data, load_spec, parse_spec
+from store.errors import DataError, RegistryError, SpecError
+from tests_helpers import dump
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_tiny_spec_resolves(spec_file):
+    spec, text = load_spec(spec_file())
+    assert spec.stage_steps(0) == 8 and spec.round_bounds(0) == [(0, 4), (4, 4)]
+    assert spec.stage_starts() == [0, 8] and spec.replay_domains(1) == ["en"]
+    assert "name: tiny" in text
+    check_data(spec)
+
+
+def test_relative_paths_resolve_against_spec_folder(tmp_path, synth):
+    (tmp_path / "sub").mkdir()
+    spec = parse_spec(dump(synth, tokenizer="tok.json"), base=tmp_path / "sub")
+    assert spec.tokenizer == str(tmp_path / "sub" / "tok.json")
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_parse(example, monkeypatch, tmp_path):
+    monkeypatch.setenv("CPT_HOME", str(tmp_path))
+    spec, _ = load_spec(example)
+    assert spec.total_steps() > 0
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda s: s.update(bogus=1), r"bogus: unknown field"),
+    (lambda s: s["stages"][0].update(domains=["fr"]), r"stages\.0\.domains: unknown domain 'fr'"),
+    (lambda s: s["stages"][1].update(mixer={"kind": "magic"}), r"stages\.1\.mixer\.kind: unknown mixer 'magic'"),
+    (lambda s: s["stages"][1].update(mixer={"kind": "static", "weights": {"de": 1.2, "en": -0.2}}),
+     r"stages\.1\.mixer\.weights"),
+    (lambda s: s["stages"][1].update(mixer={"kind": "static", "weights": {"de": 0.5, "en": 0.3}}),
+     r"sum to 1"),
+    (lambda s: s["stages"][1].update(mixer={"kind": "static", "weights": {"de": 0.5, "code": 0.5}}),
+     r"not trained in this stage"),
+    (lambda s: s["stages"][0].update(rounds=100), r"stages\.0\.rounds: 100 rounds but only 8 steps"),
+    (lambda s: s["stages"][0].update(schedule={"kind": "zigzag"}), r"stages\.0\.schedule"),
+    (lambda s: s["stages"][0]["schedule"].update(peak_lr=-1), r"stages\.0\.schedule\.cosine\.peak_lr"),
+    (lambda s: s["model"].update(hidden_size=33), r"model: .*divisible"),
+    (lambda s: s["stages"][1]["replay"].update(fraction=1.5), r"stages\.1\.replay\.fraction"),
+    (lambda s: s.update(name="bad name!"), r"name: "),
+    (lambda s: s.pop("tokenizer"), r"tokenizer: Field required"),
+    (lambda s: s.update(stages=[]), r"stages: "),
+])
+def test_spec_errors_name_the_field(synth, mutate, match):
+    from conftest import tiny_spec
+
+    raw = tiny_spec(synth)
+    mutate(raw)
+    with pytest.raises((SpecError, RegistryError), match=match):
+        parse_spec(yaml.safe_dump(raw))
+
+
+@pytest.mark.parametrize("text,match", [
+    ("name: [unclosed", r"malformed YAML at line 1"),
+    ("- a\n- b\n", r"must be a YAML mapping"),
+    ("", r"must be a YAML mapping"),
+])
+def test_bad_yaml(text, match):
+    with pytest.raises(SpecError, match=match):
+        parse_spec(text, "run.yaml")
+
+
+def test_data_errors_name_the_file(tmp_path, synth):
+    spec = parse_spec(dump(synth, domains={"en": str(tmp_path / "missing"), "de": str(synth["domains"]["de"])},
+                           stages=[{"name": "a", "domains": ["en"], "tokens": 1024}]))
+    with pytest.raises(DataError, match="missing: shard folder does not exist"):
+        check_data(spec)
+    spec = parse_spec(dump(synth, tokenizer=str(tmp_path / "none.json")))
+    with pytest.raises(DataError, match="none.json: tokenizer file does not exist"):
+        check_data(spec)
+
+
+def test_missing_spec_file(tmp_path):
+    with pytest.raises(SpecError, match="spec file does not exist"):
+        load_spec(tmp_path / "nope.yaml")

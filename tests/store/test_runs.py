@@ -1,0 +1,133 @@
+import pytest
+
+from store.errors import InvalidTransition, NotFound, StoreUnreachable
+from store.records import RoundPlan, RoundResult
+from store.runs import RunStore
+
+
+def _plan(run_id: str, stage=0, rnd=0, attempt=1) -> RoundPlan:
+    return RoundPlan(run_id=run_id, stage_index=stage, round_index=rnd, attempt=attempt, seed=0,
+                     weights={"a": 0.5, "b": 0.5}, domain_paths={"a": "/a", "b": "/b"}, eval_domains=["a", "b"],
+                     stage_step_start=0, num_steps=5, stage_steps=10, global_step_start=0,
+                     schedule={"kind": "cosine"}, model={}, tokenizer_hash="h", vocab_size=300, seq_len=8,
+                     batch_size=2, optimizer={}, init_checkpoint=None, load_optimizer=False,
+                     checkpoint_dir="/c", eval_batches=1)
+
+
+def _result() -> RoundResult:
+    return RoundResult(checkpoint="/c", eval_losses={"a": 1.0, "b": 2.0}, eval_before=None,
+                       train_losses=[3.0, 2.0], domain_train_losses={"a": 2.5}, lrs=[0.1, 0.2], tokens=32,
+                       domain_tokens={"a": 32}, tokens_per_s=10.0, wall_s=1.0)
+
+
+@pytest.fixture
+def store(tmp_path) -> RunStore:
+    return RunStore(f"sqlite:///{tmp_path}/store.db")
+
+
+def _run(store: RunStore) -> str:
+    return store.create_run("r", "name: r", {"stages": []}, "/w", [("s1", 0, 10, 2)])
+
+
+def test_run_lifecycle_writes_events(store):
+    run_id = _run(store)
+    assert store.get_run(run_id).status == "pending"
+    store.set_run_status(run_id, "running")
+    store.set_run_status(run_id, "finished")
+    assert [(e.from_state, e.to_state) for e in store.events(run_id)] == [
+        (None, "pending"), ("pending", "running"), ("running", "finished")]
+    with pytest.raises(InvalidTransition):
+        store.set_run_status(run_id, "running")
+
+
+def test_round_commit_point_and_plan_roundtrip(store):
+    run_id = _run(store)
+    plan = _plan(run_id)
+    rid = store.plan_round(plan, {"kind": "cosine"}, {"n": 1})
+    row = store.rounds(run_id)[0]
+    assert row.status == "planned" and RoundPlan.from_json(row.plan_json) == plan
+    assert row.data_cursor == {"seed": 0, "stage": 0, "round": 0, "stage_step_start": 0, "num_steps": 5}
+    store.start_round(rid)
+    assert store.finished_round(run_id, 0, 0) is None
+    store.finish_round(rid, _result())
+    done = store.finished_round(run_id, 0, 0)
+    assert done.eval_losses == {"a": 1.0, "b": 2.0} and done.train_loss == 2.5 and done.mixer_state == {"n": 1}
+    assert RoundResult.from_json(done.result_json) == _result()
+    with pytest.raises(InvalidTransition):
+        store.fail_round(rid, "late failure")
+
+
+def test_attempts_and_abandon(store):
+    run_id = _run(store)
+    rid = store.plan_round(_plan(run_id), {}, None)
+    store.start_round(rid)
+    assert store.next_attempt(run_id, 0, 0) == 2
+    assert store.abandon_open_rounds(run_id, "controller died") == 1
+    assert store.rounds(run_id)[0].status == "failed"
+    store.plan_round(_plan(run_id, attempt=2), {}, None)
+    assert [r.attempt for r in store.rounds(run_id)] == [1, 2]
+
+
+def test_duplicate_attempt_is_rejected_atomically(store):
+    from sqlalchemy.exc import IntegrityError
+
+    run_id = _run(store)
+    store.plan_round(_plan(run_id), {}, None)
+    with pytest.raises(IntegrityError):
+        store.plan_round(_plan(run_id), {}, None)
+    # the failed transaction left neither a second round nor its event behind
+    assert len(store.rounds(run_id)) == 1
+    assert sum(e.entity == "round" for e in store.events(run_id)) == 1
+
+
+def test_cancel_pending_and_running(store):
+    a, b = _run(store), _run(store)
+    assert store.request_cancel(a) == "cancelled"
+    store.set_run_status(b, "running")
+    assert store.request_cancel(b) == "requested" and store.cancel_requested(b)
+    store.set_run_status(b, "cancelled")
+    store.set_run_status(b, "running")  # resume clears the request
+    assert not store.cancel_requested(b)
+
+
+def test_not_found_and_unreachable(store, tmp_path):
+    with pytest.raises(NotFound):
+        store.get_run("nope")
+    with pytest.raises(StoreUnreachable, match="cannot open run store"):
+        RunStore("postgresql://user:secret@127.0.0.1:1/db")
+    with pytest.raises(StoreUnreachable) as info:
+        RunStore("postgresql+psycopg2://user:secret@127.0.0.1:1/db")
+    assert "secret" not in str(info.value)
+    with pytest.raises(StoreUnreachable, match="notadialect"):
+        RunStore("notadialect://x")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StoreUnreachable):
+        RunStore(f"sqlite:///{blocker}/sub/store.db")
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    """Several processes hammer one SQLite store: WAL + busy timeout + retries keep every write."""
+    import multiprocessing as mp
+
+    url = f"sqlite:///{tmp_path}/store.db"
+    RunStore(url)
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        ids = pool.map(_create_many, [(url, i) for i in range(4)])
+    store = RunStore(url)
+    assert len(store.list_runs(1000)) == 4 * 10
+    for run_id in (i for batch in ids for i in batch):
+        assert store.get_run(run_id).status == "finished"
+
+
+def _create_many(args):
+    url, _ = args
+    store = RunStore(url)
+    out = []
+    for _ in range(10):
+        run_id = store.create_run("c", "", {}, "/w", [("s", 0, 1, 1)])
+        store.set_run_status(run_id, "running")
+        store.set_run_status(run_id, "finished")
+        out.append(run_id)
+    return out

@@ -1,0 +1,101 @@
+import math
+
+import pytest
+import torch
+from pydantic import ValidationError
+from transformers import optimization as hf
+
+from workers.schedules import WSD, Constant, Cosine, Infinite, Linear, lr_at, stage_lrs
+
+
+def _hf_lrs(make, total: int, peak: float) -> list[float]:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+    sched = make(opt)
+    out = []
+    for _ in range(total):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_cosine_hand_table():
+    s = Cosine(peak_lr=1.0, min_lr=0.1, warmup=0.2)  # 10 steps: 2 warmup, 8 decay
+    expected = [0.0, 0.5] + [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * n / 8)) for n in range(8)]
+    assert stage_lrs(s, 10) == pytest.approx(expected)
+    assert lr_at(s, 2, 10) == pytest.approx(1.0) and lr_at(s, 10, 10) == pytest.approx(0.1)
+
+
+def test_cosine_matches_transformers():
+    s = Cosine(peak_lr=3e-3, min_lr=3e-4, warmup=0.05)
+    hf_lrs = _hf_lrs(lambda o: hf.get_cosine_with_min_lr_schedule_with_warmup(o, 5, 100, min_lr=3e-4), 100, 3e-3)
+    assert stage_lrs(s, 100) == pytest.approx(hf_lrs, rel=1e-9, abs=1e-12)
+
+
+def test_linear_matches_transformers():
+    s = Linear(peak_lr=1e-3, min_lr=0.0, warmup=0.1)
+    hf_lrs = _hf_lrs(lambda o: hf.get_linear_schedule_with_warmup(o, 5, 50), 50, 1e-3)
+    assert stage_lrs(s, 50) == pytest.approx(hf_lrs, abs=1e-12)
+
+
+@pytest.mark.parametrize("shape", ["1-sqrt", "linear", "cosine"])
+def test_wsd_matches_transformers(shape):
+    s = WSD(peak_lr=2e-3, min_lr=2e-4, warmup=0.0, decay=0.2, shape=shape)
+    hf_lrs = _hf_lrs(lambda o: hf.get_wsd_schedule(o, 0, num_decay_steps=20, num_training_steps=100,
+                                                   decay_type=shape, min_lr_ratio=0.1), 100, 2e-3)
+    assert stage_lrs(s, 100) == pytest.approx(hf_lrs, rel=1e-9)
+
+
+def test_wsd_exponential_hand_values():
+    s = WSD(peak_lr=1.0, min_lr=0.01, warmup=0.0, decay=0.5, shape="exp")  # 10 steps: 5 stable, 5 decay
+    assert stage_lrs(s, 10) == pytest.approx([1.0] * 5 + [0.01 ** (k / 5) for k in range(5)])
+    assert lr_at(s, 10, 10) == pytest.approx(0.01)
+
+
+def test_infinite_phases_hand_table():
+    # 20 steps: 2 warmup, 6 cosine cooldown 1 -> 0.5, 6 constant, 6 exponential anneal 0.5 -> 0.05
+    s = Infinite(peak_lr=1.0, const_lr=0.5, min_lr=0.05, warmup=0.1, cooldown=0.3, constant=0.3)
+    lrs = stage_lrs(s, 20)
+    assert lrs[:2] == pytest.approx([0.0, 0.5])
+    assert lrs[2:9] == pytest.approx([0.5 + 0.25 * (1 + math.cos(math.pi * n / 6)) for n in range(7)])
+    assert lrs[8:14] == pytest.approx([0.5] * 6)
+    assert lrs[14:] == pytest.approx([0.5 * (0.1 ** (m / 6)) for m in range(6)])
+    assert lr_at(s, 20, 20) == pytest.approx(0.05)
+
+
+def test_infinite_inv_sqrt_cooldown_ends_at_const():
+    s = Infinite(peak_lr=1.0, const_lr=0.4, min_lr=0.1, warmup=0.0, cooldown=0.5, constant=0.5,
+                 cooldown_shape="inv_sqrt", timescale=4.0)
+    lrs = stage_lrs(s, 10)
+    assert lrs[0] == pytest.approx(1.0) and lr_at(s, 5, 10) == pytest.approx(0.4)
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+
+
+def test_constant_and_rewarm_is_per_stage():
+    assert stage_lrs(Constant(peak_lr=3e-4), 4) == [3e-4] * 4
+    s = Cosine(peak_lr=1.0, min_lr=0.0, warmup=0.25)
+    # each stage starts from 0 again: the schedule is a function of the stage-local step only
+    assert stage_lrs(s, 8)[0] == 0.0 and stage_lrs(s, 8) == stage_lrs(s, 8)
+
+
+@pytest.mark.parametrize("bad", [
+    {"kind": "wsd", "shape": "exp", "min_lr": 0.0},
+    {"kind": "infinite", "warmup": 0.5, "cooldown": 0.5, "constant": 0.5},
+    {"kind": "cosine", "peak_lr": -1},
+])
+def test_invalid_schedules_rejected(bad):
+    from pydantic import TypeAdapter
+
+    from workers.schedules import ScheduleSpec
+
+    with pytest.raises(ValidationError):
+        TypeAdapter(ScheduleSpec).validate_python(bad)
+
+
+def test_inv_sqrt_timescale_drops_faster_early():
+    def first_drop(alpha: float) -> float:
+        s = Infinite(peak_lr=1.0, const_lr=0.4, min_lr=0.1, warmup=0.0, cooldown=0.5, constant=0.5,
+                     cooldown_shape="inv_sqrt", timescale=alpha)
+        return 1.0 - lr_at(s, 1, 10)
+
+    assert first_drop(8.0) > first_drop(1.0)
