@@ -1,8 +1,8 @@
 """Alembic environment: migrations run against the URL set by store.db.alembic_config."""
 
+from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from alembic import context
 from store.models import Base
 
 config = context.config

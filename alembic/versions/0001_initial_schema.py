@@ -8,7 +8,6 @@ Create Date: 2026-11-29 15:20:05.389275
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-
 from alembic import op
 
 revision: str = "0001"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 from sqlalchemy.exc import OperationalError
-from conftest import tiny_spec
 
+from conftest import tiny_spec
 from orchestrator.controller import Controller, SilentReporter, create_run, stage_summary
 from orchestrator.home import Home
 from orchestrator.spec import parse_spec

@@ -1,0 +1,130 @@
+"""Overhead of running steps through cpt (Ray + Lightning + run store + MLflow) vs a bare PyTorch loop.
+
+Same model, same data (the built-in prose-en domain, same sampler), same number of steps, same
+thread count, all measured in one process run. Reports:
+  - ratio: cpt wall time / bare-loop wall time for the same steps (1 round),
+  - fixed per-round overhead: (T(R rounds) - T(1 round)) / (R - 1),
+  - steady-state throughput ratio: the worker's fit-only tokens/s vs the bare loop's.
+
+    python benchmarks/overhead.py [--steps 120] [--rounds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def spec_dict(home: Path, steps: int, rounds: int, cpus: int) -> dict:
+    return {
+        "name": f"overhead-r{rounds}", "seed": 0, "tokenizer": str(home / "tokenizer.json"),
+        "seq_len": 128, "batch_size": 16,
+        "model": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 352},
+        "domains": {"prose-en": str(home / "data" / "prose-en")},
+        "stages": [{"name": "s", "domains": ["prose-en"], "tokens": steps * 16 * 128, "rounds": rounds,
+                    "schedule": {"kind": "cosine", "peak_lr": 3e-3, "min_lr": 3e-4, "warmup": 0.02}}],
+        "eval_batches": 1, "resources": {"cpus": cpus},
+    }
+
+
+def bare_loop(home: Path, steps: int, threads: int) -> tuple[float, float]:
+    """The same training as one cpt round, as a plain PyTorch loop. Returns (wall s, tokens/s)."""
+    import torch
+
+    from store.datasets import DomainData
+    from store.tokenizer import load_tokenizer
+    from workers.data import MixtureSampler
+    from workers.model import build_model
+    from workers.module import token_losses
+    from workers.schedules import Cosine, lr_at
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    vocab = load_tokenizer(home / "tokenizer.json").get_vocab_size()
+    spec = spec_dict(home, steps, 1, threads)
+    model = build_model(spec["model"], vocab, 128, 0)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                            lr=3e-3, betas=(0.9, 0.95))
+    data = {"prose-en": DomainData.open("prose-en", home / "data" / "prose-en")}
+    sampler = MixtureSampler(data, {"prose-en": 1.0}, 128, 16, 0, 0, 0)
+    sched = Cosine(peak_lr=3e-3, min_lr=3e-4, warmup=0.02)
+    t_fit = time.perf_counter()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(sched, step, steps)
+        ids, _ = sampler.batch(step)
+        loss = token_losses(model, ids).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        float(loss)
+    fit = time.perf_counter() - t_fit
+    return time.perf_counter() - t0, steps * 16 * 128 / fit
+
+
+def cpt_run(home: Path, steps: int, rounds: int, cpus: int) -> tuple[float, list[float]]:
+    from orchestrator.controller import Controller, create_run
+    from orchestrator.home import Home
+    from orchestrator.spec import parse_spec
+    from store.runs import RunStore
+
+    h = Home.from_env(home)
+    store = RunStore(h.store_url)
+    text = yaml.safe_dump(spec_dict(home, steps, rounds, cpus))
+    t0 = time.perf_counter()
+    run_id = create_run(store, h, parse_spec(text), text)
+    Controller(store, h, run_id).run()
+    wall = time.perf_counter() - t0
+    return wall, [r.tokens_per_s for r in store.rounds(run_id, status="finished")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=120)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--cpus", type=int, default=2)
+    args = ap.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from orchestrator import cluster
+    from orchestrator.builtin import prepare_builtins
+    from orchestrator.home import Home
+
+    home = Path(tempfile.mkdtemp(prefix="cpt-bench-", dir="/tmp"))
+    shared = Home.from_env(ROOT / "cpt-home")  # reuse the demo's prepared data
+    prepare_builtins(shared.data, shared.tokenizer, ["prose-en"], log=lambda m: None)
+    (home / "data").mkdir()
+    os.symlink(shared.data / "prose-en", home / "data" / "prose-en")
+    os.symlink(shared.tokenizer, home / "tokenizer.json")
+
+    bare_wall, bare_tps = bare_loop(home, args.steps, args.cpus)
+    one_wall, one_tps = cpt_run(home, args.steps, 1, args.cpus)  # includes starting Ray
+    one_warm, _ = cpt_run(home, args.steps, 1, args.cpus)  # Ray already up
+    many_wall, _ = cpt_run(home, args.steps, args.rounds, args.cpus)
+    cluster.shutdown()
+    per_round = (many_wall - one_warm) / (args.rounds - 1)
+    print(f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}, {date.today()}")
+    print(f"steps={args.steps} x 2048 tokens, threads={args.cpus}")
+    print("| measure | value |\n|---|---|")
+    print(f"| bare loop wall | {bare_wall:.1f} s |")
+    print(f"| cpt 1 round wall (incl. Ray start) | {one_wall:.1f} s |")
+    print(f"| cpt 1 round wall (Ray running) | {one_warm:.1f} s |")
+    print(f"| cpt {args.rounds} rounds wall (Ray running) | {many_wall:.1f} s |")
+    print(f"| ratio cpt/bare, 1 round, Ray running | {one_warm / bare_wall:.2f} |")
+    print(f"| fixed overhead per extra round | {per_round:.1f} s |")
+    print(f"| steady-state tokens/s, worker (Lightning) / bare | {one_tps[0] / bare_tps:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
