@@ -76,6 +76,7 @@ class Controller:
         if abandoned:
             self.reporter.message(f"abandoned {abandoned} unfinished round attempt(s); re-running from plan")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._remove_partial_checkpoints()
         self._start_tracking()
         try:
             cluster.connect(self.home, num_cpus=None)
@@ -212,6 +213,15 @@ class Controller:
             load_optimizer=prev is not None and not (r == 0 and st.reset_optimizer),
             checkpoint_dir=str(ckpt), eval_batches=spec.eval_batches,
             eval_before=(i == 0 and r == 0), progress_path=str(progress))
+
+    def _remove_partial_checkpoints(self) -> None:
+        """Temp folders of saves a dead worker never finished: never referenced, so just garbage."""
+        import shutil
+
+        folder = self.workdir / "checkpoints"
+        for tmp in folder.glob(".*.tmp-*") if folder.exists() else []:
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.reporter.message(f"removed partial checkpoint {tmp.name}")
 
     def _latest_checkpoint(self) -> str | None:
         done = self.store.rounds(self.run_id, status="finished")

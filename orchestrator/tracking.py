@@ -7,10 +7,17 @@ Metrics are keyed by global step, so stages line up on one axis in the MLflow UI
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 SECRET_HINTS = ("password", "secret", "token", "apikey", "api_key")
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@", re.I)
+
+
+def redact(value: str) -> str:
+    """Mask the password of any URL with credentials (user:pass@host) in a string."""
+    return _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", value)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -25,7 +32,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
         elif any(h in key.lower() for h in SECRET_HINTS):
             out[key] = "***"
         else:
-            out[key] = str(v)[:6000]
+            out[key] = redact(str(v))[:6000]
     return out
 
 

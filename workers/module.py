@@ -4,6 +4,7 @@ per-domain training loss."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -69,7 +70,7 @@ class CausalLMModule(L.LightningModule):
         if self.progress_path and (batch_idx % 5 == 0 or batch_idx == self.trainer.max_steps - 1):
             with open(self.progress_path, "a") as f:
                 f.write(json.dumps({"step": self.first_step + batch_idx + 1, "loss": self.losses[-1],
-                                    "lr": self.lrs[-1], "t": time.time()}) + "\n")
+                                    "lr": self.lrs[-1], "t": time.time(), "pid": os.getpid()}) + "\n")
 
     def domain_losses(self) -> dict[str, float]:
         return {n: float(self.domain_sum[i] / self.domain_count[i])

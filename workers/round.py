@@ -66,7 +66,7 @@ def execute_round(plan: RoundPlan) -> RoundResult:
         max_steps=plan.num_steps, accelerator="gpu" if use_gpu else "cpu", devices=1, precision=precision,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, gradient_clip_val=plan.optimizer.get("grad_clip") or None,
-        use_distributed_sampler=False, default_root_dir=os.path.dirname(plan.checkpoint_dir))
+        use_distributed_sampler=False, default_root_dir=os.path.dirname(os.path.dirname(plan.checkpoint_dir)))
     t_fit = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -87,8 +87,8 @@ def execute_round(plan: RoundPlan) -> RoundResult:
             "model_signature": signature, "tokenizer_hash": plan.tokenizer_hash}
     try:
         ckpt = save_checkpoint(plan.checkpoint_dir, model, trainer.optimizers[0], meta)
-    except OSError as exc:
-        raise TrainingError(f"saving checkpoint {plan.checkpoint_dir} failed: {exc}") from None
+    except Exception as exc:  # OSError, or safetensors' own error type for a full disk
+        raise TrainingError(f"saving checkpoint {plan.checkpoint_dir} failed: {type(exc).__name__}: {exc}") from None
 
     tokens = plan.num_steps * plan.batch_size * plan.seq_len
     counts = module.domain_count.tolist()

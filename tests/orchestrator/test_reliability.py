@@ -1,0 +1,149 @@
+"""Fault injection on real runs: worker SIGKILL, disk full during checkpointing, concurrent runs."""
+
+import json
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import tiny_spec
+from orchestrator.controller import Controller, SilentReporter, create_run
+from orchestrator.home import Home
+from orchestrator.spec import parse_spec
+from store.errors import TrainingError
+from store.runs import RunStore
+
+pytestmark = pytest.mark.e2e
+LONG = {"tokens": 32 * 4 * 60}  # 30 steps per round: long enough to kill mid-round
+
+
+def _spec(synth, **stage_over):
+    spec = tiny_spec(synth)
+    for st in spec["stages"]:
+        st.update(stage_over)
+    return spec
+
+
+def _create(home_dir: Path, spec: dict):
+    home = Home.from_env(home_dir)
+    store = RunStore(home.store_url)
+    text = yaml.safe_dump(spec)
+    return home, store, create_run(store, home, parse_spec(text), text)
+
+
+class KillWorkerOnce(SilentReporter):
+    """SIGKILLs the worker process of (stage, round) attempt 1 as soon as it reports progress."""
+
+    def __init__(self, stage: int, rnd: int):
+        self.target, self.plan, self.killed = (stage, rnd), None, []
+
+    def round_started(self, plan, stage):
+        self.plan = plan
+
+    def progress(self, step, total, loss, lr):
+        p = self.plan
+        if (p.stage_index, p.round_index) != self.target or p.attempt != 1 or self.killed:
+            return
+        pid = json.loads(Path(p.progress_path).read_text().splitlines()[0])["pid"]
+        os.kill(pid, signal.SIGKILL)
+        self.killed.append(pid)
+
+
+def test_worker_sigkill_mid_round_is_retried_with_identical_result(tmp_path, synth, ray_local):
+    spec = _spec(synth, **LONG)
+    ref_home, ref_store, ref = _create(tmp_path / "ref", spec)
+    Controller(ref_store, ref_home, ref, tracking=False).run()
+
+    home, store, run_id = _create(tmp_path / "faulty", spec)
+    killer = KillWorkerOnce(0, 1)
+    assert Controller(store, home, run_id, killer, tracking=False, poll_s=0.02).run() == "finished"
+    assert killer.killed, "the worker finished before it could be killed"
+    rounds = store.rounds(run_id)
+    assert [(r.stage_index, r.round_index, r.attempt, r.status) for r in rounds][:3] == [
+        (0, 0, 1, "finished"), (0, 1, 1, "failed"), (0, 1, 2, "finished")]
+    assert "WorkerCrashedError" in rounds[1].error
+    assert rounds[1].checkpoint_uri is None
+    final = store.rounds(run_id, status="finished")[-1].eval_losses
+    assert final == pytest.approx(ref_store.rounds(ref, status="finished")[-1].eval_losses, abs=1e-5)
+
+
+def test_worker_that_keeps_dying_fails_the_run_after_max_attempts(tmp_path, synth, ray_local):
+    spec = _spec(synth, **LONG)
+    spec["resources"]["max_attempts"] = 2
+    home, store, run_id = _create(tmp_path, spec)
+
+    class KillAlways(KillWorkerOnce):
+        def progress(self, step, total, loss, lr):
+            p = self.plan
+            if (p.stage_index, p.round_index) == (0, 0) and p.attempt not in {k for k, _ in self.killed}:
+                pid = json.loads(Path(p.progress_path).read_text().splitlines()[0])["pid"]
+                os.kill(pid, signal.SIGKILL)
+                self.killed.append((p.attempt, pid))
+
+    with pytest.raises(TrainingError, match="failed 2 times"):
+        Controller(store, home, run_id, KillAlways(0, 0), tracking=False, poll_s=0.02).run()
+    assert store.get_run(run_id).status == "failed"
+    assert [r.status for r in store.rounds(run_id)] == ["failed", "failed"]
+
+
+def test_disk_full_while_checkpointing_fails_cleanly(tmp_path, synth, ray_local):
+    home, store, run_id = _create(tmp_path, tiny_spec(synth))
+    ckpts = Path(store.get_run(run_id).workdir) / "checkpoints"
+    ckpts.mkdir(parents=True)
+    # room for one tiny checkpoint (~0.3 MB) but not two
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=450k", "tmpfs", str(ckpts)], capture_output=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tiny tmpfs here: {mount.stderr.decode().strip()}")
+    try:
+        with pytest.raises(TrainingError, match="No space left on device"):
+            Controller(store, home, run_id, tracking=False).run()
+        rounds = store.rounds(run_id)
+        assert [r.status for r in rounds] == ["finished", "failed"]
+        assert "No space left on device" in rounds[1].error and store.get_run(run_id).status == "failed"
+        assert sorted(p.name for p in ckpts.iterdir()) == ["s0-r0-a1"]  # no partial folder left behind
+        assert (ckpts / "s0-r0-a1" / "model.safetensors").is_file()
+        assert rounds[0].checkpoint_uri == str(ckpts / "s0-r0-a1")  # still the latest
+    finally:
+        subprocess.run(["umount", "-l", str(ckpts)], check=False)
+
+
+def test_resume_ignores_and_removes_half_written_checkpoints(tmp_path, synth, ray_local):
+    home, store, run_id = _create(tmp_path, tiny_spec(synth))
+    ckpts = Path(store.get_run(run_id).workdir) / "checkpoints"
+    partial = ckpts / ".s0-r0-a1.tmp-deadbeef"
+    partial.mkdir(parents=True)
+    (partial / "model.safetensors").write_bytes(b"half")
+    assert Controller(store, home, run_id, tracking=False).run() == "finished"
+    assert not partial.exists()
+
+
+def test_concurrent_runs_share_one_ray_and_one_store(tmp_path, synth, ray_local):
+    home = Home.from_env(tmp_path)
+    RunStore(home.store_url)
+    ids, errors = [], []
+
+    def one(i: int) -> None:
+        try:
+            store = RunStore(home.store_url)
+            text = yaml.safe_dump(tiny_spec(synth, name=f"conc{i}", seed=i))
+            run_id = create_run(store, home, parse_spec(text), text)
+            ids.append(run_id)
+            Controller(store, home, run_id).run()
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors, errors
+    store = RunStore(home.store_url)
+    for run_id in ids:
+        assert store.get_run(run_id).status == "finished"
+        assert len(store.rounds(run_id, status="finished")) == 4
+    assert len(store.list_runs()) == 3
