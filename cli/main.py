@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from cli import data as data_cmds
+from cli import reports as report_cmds
 from cli import runs as runs_cmds
 from cli.state import state
 
@@ -23,6 +24,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(schedule_app, name="schedule")
 app.command("submit")(runs_cmds.submit)
 app.command("demo")(runs_cmds.demo)
+app.command("compare")(report_cmds.compare)
+app.command("report")(report_cmds.report)
 
 
 @app.callback()

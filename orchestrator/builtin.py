@@ -4,6 +4,8 @@
   quotations from many authors).
 - prose-de: German fortunes, one per document (Debian `fortunes-de`; GPL-2+).
 - tech-de: German manual pages with roff markup stripped (Debian `manpages-de`; GPL-3+).
+- tech-en: the Python 3.11 documentation sources (reStructuredText), one page per document
+  (Debian `python3.11-doc`; PSF-2.0).
 - code-py: the running Python's standard library source, one file per document (PSF-2.0).
 """
 
@@ -24,6 +26,7 @@ from store.errors import DataError
 
 FORTUNES = Path("/usr/share/games/fortunes")
 MAN_DE = Path("/usr/share/man/de")
+PYDOC = Path("/usr/share/doc/python3.11/html/_sources")
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,15 @@ def _man_de() -> Iterator[str]:
             yield doc + "\n"
 
 
+def _pydoc() -> Iterator[str]:
+    files = sorted(PYDOC.rglob("*.rst.txt"))
+    random.Random(0).shuffle(files)
+    for path in files:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if len(text) > 200:
+            yield text
+
+
 def _stdlib() -> Iterator[str]:
     root = Path(sysconfig.get_paths()["stdlib"])
     files = sorted(p for p in root.rglob("*.py")
@@ -99,6 +111,8 @@ BUILTINS = {b.name: b for b in [
             FORTUNES / "de", lambda: _fortunes(FORTUNES / "de")),
     Builtin("tech-de", "German manual pages (technical prose)", "manpages-de", "GPL-3+",
             MAN_DE / "man1", _man_de),
+    Builtin("tech-en", "Python 3.11 documentation sources (technical English)", "python3.11-doc", "PSF-2.0",
+            PYDOC, _pydoc),
     Builtin("code-py", f"Python {sys.version_info.major}.{sys.version_info.minor} standard library source",
             None, "PSF-2.0", Path(sysconfig.get_paths()["stdlib"]), _stdlib),
 ]}

@@ -26,7 +26,8 @@ class ModelSpec(_M):
     """A Llama-style causal LM: built from scratch from these sizes, or loaded from `path`."""
 
     path: str | None = None
-    """Local Hugging Face checkpoint folder (safetensors); None builds a new model from the sizes."""
+    """Local Hugging Face checkpoint folder (safetensors), or a cpt round checkpoint folder (then the
+    sizes below must match it); None builds a new model from the sizes."""
     hidden_size: int = Field(128, gt=0)
     """Width of the residual stream."""
     num_layers: int = Field(2, gt=0)
@@ -282,5 +283,6 @@ def check_data(spec: RunSpec) -> dict[str, dict[str, Any]]:
     if spec.model.path:
         from workers.model import check_hf_checkpoint
 
-        check_hf_checkpoint(spec.model.path)
+        vocab = next(iter(manifests.values()))["vocab_size"]
+        check_hf_checkpoint(spec.model.path, vocab_size=vocab, tokenizer_hash=tok_hash)
     return manifests

@@ -22,12 +22,30 @@ def llama_config(model: dict[str, Any], vocab_size: int, seq_len: int):
     )
 
 
-def check_hf_checkpoint(path: str | Path) -> None:
+def is_cpt_checkpoint(path: str | Path) -> bool:
+    return (Path(path) / "meta.json").is_file() and (Path(path) / "model.safetensors").is_file()
+
+
+def check_hf_checkpoint(path: str | Path, vocab_size: int | None = None, tokenizer_hash: str | None = None) -> None:
+    """A local HF checkpoint folder (safetensors) or a cpt round checkpoint that fits the tokenizer."""
     path = Path(path)
+    if is_cpt_checkpoint(path):
+        meta = json.loads((path / "meta.json").read_text())
+        if tokenizer_hash and meta.get("tokenizer_hash") != tokenizer_hash:
+            raise CheckpointError(f"{path}: cpt checkpoint was trained with tokenizer {meta.get('tokenizer_hash')}, "
+                                  f"the run uses {tokenizer_hash}")
+        return
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path}: not a Hugging Face checkpoint folder (no config.json)")
     if not list(path.glob("*.safetensors")):
         raise CheckpointError(f"{path}: no *.safetensors weights (pickled .bin weights are refused)")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path / 'config.json'}: not valid JSON ({exc})") from None
+    if vocab_size is not None and config.get("vocab_size") != vocab_size:
+        raise CheckpointError(f"{path}: checkpoint vocab_size {config.get('vocab_size')} does not match the "
+                              f"run's tokenizer ({vocab_size})")
 
 
 def build_model(model: dict[str, Any], vocab_size: int, seq_len: int, seed: int):
@@ -35,6 +53,13 @@ def build_model(model: dict[str, Any], vocab_size: int, seq_len: int, seed: int)
     import torch
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
+    if model.get("path") and is_cpt_checkpoint(model["path"]):
+        # a round checkpoint of an earlier cpt run: same sizes, weights only (optimizer starts fresh)
+        from workers.checkpoint import load_checkpoint
+
+        m = build_model({**model, "path": None}, vocab_size, seq_len, seed)
+        load_checkpoint(model["path"], m, expect_signature=model_signature(m))
+        return m
     if model.get("path"):
         check_hf_checkpoint(model["path"])
         m = AutoModelForCausalLM.from_pretrained(model["path"], use_safetensors=True, torch_dtype=torch.float32)

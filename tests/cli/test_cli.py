@@ -96,3 +96,78 @@ def test_detach_without_cluster_is_a_clear_error(tmp_path, spec_file):
     out = cpt("submit", env_spec, "--detach", home=tmp_path)
     assert out.returncode == 2 and "needs a Ray cluster" in out.stderr
     assert yaml.safe_load(env_spec.read_text())["name"] == "tiny"
+
+
+def _hf_checkpoint(folder: Path, vocab: int) -> Path:
+    from workers.model import build_model
+
+    build_model({"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}, vocab, 32, 0) \
+        .save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def _pickled_checkpoint(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "config.json").write_text('{"vocab_size": 400}')
+    (folder / "pytorch_model.bin").write_bytes(b"not to be unpickled")
+    return folder
+
+
+def _corrupt_copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    from store.datasets import read_manifest
+
+    shutil.copytree(src, dst)
+    shard = dst / read_manifest(dst)["shards"][0]["file"]
+    shard.write_bytes(shard.read_bytes()[:100])
+    return dst
+
+
+def _other_tokenizer(tmp: Path, synth) -> str:
+    from store.ingest import iter_documents
+    from store.tokenizer import train_tokenizer
+
+    train_tokenizer(iter_documents(synth["raw"]["code"]), tmp / "other.json", vocab_size=310)
+    return str(tmp / "other.json")
+
+
+BAD_INPUTS = {
+    "negative weights": (lambda t, s: {"stages": [
+        {"name": "a", "domains": ["en"], "tokens": 1024},
+        {"name": "b", "domains": ["de"], "tokens": 1024,
+         "mixer": {"kind": "static", "weights": {"de": 1.5, "en": -0.5}}}]},
+        "stages.1.mixer.weights"),
+    "weights not summing to 1": (lambda t, s: {"stages": [
+        {"name": "a", "domains": ["en"], "tokens": 1024, "mixer": {"kind": "static", "weights": {"en": 0.5}}}]},
+        "sum to 1"),
+    "unknown mixer": (lambda t, s: {"stages": [{"name": "a", "domains": ["en"], "tokens": 1024,
+                                                "mixer": {"kind": "doremi2"}}]}, "unknown mixer 'doremi2'; valid:"),
+    "missing shard folder": (lambda t, s: {"domains": {"en": str(t / "gone")},
+                                           "stages": [{"name": "a", "domains": ["en"], "tokens": 1024}]},
+                             "gone: shard folder does not exist"),
+    "truncated shard": (lambda t, s: {"domains": {"en": str(_corrupt_copy(s["domains"]["en"], t / "en"))},
+                                      "stages": [{"name": "a", "domains": ["en"], "tokens": 1024}]},
+                        "corrupt or truncated shard"),
+    "tokenizer mismatch": (lambda t, s: {"tokenizer": _other_tokenizer(t, s)}, "tokenized with tokenizer"),
+    "checkpoint of another model": (lambda t, s: {"model": {"path": str(_hf_checkpoint(t / "hf", 999))}},
+                                    "vocab_size 999 does not match"),
+    "pickled checkpoint": (lambda t, s: {"model": {"path": str(_pickled_checkpoint(t / "bin"))}},
+                           "pickled .bin weights are refused"),
+    "not a checkpoint": (lambda t, s: {"model": {"path": str(t)}}, "not a Hugging Face checkpoint"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_inputs_to_submit_exit_2_and_record_nothing(tmp_path, synth, case):
+    over, message = BAD_INPUTS[case]
+    spec = tmp_path / "run.yaml"
+    from conftest import tiny_spec
+
+    spec.write_text(yaml.safe_dump(tiny_spec(synth, **over(tmp_path, synth))))
+    home = tmp_path / "home"
+    out = cpt("submit", spec, "--quiet", home=home)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert message in out.stderr and out.stderr.count("error:") == 1 and "Traceback" not in out.stderr
+    assert not (home / "runs").exists()
+    assert not (home / "store.db").exists()  # not even an empty store was created

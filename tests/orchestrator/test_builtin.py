@@ -1,0 +1,40 @@
+import dataclasses
+
+import pytest
+
+from orchestrator import builtin
+from store.errors import DataError
+
+
+def test_fortunes_split_into_documents(tmp_path):
+    (tmp_path / "jokes").write_text("First fortune, long enough to keep.\n%\nshort\n%\nSecond one, also long enough.\n")
+    (tmp_path / "jokes.dat").write_bytes(b"\x00binary index")
+    (tmp_path / "jokes.u8").symlink_to(tmp_path / "jokes")
+    docs = list(builtin._fortunes(tmp_path))
+    assert docs == ["First fortune, long enough to keep.\n", "Second one, also long enough.\n"]
+
+
+def test_strip_roff_keeps_text_drops_markup():
+    roff = ".TH LS 1\n.SH BESCHREIBUNG\nListet \\fBDateien\\fP auf\\-und ab.\n.TP\n\\fB\\-a\\fP, \\fB\\-\\-all\\fP\n"
+    text = builtin.strip_roff(roff)
+    assert "BESCHREIBUNG" in text and "Listet Dateien auf-und ab." in text and "-a, --all" in text
+    assert ".TH" not in text and "\\f" not in text
+
+
+def test_capped_stops_after_budget():
+    assert list(builtin.capped(iter(["aaaa", "bbbb", "cccc"]), 6)) == ["aaaa", "bbbb"]
+
+
+def test_missing_packages_named_without_install(tmp_path, monkeypatch):
+    fake = dataclasses.replace(builtin.BUILTINS["prose-de"], probe=tmp_path / "absent")
+    monkeypatch.setitem(builtin.BUILTINS, "prose-de", fake)
+    with pytest.raises(DataError, match="apt-get install fortunes-de"):
+        builtin.prepare_builtins(tmp_path / "data", tmp_path / "tok.json", ["prose-de"], install=False)
+    assert not (tmp_path / "data").exists() and not (tmp_path / "tok.json").exists()
+    with pytest.raises(DataError, match="unknown built-in domain"):
+        builtin.prepare_builtins(tmp_path / "data", tmp_path / "tok.json", ["klingon"])
+
+
+def test_stdlib_code_domain_is_always_available():
+    doc = next(builtin.BUILTINS["code-py"].docs())
+    assert builtin.BUILTINS["code-py"].package is None and ("def " in doc or "import " in doc)
