@@ -86,12 +86,12 @@ def main() -> None:
           f"{date.today()}; {T:,} tokens per stage", flush=True)
 
     print("stage 1 (shared): English prose, cosine / infinite", flush=True)
-    pre_cos = run(store, home, base_spec("pretrain-cosine", home, ["prose-en"],
+    pre_cos = run(store, home, base_spec("pretrain-cosine", home.root, ["prose-en"],
                                          [{"name": "en", "domains": ["prose-en"], "tokens": T, "rounds": 2,
                                            "schedule": cosine()}]))
     inf1 = {"kind": "infinite", "peak_lr": PEAK, "const_lr": (PEAK + MIN) / 2, "min_lr": MIN, "warmup": 0.02,
             "cooldown": 0.6, "constant": 0.38}
-    pre_inf = run(store, home, base_spec("pretrain-infinite", home, ["prose-en"],
+    pre_inf = run(store, home, base_spec("pretrain-infinite", home.root, ["prose-en"],
                                          [{"name": "en", "domains": ["prose-en"], "tokens": T, "rounds": 2,
                                            "schedule": inf1}]))
     for shift in args.shifts.split(","):
@@ -105,16 +105,17 @@ def main() -> None:
         conds: dict[str, str] = {}
         ckpt = last_checkpoint(store, pre_cos)
         conds["constant (no re-warm)"] = run(store, home, base_spec(
-            f"{shift}-constant", home, [old, new], stage2({"kind": "constant", "peak_lr": MIN}, 0.0), ckpt))
+            f"{shift}-constant", home.root, [old, new], stage2({"kind": "constant", "peak_lr": MIN}, 0.0), ckpt))
         for pct in (0, 1, 5, 25):
             conds[f"re-warm + re-decay, {pct}% replay"] = run(store, home, base_spec(
-                f"{shift}-rewarm-{pct}", home, [old, new], stage2(cosine(), pct / 100), ckpt))
+                f"{shift}-rewarm-{pct}", home.root, [old, new], stage2(cosine(), pct / 100), ckpt))
         inf2 = {"kind": "infinite", "peak_lr": inf1["const_lr"], "const_lr": inf1["const_lr"], "min_lr": MIN,
                 "warmup": 0.0, "cooldown": 0.0, "constant": 0.8}
         conds[f"infinite, {PAPER_REPLAY[shift]:.0%} replay"] = run(store, home, base_spec(
-            f"{shift}-infinite", home, [old, new], stage2(inf2, PAPER_REPLAY[shift]), last_checkpoint(store, pre_inf)))
+            f"{shift}-infinite", home.root, [old, new], stage2(inf2, PAPER_REPLAY[shift]),
+            last_checkpoint(store, pre_inf)))
         conds["union from scratch"] = run(store, home, base_spec(
-            f"{shift}-union", home, [old, new],
+            f"{shift}-union", home.root, [old, new],
             [{"name": "union", "domains": [old, new], "tokens": 2 * T, "rounds": 8, "schedule": cosine(),
               "mixer": {"kind": "static", "weights": {old: 0.5, new: 0.5}}}]))
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from cli import agent as agent_cmds
 from cli import data as data_cmds
 from cli import reports as report_cmds
 from cli import runs as runs_cmds
@@ -18,6 +19,7 @@ app = typer.Typer(help="Continual pre-training orchestration: stages, rounds, re
 app.add_typer(data_cmds.data_app, name="data")
 app.add_typer(data_cmds.tokenizer_app, name="tokenizer")
 app.add_typer(runs_cmds.runs_app, name="runs")
+app.add_typer(agent_cmds.agent_app, name="agent")
 db_app = typer.Typer(help="Run store database.", no_args_is_help=True)
 schedule_app = typer.Typer(help="LR schedules.", no_args_is_help=True)
 app.add_typer(db_app, name="db")

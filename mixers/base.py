@@ -10,6 +10,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from store.errors import InputError, RegistryError, SpecError
 
+REPLAY_PREFIX = "replay/"
+
+
+def source_name(domain: str) -> str:
+    """The domain a replay buffer holds (eval losses are measured on the source domain)."""
+    return domain.removeprefix(REPLAY_PREFIX)
+
 
 @dataclass(frozen=True)
 class RoundRecord:
@@ -20,6 +27,7 @@ class RoundRecord:
     weights: dict[str, float]
     eval_losses: dict[str, float]
     domain_train_losses: dict[str, float] = field(default_factory=dict)
+    domain_loss_trace: dict[str, list[float | None]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,22 @@ class Observation:
     """Training tokens available per domain (for proportional / temperature mixing)."""
     history: list[RoundRecord] = field(default_factory=list)
     """Finished rounds of this run, oldest first."""
+    start_losses: dict[str, float] = field(default_factory=dict)
+    """Validation loss per domain when this stage started (empty before anything was measured)."""
+    reference_losses: dict[str, float] = field(default_factory=dict)
+    """A reference run's final validation losses (DoReMi's excess-loss baseline), if configured."""
+    seed: int = 0
+    """Run seed (random mixers draw from it, so a resumed run repeats its draws)."""
+
+    @property
+    def stage_history(self) -> list[RoundRecord]:
+        return [h for h in self.history if h.stage_index == self.stage_index]
+
+    def latest_losses(self) -> dict[str, float]:
+        return self.history[-1].eval_losses if self.history else dict(self.start_losses)
+
+    def loss(self, domain: str, losses: dict[str, float] | None = None) -> float | None:
+        return (self.latest_losses() if losses is None else losses).get(source_name(domain))
 
     @property
     def domains(self) -> list[str]:
@@ -81,7 +105,10 @@ def register(cls: type[Mixer]) -> type[Mixer]:
 
 
 def _load_builtin() -> None:
-    import mixers.static  # noqa: F401  (registers on import)
+    # importing registers them
+    import mixers.adaptive  # noqa: F401
+    import mixers.agent  # noqa: F401
+    import mixers.static  # noqa: F401
 
 
 def mixer_names() -> list[str]:
@@ -127,6 +154,18 @@ def with_replay(new: dict[str, float], replay: dict[str, float], fraction: float
     for d, w in _normalise(replay).items():
         out[d] = out.get(d, 0.0) + w * fraction
     return out
+
+
+def softmax(scores: dict[str, float]) -> dict[str, float]:
+    top = max(scores.values())
+    ex = {d: math.exp(v - top) for d, v in scores.items()}
+    return _normalise(ex)
+
+
+def smooth(weights: dict[str, float], c: float) -> dict[str, float]:
+    """(1 - c) w + c / K: keeps every domain sampled a little."""
+    k = len(weights)
+    return {d: (1 - c) * w + c / k for d, w in weights.items()}
 
 
 def _normalise(w: dict[str, float]) -> dict[str, float]:

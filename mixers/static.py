@@ -87,3 +87,29 @@ class Proportional(Temperature):
 
     def __init__(self, config: ProportionalConfig):
         super().__init__(TemperatureConfig(temperature=1.0, fraction=config.fraction))
+
+
+class DirichletConfig(MixerConfig):
+    concentration: float = Field(1.0, gt=0)
+    """Dirichlet concentration per domain: 1 is uniform on the simplex, small values favour corners."""
+    seed: int = 0
+    """Extra seed so several exploration runs draw different mixtures."""
+    min_weight: float = Field(0.02, ge=0, lt=0.5)
+    """Floor per domain (mixed in like smoothing) so every domain keeps a loss signal."""
+
+
+@register
+class Dirichlet(Mixer):
+    """Random mixtures drawn per round from a Dirichlet: exploration for the Data Mixing Agent.
+    A pure function of (run seed, mixer seed, stage, round): a resumed run repeats its draws."""
+
+    name = "dirichlet"
+    Config = DirichletConfig
+
+    def propose(self, obs: Observation) -> dict[str, float]:
+        import numpy as np
+
+        rng = np.random.default_rng([obs.seed, self.config.seed, obs.stage_index, obs.round_index])
+        draw = rng.dirichlet([self.config.concentration] * len(obs.domains))
+        k, floor = len(obs.domains), self.config.min_weight
+        return {d: float((1 - floor) * w + floor / k) for d, w in zip(obs.domains, draw, strict=True)}

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Protocol
 
+from mixers.agent import balanced_reward, state_features
 from mixers.base import Mixer, Observation, RoundRecord, build_mixer, check_weights
 from orchestrator.home import Home
 from orchestrator.spec import RunSpec, parse_spec
@@ -98,6 +99,7 @@ class Controller:
     def _run_stage(self, i: int) -> None:
         st = self.spec.stages[i]
         mixer = build_mixer(st.mixer, where=f"stages.{i}.mixer")
+        self._reference = self._reference_losses(st.mixer)
         for r, _ in enumerate(self.spec.round_bounds(i)):
             done = self.store.finished_round(self.run_id, i, r)
             if done is not None:
@@ -109,21 +111,77 @@ class Controller:
                 continue
             self.store.set_stage_status(self.run_id, i, "running")
             self._run_round(i, r, mixer)
+        self._fill_replay_buffers(i)
         self.store.set_stage_status(self.run_id, i, "finished")
+
+    def _reference_losses(self, mixer_spec: dict[str, Any]) -> dict[str, float]:
+        ref = mixer_spec.get("reference_run")
+        if not ref:
+            return {}
+        done = self.store.rounds(ref, status="finished")
+        if not done:
+            from store.errors import InputError
+
+            raise InputError(f"mixer.reference_run: run {ref!r} has no finished rounds")
+        return done[-1].eval_losses
+
+    def _buffer_folder(self, domain: str) -> Path:
+        return self.workdir / "replay" / domain
+
+    def _fill_replay_buffers(self, i: int) -> None:
+        """After stage i, add what it trained on to the buffers of domains later stages replay."""
+        from mixers.replay import fill_buffer, stage_stream
+        from store.datasets import DomainData
+
+        wanted = [d for d in self.spec.stages[i].domains if d in self.spec.buffered_domains()]
+        if not wanted:
+            return
+        buf_spec = next(st.replay.buffer for j, st in enumerate(self.spec.stages)
+                        if j > i and st.replay.buffer is not None)
+        done = [r for r in self.store.rounds(self.run_id, status="finished") if r.stage_index == i]
+        rounds = [{"round": r.round_index, "weights": r.weights, "first": r.data_cursor["stage_step_start"],
+                   "steps": r.data_cursor["num_steps"]} for r in done]
+        paths = self._domain_paths()
+        domains = {n: DomainData.open(n, paths[n]) for r in rounds for n in r["weights"]}
+        for d in wanted:
+            stream = stage_stream(domains, rounds, d, self.spec.seq_len, self.spec.batch_size, self.spec.seed, i)
+            buf = fill_buffer(self._buffer_folder(d), f"replay/{d}", self.spec.domains[d],
+                              buf_spec.model_dump(), self.spec.seq_len, stream, self.spec.seed, i, f"stage-{i}")
+            self.reporter.message(f"replay buffer {d}: {buf.tokens():,} tokens ({buf.policy}, "
+                                  f"{buf.seen:,} sequences seen)")
+
+    def _domain_paths(self) -> dict[str, str]:
+        paths = dict(self.spec.domains)
+        for d in self.spec.buffered_domains():
+            paths[f"replay/{d}"] = str(self._buffer_folder(d))
+        return paths
 
     def _observation(self, i: int, r: int) -> Observation:
         st = self.spec.stages[i]
-        history = [RoundRecord(x.stage_index, x.round_index, x.weights, x.eval_losses or {},
-                               json.loads(x.result_json or "{}").get("domain_train_losses", {}))
-                   for x in self.store.rounds(self.run_id, status="finished")]
+        done = self.store.rounds(self.run_id, status="finished")
+        history = []
+        for x in done:
+            res = json.loads(x.result_json or "{}")
+            history.append(RoundRecord(x.stage_index, x.round_index, x.weights, x.eval_losses or {},
+                                       res.get("domain_train_losses", {}), res.get("domain_loss_trace", {})))
+        earlier = [x for x in done if x.stage_index < i]
+        if earlier:
+            start = earlier[-1].eval_losses
+        else:
+            start = json.loads(done[0].result_json).get("eval_before") or {} if done else {}
+        tokens = dict(self._domain_tokens)
+        for d in self.spec.replay_domains(i):
+            tokens.setdefault(d, self._domain_tokens.get(d.removeprefix("replay/"), 0))
         return Observation(stage_index=i, round_index=r, num_rounds=st.rounds, stage_domains=list(st.domains),
                            replay_domains=self.spec.replay_domains(i), replay_fraction=st.replay.fraction,
-                           domain_tokens=self._domain_tokens, history=history)
+                           domain_tokens=tokens, history=history, start_losses=start,
+                           reference_losses=self._reference, seed=self.spec.seed)
 
     def _run_round(self, i: int, r: int, mixer: Mixer) -> None:
         if self.store.cancel_requested(self.run_id):
             raise Cancelled("cancelled before round start")
         obs = self._observation(i, r)
+        state = state_features(obs)
         weights = check_weights(mixer.propose(obs), obs.domains, f"stages.{i}.mixer proposal")
         plan = self._plan(i, r, weights, attempt=self.store.next_attempt(self.run_id, i, r))
         st = self.spec.stages[i]
@@ -143,9 +201,23 @@ class Controller:
                 self.reporter.message(f"round {i}.{r} attempt {plan.attempt} failed ({type(exc).__name__}); "
                                       f"retrying")
                 plan = self._plan(i, r, weights, attempt=plan.attempt + 1)
-        self.store.finish_round(round_id, result)  # the commit point
+        self.store.finish_round(round_id, result, self._transition(obs, state, weights, result, mixer.name))
         self.reporter.round_finished(plan, result)
         self._log_round(round_id, i, r, weights, result, plan.global_step_start)
+
+    def _transition(self, obs: Observation, state: list[float], weights: dict[str, float], result: RoundResult,
+                    mixer: str) -> dict[str, Any]:
+        """(state, action, reward, next state) of this round, stored with its commit."""
+        from dataclasses import replace
+
+        before = obs.latest_losses() or (result.eval_before or {})
+        nxt = replace(obs, round_index=obs.round_index + 1, history=[*obs.history, RoundRecord(
+            obs.stage_index, obs.round_index, weights, result.eval_losses, result.domain_train_losses,
+            result.domain_loss_trace)], start_losses=obs.start_losses or (result.eval_before or {}))
+        return {"num_domains": len(obs.domains), "domains": obs.domains, "state": state,
+                "action": [weights.get(d, 0.0) for d in obs.domains],
+                "reward": balanced_reward(before, result.eval_losses, obs.stage_domains, obs.replay_domains),
+                "next_state": state_features(nxt), "done": obs.round_index + 1 >= obs.num_rounds, "mixer": mixer}
 
     def _execute(self, round_id: int, plan: RoundPlan, stage_name: str) -> RoundResult:
         import ray
@@ -205,14 +277,15 @@ class Controller:
         progress.unlink(missing_ok=True)
         return RoundPlan(
             run_id=self.run_id, stage_index=i, round_index=r, attempt=attempt, seed=spec.seed, weights=weights,
-            domain_paths=dict(spec.domains), eval_domains=sorted(spec.domains), stage_step_start=first,
+            domain_paths=self._domain_paths(), eval_domains=sorted(spec.domains), stage_step_start=first,
             num_steps=n, stage_steps=spec.stage_steps(i), global_step_start=spec.stage_starts()[i] + first,
             schedule=st.schedule.model_dump(), model=spec.model.model_dump(), tokenizer_hash=self._tok["hash"],
             vocab_size=self._tok["vocab"], seq_len=spec.seq_len, batch_size=spec.batch_size,
             optimizer=spec.optimizer.model_dump(mode="json"), init_checkpoint=prev,
             load_optimizer=prev is not None and not (r == 0 and st.reset_optimizer),
             checkpoint_dir=str(ckpt), eval_batches=spec.eval_batches,
-            eval_before=(i == 0 and r == 0), progress_path=str(progress))
+            eval_before=(i == 0 and r == 0), progress_path=str(progress),
+            sample_loss=st.sample_loss.model_dump() if st.sample_loss.kind != "uniform" else {})
 
     def _remove_partial_checkpoints(self) -> None:
         """Temp folders of saves a dead worker never finished: never referenced, so just garbage."""

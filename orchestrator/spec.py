@@ -9,13 +9,16 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from store.errors import SpecError
+from workers.sample_weights import SampleLossSpec
 from workers.schedules import Cosine, ScheduleSpec
+
+REPLAY_PREFIX = "replay/"
 
 
 class _M(BaseModel):
@@ -54,11 +57,21 @@ class ModelSpec(_M):
         return self
 
 
+class BufferSpec(_M):
+    tokens: int = Field(gt=0)
+    """Token budget of each domain's replay buffer (bounded memory/disk)."""
+    policy: Literal["reservoir", "fifo"] = "reservoir"
+    """reservoir: a uniform sample of everything trained on; fifo: the most recent sequences."""
+
+
 class ReplaySpec(_M):
     fraction: float = Field(0.0, ge=0, lt=1)
     """Share of each batch drawn from earlier stages' domains (0.05 = 5% replay)."""
     sources: list[str] | None = None
     """Domains to replay; None = every domain trained in an earlier stage."""
+    buffer: BufferSpec | None = None
+    """Replay from bounded buffers of the sequences earlier stages trained on (domains named
+    `replay/<domain>`), instead of sampling the full earlier domains."""
 
 
 class StageSpec(_M):
@@ -78,6 +91,8 @@ class StageSpec(_M):
     """Replay of earlier stages' data."""
     reset_optimizer: bool = True
     """Start the stage with fresh AdamW state (as in Ibrahim et al. 2024)."""
+    sample_loss: SampleLossSpec = Field(default_factory=SampleLossSpec)
+    """Instance-level loss re-weighting inside each batch (Sow et al. 2025); uniform = plain mean."""
 
     @field_validator("mixer")
     @classmethod
@@ -200,12 +215,23 @@ class RunSpec(_M):
             start += n
         return out
 
-    def replay_domains(self, i: int) -> list[str]:
+    def replay_sources(self, i: int) -> list[str]:
+        """Earlier domains stage i replays (by their own names)."""
         st = self.stages[i]
         if st.replay.sources is not None:
             return [d for d in st.replay.sources if d not in st.domains]
         earlier = [d for s in self.stages[:i] for d in s.domains]
         return [d for d in dict.fromkeys(earlier) if d not in st.domains]
+
+    def replay_domains(self, i: int) -> list[str]:
+        """What stage i samples replay from: the sources, or their buffers (`replay/<domain>`)."""
+        if self.stages[i].replay.buffer is None:
+            return self.replay_sources(i)
+        return [f"{REPLAY_PREFIX}{d}" for d in self.replay_sources(i)]
+
+    def buffered_domains(self) -> list[str]:
+        """Domains some stage replays from a buffer: their buffers are filled as stages finish."""
+        return sorted({d for i, st in enumerate(self.stages) if st.replay.buffer for d in self.replay_sources(i)})
 
 
 def _format_error(exc: ValidationError) -> str:

@@ -102,3 +102,29 @@ class Event(Base):
     to_state: Mapped[str] = mapped_column(String(16))
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
     at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Transition(Base):
+    """One mixing decision and its outcome: what the Data Mixing Agent learns from.
+
+    Written by every run (one per finished round, in the round's commit transaction) and by
+    `cpt agent explore` trajectories (runs with a random mixer)."""
+
+    __tablename__ = "transitions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), unique=True)
+    stage_index: Mapped[int] = mapped_column(Integer)
+    round_index: Mapped[int] = mapped_column(Integer)
+    num_domains: Mapped[int] = mapped_column(Integer, index=True)
+    domains: Mapped[list] = mapped_column(JSON)
+    """Domain names in feature order: the stage's new domains, then its replay domains."""
+    state: Mapped[list] = mapped_column(JSON)
+    action: Mapped[list] = mapped_column(JSON)
+    reward: Mapped[float] = mapped_column(Float)
+    next_state: Mapped[list] = mapped_column(JSON)
+    done: Mapped[bool] = mapped_column(Boolean)
+    mixer: Mapped[str] = mapped_column(String(64))
+    """Mixer that chose the action (dirichlet for exploration)."""
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

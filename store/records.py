@@ -96,6 +96,8 @@ class RoundResult:
     """Training throughput (fit only, excluding eval and checkpointing)."""
     wall_s: float
     """Wall time of the whole round in the worker."""
+    domain_loss_trace: dict[str, list[float | None]] = field(default_factory=dict)
+    """Per-domain mean training loss at each step (None where the domain was not drawn)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

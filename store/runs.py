@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from store.db import ensure_schema, make_engine
 from store.errors import InvalidTransition, NotFound
-from store.models import Event, Round, Run, Stage
+from store.models import Event, Round, Run, Stage, Transition
 from store.records import RoundPlan, RoundResult
 
 RUN_TRANSITIONS = {
@@ -189,7 +189,8 @@ class RunStore:
 
         return self._retry(do)
 
-    def _round_transition(self, round_id: int, status: str, message: str | None = None, **fields) -> None:
+    def _round_transition(self, round_id: int, status: str, message: str | None = None,
+                          _transition: dict | None = None, **fields) -> None:
         def do() -> None:
             with self._tx() as s:
                 r = s.get(Round, round_id)
@@ -202,18 +203,33 @@ class RunStore:
                 r.status = status
                 for k, v in fields.items():
                     setattr(r, k, v)
+                if _transition is not None:
+                    s.add(Transition(run_id=r.run_id, round_id=round_id, stage_index=r.stage_index,
+                                     round_index=r.round_index, **_transition))
 
         self._retry(do)
 
     def start_round(self, round_id: int) -> None:
         self._round_transition(round_id, "running")
 
-    def finish_round(self, round_id: int, result: RoundResult) -> None:
-        """The commit point: after this the round counts, and its checkpoint is the latest."""
+    def finish_round(self, round_id: int, result: RoundResult, transition: dict | None = None) -> None:
+        """The commit point: after this the round counts, and its checkpoint is the latest.
+
+        The round's mixing transition (for the Data Mixing Agent) commits in the same transaction,
+        so it exists exactly once per finished round."""
         mean_loss = sum(result.train_losses) / max(len(result.train_losses), 1)
-        self._round_transition(round_id, "finished", checkpoint_uri=result.checkpoint,
+        self._round_transition(round_id, "finished", _transition=transition, checkpoint_uri=result.checkpoint,
                                result_json=result.to_json(), eval_losses=result.eval_losses,
                                train_loss=mean_loss, tokens=result.tokens, tokens_per_s=result.tokens_per_s)
+
+    def transitions(self, num_domains: int | None = None, exclude_runs: list[str] | None = None) -> list[Transition]:
+        with self._sessions() as s:
+            q = select(Transition).order_by(Transition.id)
+            if num_domains is not None:
+                q = q.where(Transition.num_domains == num_domains)
+            if exclude_runs:
+                q = q.where(Transition.run_id.not_in(exclude_runs))
+            return list(s.scalars(q))
 
     def fail_round(self, round_id: int, error: str, status: str = "failed") -> None:
         self._round_transition(round_id, status, message=error[:500], error=error)

@@ -14,7 +14,11 @@ import torch
 from store.datasets import DomainData
 
 
-def _window(arrays: list[np.ndarray], rng: np.random.Generator, length: int) -> np.ndarray:
+def _window(arrays: list[np.ndarray], rng: np.random.Generator, length: int, aligned: int | None = None) -> np.ndarray:
+    if aligned:  # a replay buffer: whole stored sequences only, never a window across two of them
+        flat = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        k = int(rng.integers(0, len(flat) // aligned))
+        return flat[k * aligned:(k + 1) * aligned]
     sizes = np.array([max(len(a) - length + 1, 0) for a in arrays], dtype=np.float64)
     shard = int(rng.choice(len(arrays), p=sizes / sizes.sum())) if len(arrays) > 1 else 0
     start = int(rng.integers(0, sizes[shard]))
@@ -37,7 +41,8 @@ class MixtureSampler:
         """(token ids [B, L+1], domain index into self.names [B]) for stage-local `step`."""
         rng = np.random.default_rng([*self.key, step, self.digest])
         which = rng.choice(len(self.names), size=self.batch_size, p=self.p)
-        rows = [_window(self.domains[self.names[i]].train, rng, self.seq_len + 1) for i in which]
+        rows = [_window(self.domains[self.names[i]].train, rng, self.seq_len + 1,
+                        self.domains[self.names[i]].manifest.get("aligned")) for i in which]
         ids = torch.from_numpy(np.stack(rows).astype(np.int64))
         return ids, torch.from_numpy(which.astype(np.int64))
 

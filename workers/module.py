@@ -13,6 +13,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from workers.sample_weights import weighted_loss
+
 
 def token_losses(model, ids: torch.Tensor) -> torch.Tensor:
     """Mean next-token loss of each sequence in a [B, L+1] batch -> [B]."""
@@ -23,13 +25,17 @@ def token_losses(model, ids: torch.Tensor) -> torch.Tensor:
 
 class CausalLMModule(L.LightningModule):
     def __init__(self, model, lr_fn: Callable[[int], float], first_step: int, domain_names: list[str],
-                 optimizer: dict[str, Any], progress_path: str | None = None, init_optimizer_state=None):
+                 optimizer: dict[str, Any], progress_path: str | None = None, init_optimizer_state=None,
+                 sample_loss: dict[str, Any] | None = None):
         super().__init__()
         self.model = model
         self.lr_fn, self.first_step, self.domain_names = lr_fn, first_step, domain_names
         self.opt_cfg = optimizer
         self.progress_path = progress_path
         self.init_optimizer_state = init_optimizer_state
+        self.sample_loss = sample_loss
+        # per-domain mean loss at each step (None where the domain was not drawn): RECAP's signal
+        self.trace: dict[str, list[float | None]] = {n: [] for n in domain_names}
         self.losses: list[float] = []
         self.lrs: list[float] = []
         self.domain_sum = torch.zeros(len(domain_names), dtype=torch.float64)
@@ -60,11 +66,15 @@ class CausalLMModule(L.LightningModule):
         per_seq = token_losses(self.model, ids)
         with torch.no_grad():
             d = dom.to(self.domain_sum.device)
-            self.domain_sum.index_add_(0, d, per_seq.detach().double().cpu())
-            self.domain_count.index_add_(0, d, torch.ones_like(per_seq, dtype=torch.float64).cpu())
-        loss = per_seq.mean()
-        self.losses.append(float(loss.detach()))
-        return loss
+            step_sum = torch.zeros_like(self.domain_sum).index_add_(0, d, per_seq.detach().double().cpu())
+            step_cnt = torch.zeros_like(self.domain_count).index_add_(
+                0, d, torch.ones_like(per_seq, dtype=torch.float64).cpu())
+            self.domain_sum += step_sum
+            self.domain_count += step_cnt
+            for i, n in enumerate(self.domain_names):
+                self.trace[n].append(float(step_sum[i] / step_cnt[i]) if step_cnt[i] else None)
+        self.losses.append(float(per_seq.detach().mean()))  # logged loss stays the plain mean
+        return weighted_loss(per_seq, self.sample_loss, self.first_step + batch_idx)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.progress_path and (batch_idx % 5 == 0 or batch_idx == self.trainer.max_steps - 1):

@@ -60,7 +60,7 @@ def execute_round(plan: RoundPlan) -> RoundResult:
     sampler = MixtureSampler(domains, plan.weights, plan.seq_len, plan.batch_size, plan.seed,
                              plan.stage_index, plan.round_index)
     module = CausalLMModule(model, partial(lr_at, spec, total=plan.stage_steps), plan.stage_step_start,
-                            sampler.names, plan.optimizer, plan.progress_path, init_opt)
+                            sampler.names, plan.optimizer, plan.progress_path, init_opt, plan.sample_loss)
     precision = "bf16-mixed" if use_gpu and plan.model.get("dtype") == "bfloat16" else "32-true"
     trainer = L.Trainer(
         max_steps=plan.num_steps, accelerator="gpu" if use_gpu else "cpu", devices=1, precision=precision,
@@ -97,7 +97,7 @@ def execute_round(plan: RoundPlan) -> RoundResult:
         train_losses=module.losses, domain_train_losses=module.domain_losses(), lrs=module.lrs,
         tokens=tokens,
         domain_tokens={n: int(c) * plan.seq_len for n, c in zip(sampler.names, counts, strict=True) if c},
-        tokens_per_s=tokens / max(fit_s, 1e-9), wall_s=time.perf_counter() - t0)
+        tokens_per_s=tokens / max(fit_s, 1e-9), wall_s=time.perf_counter() - t0, domain_loss_trace=module.trace)
 
 
 def _finite(x: float) -> bool:
