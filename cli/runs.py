@@ -220,14 +220,15 @@ def demo(install: bool = typer.Option(True, help="apt-get install missing text p
          quiet: bool = typer.Option(False, help="No live progress display.")) -> None:
     """Prepare the built-in data and run a real 2-stage CPT (English -> German, 5% replay) on CPU."""
     from cli.output import console
-    from orchestrator.builtin import prepare_builtins
+    from orchestrator.builtin import BUILTINS, prepare_builtins
     from orchestrator.controller import create_run
     from orchestrator.spec import check_data, load_spec
 
     home = state.home()
     c = console()
-    prepare_builtins(home.data, home.tokenizer, install=install, log=c.print)
     run_spec, text = load_spec(spec)
+    prepare_builtins(home.data, home.tokenizer, [d for d in run_spec.domains if d in BUILTINS], install=install,
+                     log=c.print)
     check_data(run_spec)
     c.print(f"demo: {len(run_spec.stages)} stages, {run_spec.total_steps()} steps "
             f"({json.dumps({s.name: s.domains for s in run_spec.stages})})")

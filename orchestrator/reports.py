@@ -34,12 +34,13 @@ def summary(store: RunStore, run_id: str, domains: list[str] | None = None) -> d
     pts = curve(store, run_id)
     final = pts[-1]["losses"] if pts else {}
     doms = domains or sorted(final)
-    first_domains = spec["stages"][0]["domains"]
+    # forgetting: how much the last stage raised the loss of domains it does not train as new data,
+    # measured from just before it (the previous stage's end, or the loaded checkpoint's eval)
     last_stage = len(spec["stages"]) - 1
-    # loss of the first stage's domains just before the last stage started
+    old = [d for d in final if d not in spec["stages"][-1]["domains"]]
     before_last = [p for p in pts if p["stage"] < last_stage]
     base = before_last[-1]["losses"] if before_last and (last_stage > 0 or spec["model"].get("path")) else None
-    forgetting = ({d: final[d] - base[d] for d in first_domains if d in final and d in base} if base else None)
+    forgetting = {d: final[d] - base[d] for d in old if d in base} if base else None
     results = [json.loads(r.result_json) for r in done]
     return {
         "run_id": run_id, "name": run.name, "status": run.status,

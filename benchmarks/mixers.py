@@ -1,0 +1,142 @@
+"""Every mixer on one two-domain continual run at equal tokens: source kept, target learned.
+
+Setup: a stage-1 model trained on English prose (source); stage 2 learns German prose (target)
+from that checkpoint with 6 rounds, and the mixer picks the weights of [target, source] each round.
+Reported: final validation loss per domain and the balanced score
+    balanced = -1/2 (relative change of the source loss + relative change of the target loss)
+measured from the stage-1 checkpoint (higher is better; the Data Mixing Agent's objective).
+
+The agent is trained on different data and seeds than it is evaluated on: exploration trajectories
+use a smaller proxy model, German *technical* text (manual pages) as the target, and other seeds.
+
+    python benchmarks/mixers.py [--tokens 300000] [--trajectories 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+# benchmarks/mixers.py would shadow the `mixers` package: keep this folder off the import path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+SRC, TGT, PROXY_TGT = "prose-en", "prose-de", "tech-de"
+COSINE = {"kind": "cosine", "peak_lr": 3e-3, "min_lr": 3e-4, "warmup": 0.02}
+
+
+def spec(name, root: Path, stages, model=None, seed=0, path=None, domains=(SRC, TGT)) -> dict:
+    model = dict(model or {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 352})
+    model["path"] = path
+    return {"name": name, "seed": seed, "tokenizer": str(root / "tokenizer.json"), "seq_len": 128,
+            "batch_size": 16, "model": model, "domains": {d: str(root / "data" / d) for d in domains},
+            "stages": stages, "eval_batches": 8, "resources": {"cpus": 1}, "tracking": {"experiment": "cpt-mixers"}}
+
+
+def stage2(tokens: int, mixer: dict, replay: float = 0.25, target: str = TGT, **extra) -> list[dict]:
+    return [{"name": "continue", "domains": [target], "tokens": tokens, "rounds": 6, "schedule": COSINE,
+             "replay": {"fraction": replay, "sources": [SRC]}, "mixer": mixer, **extra}]
+
+
+def run(store, home, raw: dict) -> str:
+    from orchestrator.controller import Controller, create_run
+    from orchestrator.spec import parse_spec
+
+    text = yaml.safe_dump(raw)
+    rid = create_run(store, home, parse_spec(text), text)
+    t0 = time.perf_counter()
+    Controller(store, home, rid, tracking=False).run()
+    print(f"  {raw['name']}: {time.perf_counter() - t0:.0f} s", flush=True)
+    return rid
+
+
+def scores(store, rid: str) -> dict:
+    done = store.rounds(rid, status="finished")
+    before = json.loads(done[0].result_json)["eval_before"]
+    after = done[-1].eval_losses
+    rel = {d: (after[d] - before[d]) / before[d] for d in (SRC, TGT)}
+    weights = [r.weights for r in done]
+    return {"src": after[SRC], "tgt": after[TGT], "balanced": -0.5 * (rel[SRC] + rel[TGT]),
+            "src_share": sum(w.get(SRC, 0) for w in weights) / len(weights)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, default=300_000, help="tokens of stage 1 and of stage 2")
+    ap.add_argument("--trajectories", type=int, default=12)
+    ap.add_argument("--home", type=Path, default=ROOT / "cpt-home" / "mixers")
+    args = ap.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from mixers.agent import save_agent, train_agent
+    from orchestrator import cluster
+    from orchestrator.builtin import prepare_builtins
+    from orchestrator.explore import explore
+    from orchestrator.home import Home
+    from orchestrator.spec import parse_spec
+    from store.runs import RunStore
+
+    home = Home.from_env(args.home)
+    prepare_builtins(home.data, home.tokenizer, [SRC, TGT, PROXY_TGT], install=True, log=lambda m: print(" ", m))
+    store = RunStore(home.store_url)
+    cluster.connect(home)
+    T, root = args.tokens, home.root
+    print(f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}, "
+          f"{date.today()}; {T:,} tokens per stage", flush=True)
+
+    # 1. the agent: proxy stage 1, random-mixture trajectories on other data/seeds, offline AWR
+    proxy = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 176}
+    p1 = run(store, home, spec("proxy-pretrain", root, [{"name": "en", "domains": [SRC], "tokens": T // 2,
+                                                          "rounds": 1, "schedule": COSINE}], proxy, seed=100,
+                               domains=(SRC, PROXY_TGT)))
+    proxy_ckpt = store.rounds(p1, status="finished")[-1].checkpoint_uri
+    explore_spec = spec("proxy", root, stage2(T // 2, {"kind": "fixed_replay"}, target=PROXY_TGT), proxy,
+                        seed=200, path=proxy_ckpt, domains=(SRC, PROXY_TGT))
+    t0 = time.perf_counter()
+    status = explore(store, home, parse_spec(yaml.safe_dump(explore_spec)), args.trajectories, 1.0, parallel=2)
+    print(f"  explore: {sum(s == 'finished' for s in status.values())}/{len(status)} trajectories, "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    policy, meta = train_agent(store.transitions(num_domains=2, exclude_runs=None), 2)
+    agent_path = save_agent(policy, root / "agent.safetensors", meta)
+    print(f"  agent: {meta['transitions']} transitions, {meta['trajectories']} trajectories", flush=True)
+
+    # 2. the evaluation: one stage-1 model, every mixer continues it with the same tokens
+    s1 = run(store, home, spec("pretrain", root, [{"name": "en", "domains": [SRC], "tokens": T, "rounds": 2,
+                                                   "schedule": COSINE}], domains=(SRC, TGT)))
+    ckpt = store.rounds(s1, status="finished")[-1].checkpoint_uri
+    mixers = {
+        "fixed_replay 5%": ({"kind": "fixed_replay"}, 0.05, {}),
+        "fixed_replay 25%": ({"kind": "fixed_replay"}, 0.25, {}),
+        "static 50/50": ({"kind": "static", "weights": {TGT: 0.5, SRC: 0.5}}, 0.0, {}),
+        "proportional": ({"kind": "proportional", "fraction": 0.0}, 0.0, {}),
+        "temperature tau=2, 25% replay": ({"kind": "temperature", "temperature": 2.0}, 0.25, {}),
+        "odm (EXP3)": ({"kind": "odm"}, 0.0, {}),
+        "recap": ({"kind": "recap", "window": 10, "temperature": 0.05}, 0.0, {}),
+        "agent (AWR)": ({"kind": "agent", "path": str(agent_path)}, 0.0, {}),
+        "fixed_replay 25% + LinUpper samples": ({"kind": "fixed_replay"}, 0.25,
+                                                {"sample_loss": {"kind": "linupper", "r": 0.4}}),
+    }
+    results = {}
+    for label, (mixer, replay, extra) in mixers.items():
+        slug = label.split()[0].replace("/", "-")
+        results[label] = run(store, home, spec(f"mix-{slug}", root, stage2(T, mixer, replay, **extra), path=ckpt))
+    # DoReMi's reference model: the uniform (static 50/50) run's final losses
+    ref = results["static 50/50"]
+    results["doremi (ref = 50/50 run)"] = run(store, home, spec(
+        "mix-doremi", root, stage2(T, {"kind": "doremi", "reference_run": ref, "smoothing": 0.05}, 0.0), path=ckpt))
+    cluster.shutdown()
+
+    rows = sorted(((label, scores(store, rid)) for label, rid in results.items()), key=lambda x: -x[1]["balanced"])
+    print(f"\n| mixer | {SRC} (source) | {TGT} (target) | balanced score | mean source weight |\n|---|---|---|---|---|")
+    for label, s in rows:
+        print(f"| {label} | {s['src']:.3f} | {s['tgt']:.3f} | {s['balanced']:+.4f} | {s['src_share']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
