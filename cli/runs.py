@@ -112,18 +112,26 @@ def submit(spec: Path = typer.Argument(..., help="Run spec YAML."),
 def _detach(run_id: str) -> str:
     import os
     import shlex
+    import sys
 
     from orchestrator.cluster import submit_job
-    from store.errors import InputError
+    from store.errors import ClusterError, InputError
 
     home = state.home()
     if not home.ray_address:
         raise InputError("--detach needs a Ray cluster: pass --address or set RAY_ADDRESS "
                          "(the job server URL, e.g. http://127.0.0.1:8265)")
-    entry = (f"cpt --home {shlex.quote(str(home.root))} --store {shlex.quote(home.store_url)} "
-             f"runs resume {shlex.quote(run_id)} --quiet")
-    env = {"RAY_ADDRESS": os.environ.get("CPT_JOB_RAY_ADDRESS", "auto")}
-    return submit_job(home.ray_address, entry, env)
+    # the job's shell has the cluster's PATH, not this venv's: call this interpreter explicitly
+    entry = (f"{shlex.quote(sys.executable)} -m cli.main --home {shlex.quote(str(home.root))} "
+             f"--store {shlex.quote(home.store_url)} runs resume {shlex.quote(run_id)} --quiet")
+    env = {"RAY_ADDRESS": os.environ.get("CPT_JOB_RAY_ADDRESS", "auto"), "RAY_AUTH_MODE":
+           os.environ.get("RAY_AUTH_MODE", "disabled")}
+    try:
+        return submit_job(home.ray_address, entry, env)
+    except Exception as exc:  # unreachable job server, no agent, version mismatch: the run never started
+        state.store().set_run_status(run_id, "failed", error=f"job submission failed: {exc}")
+        raise ClusterError(f"--address {home.ray_address}: cannot submit a Ray job ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:300]})") from None
 
 
 @runs_app.command("list")

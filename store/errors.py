@@ -55,6 +55,12 @@ class InvalidTransition(StoreError):
     """A state change the run/round state machine does not allow."""
 
 
+class ClusterError(CptError):
+    """The Ray cluster (or its job server) cannot be reached or refused the work."""
+
+    exit_code = 2
+
+
 class TrainingError(CptError):
     """A round failed while training, evaluating or saving its checkpoint."""
 
