@@ -25,6 +25,15 @@ def _plt():
     return plt
 
 
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
 def plot_lr(spec: RunSpec, path: str | Path) -> Path:
     plt = _plt()
     lrs = run_lrs(spec)
@@ -36,12 +45,7 @@ def plot_lr(spec: RunSpec, path: str | Path) -> Path:
     ax.set_xlabel("global step")
     ax.set_ylabel("learning rate")
     ax.set_title(f"{spec.name}: LR schedule")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_mixture(rounds: list[dict], path: str | Path, title: str = "mixture weights") -> Path:
@@ -59,9 +63,4 @@ def plot_mixture(rounds: list[dict], path: str | Path, title: str = "mixture wei
     ax.set_ylabel("weight")
     ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

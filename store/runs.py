@@ -49,6 +49,22 @@ class RunStore:
             ensure_schema(self.engine, url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
+    @staticmethod
+    def _get(s: Session, model, key, what: str):
+        row = s.get(model, key)
+        if row is None:
+            raise NotFound(f"no {what} {key!r} in the store")
+        return row
+
+    @staticmethod
+    def _move(s: Session, row, table: dict[str, set[str]], status: str, entity: str, message: str | None) -> None:
+        """Check a state-machine transition and log it as an event, in the caller's transaction."""
+        if status not in table[row.status]:
+            raise InvalidTransition(f"{entity} {row.id}: cannot go from {row.status} to {status}")
+        s.add(Event(run_id=row.run_id if entity == "round" else row.id, entity=entity, entity_id=str(row.id),
+                    from_state=row.status, to_state=status, message=message))
+        row.status = status
+
     @contextmanager
     def _tx(self) -> Iterator[Session]:
         with self._sessions.begin() as session:
@@ -86,10 +102,7 @@ class RunStore:
 
     def get_run(self, run_id: str) -> Run:
         with self._sessions() as s:
-            run = s.get(Run, run_id)
-            if run is None:
-                raise NotFound(f"no run {run_id!r} in the store")
-            return run
+            return self._get(s, Run, run_id, "run")
 
     def list_runs(self, limit: int = 50) -> list[Run]:
         with self._sessions() as s:
@@ -99,14 +112,8 @@ class RunStore:
                        message: str | None = None) -> None:
         def do() -> None:
             with self._tx() as s:
-                run = s.get(Run, run_id)
-                if run is None:
-                    raise NotFound(f"no run {run_id!r} in the store")
-                if status not in RUN_TRANSITIONS[run.status]:
-                    raise InvalidTransition(f"run {run_id}: cannot go from {run.status} to {status}")
-                s.add(Event(run_id=run_id, entity="run", entity_id=run_id, from_state=run.status,
-                            to_state=status, message=message or error))
-                run.status = status
+                run = self._get(s, Run, run_id, "run")
+                self._move(s, run, RUN_TRANSITIONS, status, "run", message or error)
                 run.error = error
                 if status == "running":
                     run.cancel_requested = False
@@ -117,9 +124,7 @@ class RunStore:
         """Non-state fields (mlflow_run_id, mixer_state)."""
         def do() -> None:
             with self._tx() as s:
-                run = s.get(Run, run_id)
-                if run is None:
-                    raise NotFound(f"no run {run_id!r} in the store")
+                run = self._get(s, Run, run_id, "run")
                 for k, v in fields.items():
                     setattr(run, k, v)
 
@@ -129,9 +134,7 @@ class RunStore:
         """Ask a running run to stop; a run that is not running is cancelled at once."""
         def do() -> str:
             with self._tx() as s:
-                run = s.get(Run, run_id)
-                if run is None:
-                    raise NotFound(f"no run {run_id!r} in the store")
+                run = self._get(s, Run, run_id, "run")
                 if run.status == "running":
                     run.cancel_requested = True
                     s.add(Event(run_id=run_id, entity="run", entity_id=run_id, from_state="running",
@@ -193,14 +196,8 @@ class RunStore:
                           _transition: dict | None = None, **fields) -> None:
         def do() -> None:
             with self._tx() as s:
-                r = s.get(Round, round_id)
-                if r is None:
-                    raise NotFound(f"no round {round_id} in the store")
-                if status not in ROUND_TRANSITIONS[r.status]:
-                    raise InvalidTransition(f"round {round_id}: cannot go from {r.status} to {status}")
-                s.add(Event(run_id=r.run_id, entity="round", entity_id=str(round_id), from_state=r.status,
-                            to_state=status, message=message))
-                r.status = status
+                r = self._get(s, Round, round_id, "round")
+                self._move(s, r, ROUND_TRANSITIONS, status, "round", message)
                 for k, v in fields.items():
                     setattr(r, k, v)
                 if _transition is not None:
