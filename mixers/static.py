@@ -55,6 +55,8 @@ class TemperatureConfig(MixerConfig):
     """tau: weights proportional to tokens^(1/tau); 1 is proportional, large tends to uniform."""
     fraction: float | None = Field(None, ge=0, lt=1)
     """Replay share; None takes the stage's replay.fraction."""
+    pool: bool = False
+    """Weight new and replay domains together by tokens (the replay fraction is then ignored)."""
 
 
 @register
@@ -69,6 +71,8 @@ class Temperature(Mixer):
         return _normalise(raw) if raw else {}
 
     def propose(self, obs: Observation) -> dict[str, float]:
+        if self.config.pool:
+            return self._by_size(obs.domains, obs)
         f = obs.replay_fraction if self.config.fraction is None else self.config.fraction
         return with_replay(self._by_size(obs.stage_domains, obs), self._by_size(obs.replay_domains, obs), f)
 
@@ -76,6 +80,8 @@ class Temperature(Mixer):
 class ProportionalConfig(MixerConfig):
     fraction: float | None = Field(None, ge=0, lt=1)
     """Replay share; None takes the stage's replay.fraction."""
+    pool: bool = False
+    """Weight new and replay domains together by tokens (the replay fraction is then ignored)."""
 
 
 @register
@@ -86,7 +92,7 @@ class Proportional(Temperature):
     Config = ProportionalConfig
 
     def __init__(self, config: ProportionalConfig):
-        super().__init__(TemperatureConfig(temperature=1.0, fraction=config.fraction))
+        super().__init__(TemperatureConfig(temperature=1.0, fraction=config.fraction, pool=config.pool))
 
 
 class DirichletConfig(MixerConfig):

@@ -24,6 +24,11 @@ def test_proportional_and_temperature():
     assert w == pytest.approx({"de": 0.75, "code": 0.25})
     hot = build_mixer({"kind": "temperature", "temperature": 1000.0, "fraction": 0.0}).propose(_obs())
     assert hot["de"] == pytest.approx(0.5, abs=1e-3)
+    pooled = build_mixer({"kind": "proportional", "pool": True}).propose(_obs())
+    assert pooled == pytest.approx({"de": 300 / 1400, "code": 100 / 1400, "en": 1000 / 1400})
+    tau2 = build_mixer({"kind": "temperature", "temperature": 2.0, "pool": True}).propose(_obs())
+    z = 300**0.5 + 100**0.5 + 1000**0.5
+    assert tau2["en"] == pytest.approx(1000**0.5 / z)
 
 
 def test_static_checks_domains():
