@@ -72,7 +72,7 @@ def _drive(run_id: str, quiet: bool = False) -> str:
 
 def _print_summary(store, run_id: str, status: str) -> None:
     from cli.output import console, loss_table
-    from orchestrator.controller import stage_summary
+    from orchestrator.reports import stage_summary
 
     rows = stage_summary(store, run_id)
     if rows:
@@ -158,7 +158,7 @@ def list_runs(limit: int = typer.Option(50, help="Most recent N runs."),
 def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
     """A run's stages, rounds (weights, losses, throughput) and per-stage losses."""
     from cli.output import console, loss_table, print_json, table
-    from orchestrator.controller import stage_summary
+    from orchestrator.reports import stage_summary
 
     store = state.store()
     run = store.get_run(run_id)

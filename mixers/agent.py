@@ -24,8 +24,9 @@ from typing import Any
 
 from pydantic import Field
 
-from mixers.base import Mixer, MixerConfig, Observation, register, source_name
+from mixers.base import Mixer, MixerConfig, Observation, RoundRecord, register, source_name
 from store.errors import CheckpointError
+from store.records import RoundResult
 
 FEATURE_VERSION = "1"
 
@@ -60,6 +61,22 @@ def balanced_reward(before: dict[str, float], after: dict[str, float], target: l
 
     parts = [x for x in (rel(target), rel(source)) if x is not None]
     return -sum(parts) / len(parts) if parts else 0.0
+
+
+def transition(obs: Observation, state: list[float], weights: dict[str, float], result: RoundResult,
+               mixer: str) -> dict[str, Any]:
+    """(state, action, reward, next state) of a finished round, as stored with its commit."""
+    from dataclasses import replace
+
+    before = obs.latest_losses() or (result.eval_before or {})
+    record = RoundRecord(obs.stage_index, obs.round_index, weights, result.eval_losses, result.domain_train_losses,
+                         result.domain_loss_trace)
+    nxt = replace(obs, round_index=obs.round_index + 1, history=[*obs.history, record],
+                  start_losses=obs.start_losses or (result.eval_before or {}))
+    return {"num_domains": len(obs.domains), "domains": obs.domains, "state": state,
+            "action": [weights.get(d, 0.0) for d in obs.domains],
+            "reward": balanced_reward(before, result.eval_losses, obs.stage_domains, obs.replay_domains),
+            "next_state": state_features(nxt), "done": obs.round_index + 1 >= obs.num_rounds, "mixer": mixer}
 
 
 def _mlp(n_in: int, n_out: int, hidden: int):

@@ -124,3 +124,12 @@ def fill_buffer(folder: Path, name: str, source_folder: str, spec_buffer: dict[s
     buf.filled_from.append(tag)
     buf.save(name)
     return buf
+
+
+def fill_from_stage(folder: Path, domain: str, paths: dict[str, str], rounds: list[dict[str, Any]],
+                    spec_buffer: dict[str, Any], seq_len: int, batch_size: int, seed: int, stage: int) -> ReplayBuffer:
+    """Add the windows of `domain` that stage `stage` trained on (its committed rounds) to its buffer."""
+    domains = {n: DomainData.open(n, paths[n]) for r in rounds for n in r["weights"]}
+    stream = stage_stream(domains, rounds, domain, seq_len, batch_size, seed, stage)
+    return fill_buffer(folder, f"replay/{domain}", paths[domain], spec_buffer, seq_len, stream, seed, stage,
+                       f"stage-{stage}")

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Protocol
 
-from mixers.agent import balanced_reward, state_features
+from mixers.agent import state_features, transition
 from mixers.base import Mixer, Observation, RoundRecord, build_mixer, check_weights
 from orchestrator.home import Home
 from orchestrator.spec import RunSpec, parse_spec
@@ -130,8 +130,7 @@ class Controller:
 
     def _fill_replay_buffers(self, i: int) -> None:
         """After stage i, add what it trained on to the buffers of domains later stages replay."""
-        from mixers.replay import fill_buffer, stage_stream
-        from store.datasets import DomainData
+        from mixers.replay import fill_from_stage
 
         wanted = [d for d in self.spec.stages[i].domains if d in self.spec.buffered_domains()]
         if not wanted:
@@ -141,12 +140,9 @@ class Controller:
         done = [r for r in self.store.rounds(self.run_id, status="finished") if r.stage_index == i]
         rounds = [{"round": r.round_index, "weights": r.weights, "first": r.data_cursor["stage_step_start"],
                    "steps": r.data_cursor["num_steps"]} for r in done]
-        paths = self._domain_paths()
-        domains = {n: DomainData.open(n, paths[n]) for r in rounds for n in r["weights"]}
         for d in wanted:
-            stream = stage_stream(domains, rounds, d, self.spec.seq_len, self.spec.batch_size, self.spec.seed, i)
-            buf = fill_buffer(self._buffer_folder(d), f"replay/{d}", self.spec.domains[d],
-                              buf_spec.model_dump(), self.spec.seq_len, stream, self.spec.seed, i, f"stage-{i}")
+            buf = fill_from_stage(self._buffer_folder(d), d, self._domain_paths(), rounds, buf_spec.model_dump(),
+                                  self.spec.seq_len, self.spec.batch_size, self.spec.seed, i)
             self.reporter.message(f"replay buffer {d}: {buf.tokens():,} tokens ({buf.policy}, "
                                   f"{buf.seen:,} sequences seen)")
 
@@ -201,23 +197,9 @@ class Controller:
                 self.reporter.message(f"round {i}.{r} attempt {plan.attempt} failed ({type(exc).__name__}); "
                                       f"retrying")
                 plan = self._plan(i, r, weights, attempt=plan.attempt + 1)
-        self.store.finish_round(round_id, result, self._transition(obs, state, weights, result, mixer.name))
+        self.store.finish_round(round_id, result, transition(obs, state, weights, result, mixer.name))
         self.reporter.round_finished(plan, result)
         self._log_round(round_id, i, r, weights, result, plan.global_step_start)
-
-    def _transition(self, obs: Observation, state: list[float], weights: dict[str, float], result: RoundResult,
-                    mixer: str) -> dict[str, Any]:
-        """(state, action, reward, next state) of this round, stored with its commit."""
-        from dataclasses import replace
-
-        before = obs.latest_losses() or (result.eval_before or {})
-        nxt = replace(obs, round_index=obs.round_index + 1, history=[*obs.history, RoundRecord(
-            obs.stage_index, obs.round_index, weights, result.eval_losses, result.domain_train_losses,
-            result.domain_loss_trace)], start_losses=obs.start_losses or (result.eval_before or {}))
-        return {"num_domains": len(obs.domains), "domains": obs.domains, "state": state,
-                "action": [weights.get(d, 0.0) for d in obs.domains],
-                "reward": balanced_reward(before, result.eval_losses, obs.stage_domains, obs.replay_domains),
-                "next_state": state_features(nxt), "done": obs.round_index + 1 >= obs.num_rounds, "mixer": mixer}
 
     def _execute(self, round_id: int, plan: RoundPlan, stage_name: str) -> RoundResult:
         import ray
@@ -343,17 +325,3 @@ class Controller:
         except Exception as exc:  # tracking must not mask the run's own outcome
             self.reporter.message(f"MLflow: could not finish tracking ({exc})")
 
-
-def stage_summary(store: RunStore, run_id: str) -> list[dict[str, Any]]:
-    """Per-domain eval losses before the run and after each stage (from finished rounds)."""
-    rows: list[dict[str, Any]] = []
-    done = store.rounds(run_id, status="finished")
-    if done and done[0].result_json:
-        before = json.loads(done[0].result_json).get("eval_before")
-        if before:
-            rows.append({"point": "start", "losses": before})
-    for stage in store.stages(run_id):
-        last = [x for x in done if x.stage_index == stage.index]
-        if last:
-            rows.append({"point": f"after {stage.name}", "losses": last[-1].eval_losses})
-    return rows

@@ -145,3 +145,18 @@ Average final validation loss {s['average']:.4f}.</p>
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
     return out
+
+
+def stage_summary(store: RunStore, run_id: str) -> list[dict[str, Any]]:
+    """Per-domain eval losses before the run and after each stage (from finished rounds)."""
+    rows: list[dict[str, Any]] = []
+    done = store.rounds(run_id, status="finished")
+    if done and done[0].result_json:
+        before = json.loads(done[0].result_json).get("eval_before")
+        if before:
+            rows.append({"point": "start", "losses": before})
+    for stage in store.stages(run_id):
+        last = [x for x in done if x.stage_index == stage.index]
+        if last:
+            rows.append({"point": f"after {stage.name}", "losses": last[-1].eval_losses})
+    return rows

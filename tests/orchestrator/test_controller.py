@@ -12,8 +12,9 @@ import yaml
 from sqlalchemy.exc import OperationalError
 
 from conftest import tiny_spec
-from orchestrator.controller import Controller, SilentReporter, create_run, stage_summary
+from orchestrator.controller import Controller, SilentReporter, create_run
 from orchestrator.home import Home
+from orchestrator.reports import stage_summary
 from orchestrator.spec import parse_spec
 from store.runs import RunStore
 
