@@ -64,3 +64,16 @@ def ray_local(tmp_path_factory):
              namespace="cpt", log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
+
+
+def recorded_run(root: Path, spec: dict):
+    """(home, store, run_id) of a pending run of `spec` recorded in a fresh CPT_HOME at root."""
+    from orchestrator.controller import create_run
+    from orchestrator.home import Home
+    from orchestrator.spec import parse_spec
+    from store.runs import RunStore
+
+    home = Home.from_env(root)
+    store = RunStore(home.store_url)
+    text = yaml.safe_dump(spec)
+    return home, store, create_run(store, home, parse_spec(text), text)

@@ -11,11 +11,9 @@ import pytest
 import yaml
 from sqlalchemy.exc import OperationalError
 
-from conftest import tiny_spec
-from orchestrator.controller import Controller, SilentReporter, create_run
-from orchestrator.home import Home
+from conftest import recorded_run, tiny_spec
+from orchestrator.controller import Controller, SilentReporter
 from orchestrator.reports import stage_summary
-from orchestrator.spec import parse_spec
 from store.runs import RunStore
 
 pytestmark = pytest.mark.e2e
@@ -23,11 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _setup(tmp_path, synth, **over):
-    home = Home.from_env(tmp_path / "home")
-    store = RunStore(home.store_url)
-    text = yaml.safe_dump(tiny_spec(synth, **over))
-    run_id = create_run(store, home, parse_spec(text), text)
-    return home, store, run_id
+    return recorded_run(tmp_path / "home", tiny_spec(synth, **over))
 
 
 def _final_losses(store, run_id):

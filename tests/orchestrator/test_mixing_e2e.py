@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import tiny_spec
+from conftest import recorded_run, tiny_spec
 from orchestrator.controller import Controller, SilentReporter, create_run
 from orchestrator.explore import explore
 from orchestrator.home import Home
@@ -25,11 +25,7 @@ def _mixing_spec(synth, **stage2):
     return spec
 
 
-def _create(root: Path, spec: dict):
-    home = Home.from_env(root)
-    store = RunStore(home.store_url)
-    text = yaml.safe_dump(spec)
-    return home, store, create_run(store, home, parse_spec(text), text)
+_create = recorded_run
 
 
 def test_replay_buffer_doremi_and_sample_reweighting_in_a_run(tmp_path, synth, ray_local):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import tiny_spec
+from conftest import recorded_run, tiny_spec
 from orchestrator.controller import Controller, SilentReporter, create_run
 from orchestrator.home import Home
 from orchestrator.spec import parse_spec
@@ -28,11 +28,7 @@ def _spec(synth, **stage_over):
     return spec
 
 
-def _create(home_dir: Path, spec: dict):
-    home = Home.from_env(home_dir)
-    store = RunStore(home.store_url)
-    text = yaml.safe_dump(spec)
-    return home, store, create_run(store, home, parse_spec(text), text)
+_create = recorded_run
 
 
 class KillWorkerOnce(SilentReporter):
