@@ -14,6 +14,7 @@ from sqlalchemy.exc import OperationalError
 from conftest import recorded_run, tiny_spec
 from orchestrator.controller import Controller, SilentReporter
 from orchestrator.reports import stage_summary
+from store.records import RoundPlan
 from store.runs import RunStore
 
 pytestmark = pytest.mark.e2e
@@ -41,7 +42,7 @@ def test_two_stage_run_trains_and_records_everything(tmp_path, synth, ray_local)
     assert [(r.step_start, r.step_end) for r in rounds] == [(0, 4), (4, 8), (8, 12), (12, 16)]
     assert rounds[0].weights == {"en": 1.0} and rounds[2].weights == pytest.approx({"de": 0.75, "en": 0.25})
     # optimizer state carries over within a stage, and is reset at the stage start
-    plans = [__import__("store.records", fromlist=["RoundPlan"]).RoundPlan.from_json(r.plan_json) for r in rounds]
+    plans = [RoundPlan.from_json(r.plan_json) for r in rounds]
     assert [p.load_optimizer for p in plans] == [False, True, False, True]
     assert [p.init_checkpoint for p in plans[1:]] == [r.checkpoint_uri for r in rounds[:-1]]
     for r in rounds:
@@ -91,15 +92,19 @@ def test_cancel_mid_round_stops_cleanly(tmp_path, synth, ray_local):
 
 
 def test_resume_after_controller_is_killed_matches_uninterrupted_run(tmp_path, synth, ray_local):
+    # rounds of 30 steps, so that the kill lands inside one
+    raw = tiny_spec(synth)
+    for st in raw["stages"]:
+        st["tokens"] = 32 * 4 * 60
     # the uninterrupted reference, in-process
-    home_a, store_a, run_a = _setup(tmp_path / "a", synth)
+    home_a, store_a, run_a = recorded_run(tmp_path / "a", raw)
     Controller(store_a, home_a, run_a, tracking=False).run()
     ref_order, ref_losses = _final_losses(store_a, run_a)
 
-    # the same spec through the CLI in a subprocess, SIGKILLed once its first round is committed
+    # the same spec through the CLI in a subprocess, SIGKILLed (with its workers) inside the second round
     home = tmp_path / "b"
     spec = tmp_path / "run.yaml"
-    spec.write_text(yaml.safe_dump(tiny_spec(synth)))
+    spec.write_text(yaml.safe_dump(raw))
     env = {**os.environ, "CPT_HOME": str(home), "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "submit", str(spec), "--quiet"], env=env,
@@ -113,7 +118,7 @@ def test_resume_after_controller_is_killed_matches_uninterrupted_run(tmp_path, s
                 runs = store.list_runs()
             except OperationalError:  # the subprocess is still migrating the new store
                 runs = []
-            if runs and store.rounds(runs[0].id, status="finished"):
+            if runs and store.rounds(runs[0].id, status="finished") and store.rounds(runs[0].id, status="running"):
                 break
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         time.sleep(0.2)
@@ -121,6 +126,7 @@ def test_resume_after_controller_is_killed_matches_uninterrupted_run(tmp_path, s
     proc.wait()
     run_id = store.list_runs()[0].id
     assert store.get_run(run_id).status == "running"  # the dead controller could not record anything
+    assert [(r.round_index, r.status) for r in store.rounds(run_id)] == [(0, "finished"), (1, "running")]
 
     out = subprocess.run([sys.executable, "-m", "cli.main", "runs", "resume", run_id, "--quiet"], env=env,
                          capture_output=True, text=True, timeout=300)
@@ -128,6 +134,11 @@ def test_resume_after_controller_is_killed_matches_uninterrupted_run(tmp_path, s
     order, losses = _final_losses(store, run_id)
     assert order == ref_order  # each round counted exactly once
     assert losses == pytest.approx(ref_losses, abs=1e-5)
+    interrupted, retried = store.rounds(run_id)[1:3]
+    assert (interrupted.attempt, interrupted.status, interrupted.checkpoint_uri) == (1, "failed", None)
+    assert (retried.attempt, retried.status) == (2, "finished")
+    # the next round starts from the retried attempt's checkpoint, never the interrupted one's folder
+    assert RoundPlan.from_json(store.rounds(run_id)[3].plan_json).init_checkpoint == retried.checkpoint_uri
 
     from mlflow.tracking import MlflowClient
 
