@@ -89,6 +89,7 @@ class Tracker:
         metrics += [Metric("tokens_per_s", result["tokens_per_s"], now, end)]
         metrics += [Metric(f"eval_loss.{d}", v, now, end) for d, v in result["eval_losses"].items()]
         metrics += [Metric(f"weight.{d}", w, now, step_start) for d, w in weights.items()]
+        metrics += [Metric(f"train_loss.{d}", v, now, end) for d, v in result.get("domain_train_losses", {}).items()]
         if result.get("eval_before"):
             metrics += [Metric(f"eval_loss.{d}", v, now, step_start) for d, v in result["eval_before"].items()]
         for i in range(0, len(metrics), 1000):
