@@ -78,8 +78,8 @@ class Controller:
             self.reporter.message(f"abandoned {abandoned} unfinished round attempt(s); re-running from plan")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._remove_partial_checkpoints()
-        self._start_tracking()
         try:
+            self._start_tracking()  # inside: an unreachable MLflow server fails the run, recorded
             cluster.connect(self.home, num_cpus=None)
             for i in range(len(self.spec.stages)):
                 self._run_stage(i)
@@ -312,7 +312,7 @@ class Controller:
         self.store.set_round_mlflow(round_id, cid)
 
     def _end_tracking(self, status: str) -> None:
-        if self.tracker is None:
+        if self.tracker is None or self.mlflow_id is None:
             return
         from orchestrator.plots import plot_mixture
 
