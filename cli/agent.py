@@ -11,25 +11,6 @@ from cli.state import state
 agent_app = typer.Typer(help="The Data Mixing Agent: explore, train, show.", no_args_is_help=True)
 
 
-class _Lines:
-    def __init__(self):
-        from cli.output import console
-
-        self.c = console()
-
-    def round_started(self, plan, stage):
-        pass
-
-    def progress(self, step, total, loss, lr):
-        pass
-
-    def round_finished(self, plan, result):
-        pass
-
-    def message(self, text):
-        self.c.print(text)
-
-
 @agent_app.command("explore")
 def explore(spec: Path = typer.Argument(..., help="Proxy run spec; its last stage is explored."),
             trajectories: int = typer.Option(8, "-n", "--trajectories", help="Random trajectories to run."),
@@ -39,15 +20,20 @@ def explore(spec: Path = typer.Argument(..., help="Proxy run spec; its last stag
     """Run short proxy CPT trajectories with random mixtures; every transition goes to the store."""
     from cli.output import console
     from orchestrator import cluster
+    from orchestrator.controller import SilentReporter
     from orchestrator.explore import explore as run_explore
     from orchestrator.spec import check_data, load_spec
+
+    class Lines(SilentReporter):
+        def message(self, text: str) -> None:
+            console().print(text)
 
     home = state.home()
     run_spec, _ = load_spec(spec)
     check_data(run_spec)
     try:
         results = run_explore(state.store(), home, run_spec, trajectories, concentration, parallel, tracking,
-                              _Lines())
+                              Lines())
     finally:
         cluster.shutdown()
     ok = sum(s == "finished" for s in results.values())

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import Field
 
-from mixers.base import Mixer, MixerConfig, Observation, register, smooth, softmax
+from mixers.base import Mixer, MixerConfig, Observation, register, smooth, softmax, source_name
 
 
 class DoReMiConfig(MixerConfig):
@@ -42,7 +42,7 @@ class DoReMi(Mixer):
             self.log_w = {d: 0.0 for d in doms}
         if obs.history and ref:
             for d in doms:
-                cur, base = obs.loss(d), ref.get(d.removeprefix("replay/"))
+                cur, base = obs.loss(d), ref.get(source_name(d))
                 if cur is not None and base is not None:
                     self.log_w[d] += self.config.eta * max(cur - base, 0.0)
         return smooth(softmax(self.log_w), self.config.smoothing)

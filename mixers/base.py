@@ -18,6 +18,11 @@ def source_name(domain: str) -> str:
     return domain.removeprefix(REPLAY_PREFIX)
 
 
+def buffer_name(domain: str) -> str:
+    """The name a domain's replay buffer is mixed under."""
+    return f"{REPLAY_PREFIX}{domain}"
+
+
 @dataclass(frozen=True)
 class RoundRecord:
     """What one finished round tells a mixer."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from mixers.base import buffer_name
 from store.datasets import FORMAT, DomainData, ShardWriter, publish_folder, read_manifest, write_json_atomic
 from store.errors import DataError
 
@@ -131,5 +132,5 @@ def fill_from_stage(folder: Path, domain: str, paths: dict[str, str], rounds: li
     """Add the windows of `domain` that stage `stage` trained on (its committed rounds) to its buffer."""
     domains = {n: DomainData.open(n, paths[n]) for r in rounds for n in r["weights"]}
     stream = stage_stream(domains, rounds, domain, seq_len, batch_size, seed, stage)
-    return fill_buffer(folder, f"replay/{domain}", paths[domain], spec_buffer, seq_len, stream, seed, stage,
+    return fill_buffer(folder, buffer_name(domain), paths[domain], spec_buffer, seq_len, stream, seed, stage,
                        f"stage-{stage}")

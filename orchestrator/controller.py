@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mixers.agent import state_features, transition
-from mixers.base import Mixer, Observation, RoundRecord, build_mixer, check_weights
+from mixers.base import Mixer, Observation, RoundRecord, buffer_name, build_mixer, check_weights, source_name
 from orchestrator.home import Home
 from orchestrator.spec import RunSpec, parse_spec
 from store.errors import Cancelled, CptError, TrainingError
@@ -149,7 +149,7 @@ class Controller:
     def _domain_paths(self) -> dict[str, str]:
         paths = dict(self.spec.domains)
         for d in self.spec.buffered_domains():
-            paths[f"replay/{d}"] = str(self._buffer_folder(d))
+            paths[buffer_name(d)] = str(self._buffer_folder(d))
         return paths
 
     def _observation(self, i: int, r: int) -> Observation:
@@ -167,7 +167,7 @@ class Controller:
             start = json.loads(done[0].result_json).get("eval_before") or {} if done else {}
         tokens = dict(self._domain_tokens)
         for d in self.spec.replay_domains(i):
-            tokens.setdefault(d, self._domain_tokens.get(d.removeprefix("replay/"), 0))
+            tokens.setdefault(d, self._domain_tokens.get(source_name(d), 0))
         return Observation(stage_index=i, round_index=r, num_rounds=st.rounds, stage_domains=list(st.domains),
                            replay_domains=self.spec.replay_domains(i), replay_fraction=st.replay.fraction,
                            domain_tokens=tokens, history=history, start_losses=start,

@@ -14,7 +14,10 @@ from store.runs import RunStore
 
 def curve(store: RunStore, run_id: str) -> list[dict[str, Any]]:
     """[(tokens seen, global step, eval losses)] at the start (if measured) and after every round."""
-    done = store.rounds(run_id, status="finished")
+    return _curve(store.rounds(run_id, status="finished"))
+
+
+def _curve(done: list) -> list[dict[str, Any]]:
     points, tokens = [], 0
     if done:
         before = json.loads(done[0].result_json).get("eval_before")
@@ -31,9 +34,8 @@ def summary(store: RunStore, run_id: str, domains: list[str] | None = None) -> d
     run = store.get_run(run_id)
     spec = run.spec_json
     done = store.rounds(run_id, status="finished")
-    pts = curve(store, run_id)
+    pts = _curve(done)
     final = pts[-1]["losses"] if pts else {}
-    doms = domains or sorted(final)
     # forgetting: how much the last stage raised the loss of domains it does not train as new data,
     # measured from just before it (the previous stage's end, or the loaded checkpoint's eval)
     last_stage = len(spec["stages"]) - 1
@@ -44,8 +46,7 @@ def summary(store: RunStore, run_id: str, domains: list[str] | None = None) -> d
     results = [json.loads(r.result_json) for r in done]
     return {
         "run_id": run_id, "name": run.name, "status": run.status,
-        "final": {d: final.get(d) for d in doms},
-        "average": sum(final[d] for d in doms if d in final) / max(1, sum(d in final for d in doms)),
+        **_restrict(final, domains or sorted(final)),
         "forgetting": forgetting,
         "tokens": sum(r.tokens or 0 for r in done),
         "wall_s": sum(x["wall_s"] for x in results),
@@ -53,10 +54,17 @@ def summary(store: RunStore, run_id: str, domains: list[str] | None = None) -> d
     }
 
 
+def _restrict(final: dict[str, float], doms: list[str]) -> dict[str, Any]:
+    """The final losses over `doms` and their average (over the domains the run measured)."""
+    return {"final": {d: final.get(d) for d in doms},
+            "average": sum(final[d] for d in doms if d in final) / max(1, sum(d in final for d in doms))}
+
+
 def compare(store: RunStore, run_ids: list[str], domains: list[str] | None = None) -> list[dict[str, Any]]:
+    """Summaries side by side, over the given domains or the union of every run's domains."""
     rows = [summary(store, r) for r in run_ids]
     doms = domains or sorted({d for r in rows for d in r["final"]})
-    return [summary(store, r, doms) for r in run_ids]
+    return [{**r, **_restrict(r["final"], doms)} for r in rows]
 
 
 def _png(fig) -> str:

@@ -14,11 +14,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mixers.base import buffer_name
 from store.errors import SpecError
 from workers.sample_weights import SampleLossSpec
 from workers.schedules import Cosine, ScheduleSpec
-
-REPLAY_PREFIX = "replay/"
 
 
 class _M(BaseModel):
@@ -227,7 +226,7 @@ class RunSpec(_M):
         """What stage i samples replay from: the sources, or their buffers (`replay/<domain>`)."""
         if self.stages[i].replay.buffer is None:
             return self.replay_sources(i)
-        return [f"{REPLAY_PREFIX}{d}" for d in self.replay_sources(i)]
+        return [buffer_name(d) for d in self.replay_sources(i)]
 
     def buffered_domains(self) -> list[str]:
         """Domains some stage replays from a buffer: their buffers are filled as stages finish."""
