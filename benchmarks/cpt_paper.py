@@ -78,7 +78,6 @@ def main() -> None:
     ap.add_argument("--shifts", default="weak,strong")
     ap.add_argument("--home", type=Path, default=ROOT / "cpt-home" / "paper")
     args = ap.parse_args()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from orchestrator import cluster
     from orchestrator.builtin import prepare_builtins
     from orchestrator.home import Home

@@ -77,7 +77,6 @@ def main() -> None:
     ap.add_argument("--trajectories", type=int, default=12)
     ap.add_argument("--home", type=Path, default=ROOT / "cpt-home" / "mixers")
     args = ap.parse_args()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from mixers.agent import save_agent, train_agent
     from orchestrator import cluster
     from orchestrator.builtin import prepare_builtins

@@ -101,7 +101,6 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--cpus", type=int, default=2)
     args = ap.parse_args()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from orchestrator import cluster
     from orchestrator.builtin import prepare_builtins
     from orchestrator.home import Home

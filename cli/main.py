@@ -100,7 +100,8 @@ def schedule_plot(spec: Path = typer.Argument(..., help="Run spec YAML."),
 def db_upgrade(revision: str = typer.Argument("head")) -> None:
     """Apply run-store migrations (Alembic) up to REVISION."""
     from cli.output import console
-    from store.db import redact, upgrade
+    from store.db import upgrade
+    from store.secrets import redact
 
     url = state.home().store_url
     upgrade(url, revision)
@@ -137,13 +138,29 @@ def ui(port: int = typer.Option(5000, help="MLflow UI port."),
     raise typer.Exit(subprocess.call(cmd, env=env))
 
 
-def main() -> None:
-    import click
+def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(usage/parameter errors, Exit, Abort) classes as this typer raises them: typer vendors click
+    in newer releases and uses click itself in older ones, so both families are caught."""
+    import importlib
 
+    errors, exits, aborts = [], [typer.Exit], [typer.Abort]
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        errors.append(mod.ClickException)
+        exits += [getattr(mod, "Exit", typer.Exit)]
+        aborts += [getattr(mod, "Abort", typer.Abort)]
+    return tuple(errors), tuple(exits), tuple(aborts)
+
+
+def main() -> None:
     from store.errors import CptError
 
+    errors, exits, aborts = _click_errors()
     try:
-        rc = app(standalone_mode=False)
+        rc = app(standalone_mode=False, prog_name="cpt")
     except CptError as exc:
         from rich.markup import escape
 
@@ -151,14 +168,12 @@ def main() -> None:
 
         console(stderr=True).print(f"[red]error[/red]: {escape(str(exc))}")
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except exits as exc:
+        sys.exit(getattr(exc, "exit_code", 0))
+    except errors as exc:  # a typo, an unknown option, a wrong-typed value: usage + one line, exit 2
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except KeyboardInterrupt:
+    except (*aborts, KeyboardInterrupt):
         sys.exit(130)
     sys.exit(rc if isinstance(rc, int) else 0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -110,12 +111,12 @@ def submit(spec: Path = typer.Argument(..., help="Run spec YAML."),
 
 
 def _detach(run_id: str) -> str:
-    import os
     import shlex
     import sys
 
     from orchestrator.cluster import submit_job
     from store.errors import ClusterError, InputError
+    from store.secrets import redact
 
     home = state.home()
     if not home.ray_address:
@@ -123,15 +124,18 @@ def _detach(run_id: str) -> str:
                          "(the job server URL, e.g. http://127.0.0.1:8265)")
     # the job's shell has the cluster's PATH, not this venv's: call this interpreter explicitly
     entry = (f"{shlex.quote(sys.executable)} -m cli.main --home {shlex.quote(str(home.root))} "
-             f"--store {shlex.quote(home.store_url)} runs resume {shlex.quote(run_id)} --quiet")
-    env = {"RAY_ADDRESS": os.environ.get("CPT_JOB_RAY_ADDRESS", "auto"), "RAY_AUTH_MODE":
-           os.environ.get("RAY_AUTH_MODE", "disabled")}
+             f"runs resume {shlex.quote(run_id)} --quiet")
+    env = {"RAY_ADDRESS": os.environ.get("CPT_JOB_RAY_ADDRESS", "auto"), "RAY_AUTH_MODE": "token"}
+    if home.store_url != home.default_store_url:
+        # The store URL may hold a password: the job reads it from a file only this user can read,
+        # never from its command line or environment, which `ray job list` and the dashboard show.
+        env["CPT_STORE_URL_FILE"] = str(home.write_secret(f"store-url-{run_id}", home.store_url))
     try:
         return submit_job(home.ray_address, entry, env)
     except Exception as exc:  # unreachable job server, no agent, version mismatch: the run never started
-        state.store().set_run_status(run_id, "failed", error=f"job submission failed: {exc}")
-        raise ClusterError(f"--address {home.ray_address}: cannot submit a Ray job ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0][:300]})") from None
+        state.store().set_run_status(run_id, "failed", error=f"job submission failed: {redact(str(exc))[:300]}")
+        raise ClusterError(f"--address {redact(home.ray_address)}: cannot submit a Ray job ({type(exc).__name__}: "
+                           f"{redact(str(exc).splitlines()[0])[:300]})") from None
 
 
 @runs_app.command("list")

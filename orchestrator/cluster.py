@@ -1,17 +1,49 @@
-"""Ray: start an embedded local cluster or connect to an existing one; run rounds as tasks."""
+"""Ray: start an embedded local cluster or connect to an existing one; run rounds as tasks.
+
+Secure by default: every Ray this module starts or joins uses token authentication
+(`RAY_AUTH_MODE=token`; `ray.init` makes a token for a local cluster, a cluster started with
+`ray start` needs `ray get-auth-token --generate` or `RAY_AUTH_TOKEN`), and an embedded local
+cluster listens on 127.0.0.1 only, so nobody else on the network can reach its ports.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from orchestrator.home import Home
 
+LOOPBACK = "127.0.0.1"
+
+
+def secure_env() -> None:
+    """Token auth on for this process and the Ray processes it starts (a user's explicit choice stands)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def _loopback_only() -> None:
+    # On Linux Ray resolves 127.0.0.1 to the host's outward address and binds its gRPC servers
+    # there; with "clusters" off (what Ray does on laptops) the node address stays loopback and
+    # every core port (GCS, raylet, workers, object manager) listens on 127.0.0.1 only.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:  # ray already imported: the flag was read at import time
+        constants.ENABLE_RAY_CLUSTER = False
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a Ray address (host:port, ray://host:port, http://host:port) points at this machine's loopback."""
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
 
 def connect(home: Home, num_cpus: int | None = None, dashboard: bool = False) -> dict[str, Any]:
-    """Connect to RAY_ADDRESS/--address, or start a local Ray confined to CPT_HOME. Idempotent."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    """Connect to RAY_ADDRESS/--address, or start a local Ray confined to CPT_HOME and 127.0.0.1. Idempotent."""
+    secure_env()
+    if not home.ray_address or is_loopback(home.ray_address):
+        _loopback_only()
     import ray
 
     if ray.is_initialized():
@@ -21,8 +53,8 @@ def connect(home: Home, num_cpus: int | None = None, dashboard: bool = False) ->
     else:
         home.ray_temp.mkdir(parents=True, exist_ok=True)
         ctx = ray.init(num_cpus=num_cpus or os.cpu_count(), object_store_memory=256 * 1024**2,
-                       _temp_dir=str(home.ray_temp), include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                       namespace="cpt", log_to_driver=False, configure_logging=False)
+                       _temp_dir=str(home.ray_temp), _node_ip_address=LOOPBACK, include_dashboard=dashboard,
+                       dashboard_host=LOOPBACK, namespace="cpt", log_to_driver=False, configure_logging=False)
     return {"address": ctx.address_info.get("gcs_address"), "dashboard": ctx.dashboard_url or None}
 
 
@@ -45,7 +77,11 @@ def submit_round(plan, cpus: float, gpus: float):
 
 
 def submit_job(address: str, entrypoint: str, env: dict[str, str]) -> str:
-    """Submit a detached controller as a Ray Job (needs the cluster's dashboard/job server)."""
+    """Submit a detached controller as a Ray Job (needs the cluster's dashboard/job server).
+
+    The client authenticates with the cluster's token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+    ~/.ray/auth_token); nothing secret goes into the entrypoint or `env`, which the dashboard shows."""
+    secure_env()
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(address)

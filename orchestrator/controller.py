@@ -11,6 +11,9 @@ with `cpt runs resume`, which abandons open attempts and continues after the las
 from __future__ import annotations
 
 import json
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,9 +21,28 @@ from mixers.agent import state_features, transition
 from mixers.base import Mixer, Observation, RoundRecord, buffer_name, build_mixer, check_weights, source_name
 from orchestrator.home import Home
 from orchestrator.spec import RunSpec, parse_spec
-from store.errors import Cancelled, CptError, TrainingError
+from store.errors import Cancelled, CptError, InputError, LeaseLost, Preempted, TrainingError
+from store.lease import RunLease
 from store.records import RoundPlan, RoundResult
 from store.runs import RunStore
+from store.secrets import redacted_yaml
+
+
+@contextmanager
+def on_sigterm(exc_type: type[BaseException]):
+    """Turn SIGTERM into `exc_type` raised in the main thread while inside (no-op off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise exc_type("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class WorkerFailed(Exception):
@@ -64,9 +86,23 @@ class Controller:
 
     # ---- the loop ---------------------------------------------------------------------------
     def run(self) -> str:
+        """Drive the run to its end under the run lease; returns the final status."""
+        self.lease = RunLease(self.store, self.run_id)
+        self.lease.acquire()  # RunBusy (exit 2) if another live controller drives this run
+        try:
+            return self._run_leased()
+        except LeaseLost:
+            self.reporter.message(f"run {self.run_id} was taken over by another controller; stopping")
+            return "taken over"
+        finally:
+            self.lease.release()
+
+    def _run_leased(self) -> str:
         from orchestrator import cluster
         from orchestrator.spec import check_data
 
+        if self.store.get_run(self.run_id).status == "finished":  # checked under the lease: no race
+            raise InputError(f"run {self.run_id} is already finished")
         manifests = check_data(self.spec)
         self._tok = {"hash": next(iter(manifests.values()))["tokenizer_hash"],
                      "vocab": next(iter(manifests.values()))["vocab_size"]}
@@ -75,18 +111,29 @@ class Controller:
         self.store.set_run_status(self.run_id, "running", message="resumed" if run.status != "pending" else None)
         abandoned = self.store.abandon_open_rounds(self.run_id, "abandoned: controller stopped mid-round")
         if abandoned:
-            self.reporter.message(f"abandoned {abandoned} unfinished round attempt(s); re-running from plan")
+            self.reporter.message(f"abandoned {abandoned} unfinished round attempt(s); they re-run as new attempts")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._remove_partial_checkpoints()
         try:
             self._start_tracking()  # inside: an unreachable MLflow server fails the run, recorded
             cluster.connect(self.home, num_cpus=None)
-            for i in range(len(self.spec.stages)):
-                self._run_stage(i)
-        except Cancelled:
-            self.store.set_run_status(self.run_id, "cancelled", message="cancelled by user")
+            with on_sigterm(Preempted):  # after ray.init, which installs its own SIGTERM handler
+                for i in range(len(self.spec.stages)):
+                    self._run_stage(i)
+        except LeaseLost:
+            raise
+        except (Cancelled, KeyboardInterrupt) as exc:
+            self.store.set_run_status(self.run_id, "cancelled", message=str(exc) or "interrupted (Ctrl-C)")
             self._end_tracking("cancelled")
+            if isinstance(exc, KeyboardInterrupt):
+                raise Cancelled(f"run {self.run_id} cancelled (Ctrl-C); `cpt runs resume {self.run_id}` "
+                                f"continues it") from None
             return "cancelled"
+        except Preempted:
+            self.store.set_run_status(self.run_id, "interrupted", message="SIGTERM: resumable")
+            self._end_tracking("interrupted")
+            raise Preempted(f"run {self.run_id} interrupted by SIGTERM; `cpt runs resume {self.run_id}` "
+                            f"continues it") from None
         except BaseException as exc:
             msg = exc.args[0] if isinstance(exc, CptError) and exc.args else repr(exc)
             self.store.set_run_status(self.run_id, "failed", error=str(msg)[:4000])
@@ -120,8 +167,6 @@ class Controller:
             return {}
         done = self.store.rounds(ref, status="finished")
         if not done:
-            from store.errors import InputError
-
             raise InputError(f"mixer.reference_run: run {ref!r} has no finished rounds")
         return done[-1].eval_losses
 
@@ -173,9 +218,15 @@ class Controller:
                            domain_tokens=tokens, history=history, start_losses=start,
                            reference_losses=self._reference, seed=self.spec.seed)
 
-    def _run_round(self, i: int, r: int, mixer: Mixer) -> None:
+    def _check_control(self, when: str) -> None:
+        """Stop if the user cancelled or another controller took the run over."""
+        if self.lease.lost.is_set():
+            raise LeaseLost(f"lease lost {when}")
         if self.store.cancel_requested(self.run_id):
-            raise Cancelled("cancelled before round start")
+            raise Cancelled(f"cancelled {when}")
+
+    def _run_round(self, i: int, r: int, mixer: Mixer) -> None:
+        self._check_control("before round start")
         obs = self._observation(i, r)
         state = state_features(obs)
         weights = check_weights(mixer.propose(obs), obs.domains, f"stages.{i}.mixer proposal")
@@ -217,8 +268,7 @@ class Controller:
                 seen = self._poll_progress(plan, seen)
                 if ready:
                     return ray.get(ref)
-                if self.store.cancel_requested(self.run_id):
-                    raise Cancelled("cancelled mid-round")
+                self._check_control("mid-round")
         except ray.exceptions.RayTaskError as exc:
             cause = exc.cause if getattr(exc, "cause", None) is not None else exc
             if isinstance(cause, CptError):
@@ -230,6 +280,8 @@ class Controller:
         except BaseException as exc:
             # Cancel, Ctrl-C or a controller bug: never leave the task training unobserved.
             ray.cancel(ref, force=True)
+            if isinstance(exc, LeaseLost):  # the new owner abandons this attempt itself
+                raise
             status = "cancelled" if isinstance(exc, Cancelled | KeyboardInterrupt) else "failed"
             self.store.fail_round(round_id, f"{type(exc).__name__}: {exc}"[:4000], status=status)
             raise
@@ -296,8 +348,8 @@ class Controller:
                                                 self.mlflow_id)
         if fresh:
             self.store.update_run(self.run_id, mlflow_run_id=self.mlflow_id)
-            spec_path = self.workdir / "spec.yaml"
-            spec_path.write_text(self.spec_yaml)
+            spec_path = self.workdir / "spec.yaml"  # resolved and redacted: no secret goes to MLflow
+            spec_path.write_text(redacted_yaml(self.spec.model_dump(mode="json")))
             self.tracker.log_artifact(self.mlflow_id, spec_path)
             self.tracker.log_artifact(self.mlflow_id, plot_lr(self.spec, self.workdir / "lr_schedule.png"))
 

@@ -9,6 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def _default_store_url(root: Path) -> str:
+    return f"sqlite:///{root / 'store.db'}"
+
+
+def _read_secret(path: str | None) -> str | None:
+    return Path(path).read_text().strip() if path else None
+
+
 @dataclass(frozen=True)
 class Home:
     root: Path
@@ -20,8 +28,22 @@ class Home:
                  ray_address: str | None = None) -> Home:
         root = Path(root or os.environ.get("CPT_HOME") or "cpt-home").expanduser().resolve()
         os.environ["CPT_HOME"] = str(root)  # specs may refer to ${CPT_HOME}
-        url = store_url or os.environ.get("CPT_STORE_URL") or f"sqlite:///{root / 'store.db'}"
-        return cls(root, url, ray_address or os.environ.get("RAY_ADDRESS") or None)
+        url = store_url or os.environ.get("CPT_STORE_URL") or _read_secret(os.environ.get("CPT_STORE_URL_FILE"))
+        return cls(root, url or _default_store_url(root), ray_address or os.environ.get("RAY_ADDRESS") or None)
+
+    @property
+    def default_store_url(self) -> str:
+        return _default_store_url(self.root)
+
+    def write_secret(self, name: str, value: str) -> Path:
+        """Write `value` to CPT_HOME/secrets/NAME readable by this user only; returns the path."""
+        folder = self.root / "secrets"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = folder / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(value)
+        return path
 
     @property
     def runs(self) -> Path:

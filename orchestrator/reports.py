@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from store.runs import RunStore
+from store.secrets import redacted_yaml
 
 
 def curve(store: RunStore, run_id: str) -> list[dict[str, Any]]:
@@ -148,7 +149,7 @@ Average final validation loss {s['average']:.4f}.</p>
 <h2>final validation loss</h2><table><tr><th>domain</th><th>loss</th><th>forgetting</th></tr>{final}</table>
 <h2>rounds</h2><table><tr><th>stage</th><th>round</th><th>try</th><th>steps</th><th>weights</th><th>train loss</th>
 <th>eval loss</th><th>tok/s</th></tr>{rows}</table>{figures}
-<h2>spec</h2><pre>{esc(store.get_run(run_id).spec_yaml)}</pre></body></html>"""
+<h2>spec</h2><pre>{esc(redacted_yaml(store.get_run(run_id).spec_json))}</pre></body></html>"""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)

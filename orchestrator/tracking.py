@@ -7,17 +7,10 @@ Metrics are keyed by global step, so stages line up on one axis in the MLflow UI
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
-SECRET_HINTS = ("password", "secret", "token", "apikey", "api_key")
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@", re.I)
-
-
-def redact(value: str) -> str:
-    """Mask the password of any URL with credentials (user:pass@host) in a string."""
-    return _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", value)
+from store.secrets import MASK, is_secret_key, redact
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -29,8 +22,8 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
         elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
             for i, x in enumerate(v):
                 out.update(flatten(x, f"{key}.{i}."))
-        elif any(h in key.lower() for h in SECRET_HINTS):
-            out[key] = "***"
+        elif is_secret_key(key):
+            out[key] = MASK
         else:
             out[key] = redact(str(v))[:6000]
     return out
@@ -111,4 +104,5 @@ class Tracker:
         self.client.log_artifact(mlflow_run_id, str(path))
 
     def end(self, mlflow_run_id: str, status: str) -> None:
-        self.client.set_terminated(mlflow_run_id, {"finished": "FINISHED", "cancelled": "KILLED"}.get(status, "FAILED"))
+        ends = {"finished": "FINISHED", "cancelled": "KILLED", "interrupted": "KILLED"}
+        self.client.set_terminated(mlflow_run_id, ends.get(status, "FAILED"))

@@ -8,6 +8,7 @@ from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from store.errors import StoreError, StoreUnreachable
+from store.secrets import redact
 
 # alembic/ sits at the repository root (the project's fixed layout); packages are installed editable.
 ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
@@ -42,18 +43,8 @@ def make_engine(url: str) -> Engine:
                                f"({exc.name})") from None
     except (ArgumentError, NoSuchModuleError, OperationalError, OSError) as exc:
         raise StoreUnreachable(f"cannot open run store {redact(url)!r}: {exc.__class__.__name__}: "
-                               f"{str(exc).splitlines()[0]}") from None
+                               f"{redact(str(exc).splitlines()[0])}") from None
     return engine
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
 
 
 def alembic_config(url: str):

@@ -66,6 +66,16 @@ class TrainingError(CptError):
 
 
 class Cancelled(CptError):
-    """The run was cancelled by the user; not a failure."""
+    """The run was cancelled by the user (cpt runs cancel, Ctrl-C); not a failure."""
 
     exit_code = 130
+
+
+class Preempted(CptError):
+    """The controller got SIGTERM (a spot node going away, `ray job stop`): the run is resumable."""
+
+    exit_code = 143
+
+
+class LeaseLost(CptError):
+    """Another controller took this run over; this one stops without writing anything more."""

@@ -31,6 +31,10 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    """Controller driving the run (host:pid:nonce); None when no controller holds it."""
+    lease_heartbeat: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    """Last heartbeat of the lease owner (UTC); a lease older than the TTL may be taken over."""
 
     stages: Mapped[list[Stage]] = relationship(back_populates="run", order_by="Stage.index")
 

@@ -1,7 +1,8 @@
 """The run-store API. Every state change is one transaction, and writes its event row with it.
 
 State machines (persisted before the side effect they announce):
-  run:   pending -> running -> finished | failed | cancelled;  failed/cancelled/running -> running (resume)
+  run:   pending -> running -> finished | failed | cancelled | interrupted (SIGTERM: resumable);
+         failed/cancelled/interrupted/running -> running (resume, under the run lease)
   round: planned -> running -> finished | failed | cancelled
 """
 
@@ -19,14 +20,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from store.db import ensure_schema, make_engine
 from store.errors import InvalidTransition, NotFound
+from store.lease import lease_state
 from store.models import Event, Round, Run, Stage, Transition
 from store.records import RoundPlan, RoundResult
 
 RUN_TRANSITIONS = {
     "pending": {"running", "cancelled", "failed"},
-    "running": {"running", "finished", "failed", "cancelled"},
+    "running": {"running", "finished", "failed", "cancelled", "interrupted"},
     "failed": {"running"},
     "cancelled": {"running"},
+    "interrupted": {"running", "cancelled"},
     "finished": set(),
 }
 ROUND_TRANSITIONS = {
@@ -131,23 +134,29 @@ class RunStore:
         self._retry(do)
 
     def request_cancel(self, run_id: str) -> str:
-        """Ask a running run to stop; a run that is not running is cancelled at once."""
+        """Ask a running run to stop; a run that is not running, or whose controller is dead
+        (no live lease holder), is cancelled at once."""
         def do() -> str:
             with self._tx() as s:
                 run = self._get(s, Run, run_id, "run")
-                if run.status == "running":
+                if run.status == "running" and lease_state(run) == "live":
                     run.cancel_requested = True
                     s.add(Event(run_id=run_id, entity="run", entity_id=run_id, from_state="running",
                                 to_state="running", message="cancel requested"))
                     return "requested"
                 if "cancelled" in RUN_TRANSITIONS[run.status]:
+                    dead = run.status == "running"
                     s.add(Event(run_id=run_id, entity="run", entity_id=run_id, from_state=run.status,
-                                to_state="cancelled"))
+                                to_state="cancelled", message="controller gone" if dead else None))
                     run.status = "cancelled"
+                    run.lease_owner = run.lease_heartbeat = None
                     return "cancelled"
                 return run.status
 
-        return self._retry(do)
+        outcome = self._retry(do)
+        if outcome == "cancelled":
+            self.abandon_open_rounds(run_id, "cancelled: run cancelled", status="cancelled")
+        return outcome
 
     def cancel_requested(self, run_id: str) -> bool:
         with self._sessions() as s:
@@ -257,12 +266,12 @@ class RunStore:
                 Round.run_id == run_id, Round.stage_index == stage_index, Round.round_index == round_index))
             return max(attempts, default=0) + 1
 
-    def abandon_open_rounds(self, run_id: str, reason: str) -> int:
+    def abandon_open_rounds(self, run_id: str, reason: str, status: str = "failed") -> int:
         """Mark rounds left planned/running by a dead controller as failed (resume starts afresh)."""
         n = 0
         for r in self.rounds(run_id):
             if r.status in ("planned", "running"):
-                self.fail_round(r.id, reason)
+                self.fail_round(r.id, reason, status=status)
                 n += 1
         return n
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from synth import make_domains  # noqa: E402
@@ -57,13 +57,26 @@ def spec_file(tmp_path, synth):
 @pytest.fixture(scope="session")
 def ray_local(tmp_path_factory):
     """One local Ray for the in-process end-to-end tests."""
+    from orchestrator import cluster
+    from orchestrator.home import Home
+
+    cluster.connect(Home(tmp_path_factory.mktemp("ray-home"), "sqlite://"), num_cpus=2)
     import ray
 
-    tmp = Path("/tmp") / f"cpt-test-ray-{os.getpid()}"
-    ray.init(num_cpus=2, object_store_memory=128 * 1024**2, _temp_dir=str(tmp), include_dashboard=False,
-             namespace="cpt", log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def ray_head():
+    """A separate `ray start --head` with a job server, token auth and loopback-only ports."""
+    from rayhead import start_head, stop_head
+
+    head, proc = start_head()
+    try:
+        yield head
+    finally:
+        stop_head(head, proc)
 
 
 def recorded_run(root: Path, spec: dict):

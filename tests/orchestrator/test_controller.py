@@ -4,18 +4,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from sqlalchemy.exc import OperationalError
 
 from conftest import recorded_run, tiny_spec
 from orchestrator.controller import Controller, SilentReporter
 from orchestrator.reports import stage_summary
 from store.records import RoundPlan
-from store.runs import RunStore
+from tests_helpers import cli_env, cpt_until_round_runs, final_losses
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,11 +21,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _setup(tmp_path, synth, **over):
     return recorded_run(tmp_path / "home", tiny_spec(synth, **over))
-
-
-def _final_losses(store, run_id):
-    done = store.rounds(run_id, status="finished")
-    return [(r.stage_index, r.round_index) for r in done], done[-1].eval_losses
 
 
 def test_two_stage_run_trains_and_records_everything(tmp_path, synth, ray_local):
@@ -99,39 +92,23 @@ def test_resume_after_controller_is_killed_matches_uninterrupted_run(tmp_path, s
     # the uninterrupted reference, in-process
     home_a, store_a, run_a = recorded_run(tmp_path / "a", raw)
     Controller(store_a, home_a, run_a, tracking=False).run()
-    ref_order, ref_losses = _final_losses(store_a, run_a)
+    ref_order, ref_losses = final_losses(store_a, run_a)
 
     # the same spec through the CLI in a subprocess, SIGKILLed (with its workers) inside the second round
     home = tmp_path / "b"
     spec = tmp_path / "run.yaml"
     spec.write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "CPT_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "submit", str(spec), "--quiet"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    store = None
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if (home / "store.db").exists():
-            store = store or RunStore(f"sqlite:///{home / 'store.db'}", migrate=False)
-            try:
-                runs = store.list_runs()
-            except OperationalError:  # the subprocess is still migrating the new store
-                runs = []
-            if runs and store.rounds(runs[0].id, status="finished") and store.rounds(runs[0].id, status="running"):
-                break
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        time.sleep(0.2)
+    env = cli_env(home)
+    proc, store, run_id = cpt_until_round_runs(home, ["submit", str(spec), "--quiet"], finished=1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    run_id = store.list_runs()[0].id
     assert store.get_run(run_id).status == "running"  # the dead controller could not record anything
     assert [(r.round_index, r.status) for r in store.rounds(run_id)] == [(0, "finished"), (1, "running")]
 
     out = subprocess.run([sys.executable, "-m", "cli.main", "runs", "resume", run_id, "--quiet"], env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    order, losses = _final_losses(store, run_id)
+    order, losses = final_losses(store, run_id)
     assert order == ref_order  # each round counted exactly once
     assert losses == pytest.approx(ref_losses, abs=1e-5)
     interrupted, retried = store.rounds(run_id)[1:3]

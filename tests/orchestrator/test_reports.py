@@ -77,3 +77,12 @@ def test_compare_and_report_cli(runs):
     out = subprocess.run([sys.executable, "-m", "cli.main", "compare", "missing-run"], env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "no run 'missing-run'" in out.stderr
+
+
+def test_report_embeds_the_redacted_spec(tmp_path):
+    store = RunStore(f"sqlite:///{tmp_path}/store.db")
+    spec = {"name": "sec", "model": {}, "stages": [{"name": "s1", "domains": ["a"], "tokens": 4096}],
+            "tracking": {"mlflow_uri": "https://alice:s3cret@mlflow.example/"}}
+    run_id = _record(store, spec, [(0, {"a": 3.0, "b": 6.0}, {"a": 8.0, "b": 8.0})])
+    page = write_report(store, run_id, tmp_path / "r.html").read_text()
+    assert "s3cret" not in page and "alice:***@mlflow.example" in page and "tokens: 4096" in page

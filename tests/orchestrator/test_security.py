@@ -4,7 +4,8 @@ import inspect
 import re
 from pathlib import Path
 
-from orchestrator.tracking import flatten, redact
+from orchestrator.tracking import flatten
+from store.secrets import redact, redacted_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ["orchestrator", "workers", "mixers", "store", "cli"]
@@ -29,7 +30,7 @@ def test_uis_bind_to_localhost_by_default():
     from orchestrator import cluster
 
     assert inspect.signature(ui).parameters["host"].default.default == "127.0.0.1"
-    assert 'dashboard_host="127.0.0.1"' in inspect.getsource(cluster.connect)
+    assert "dashboard_host=LOOPBACK" in inspect.getsource(cluster.connect) and cluster.LOOPBACK == "127.0.0.1"
 
 
 def test_secrets_are_masked_in_mlflow_params():
@@ -39,3 +40,23 @@ def test_secrets_are_masked_in_mlflow_params():
     assert "s3cret" not in joined and "abc" not in joined and "pw" not in joined.split()
     assert params["tracking.mlflow_uri"] == "https://alice:***@mlflow.example/"
     assert redact("postgresql://u:p@h/db and sqlite:///x.db") == "postgresql://u:***@h/db and sqlite:///x.db"
+
+
+def test_token_budgets_and_tokenizer_are_not_secrets():
+    params = flatten({"tokenizer": "/data/tok.json", "stages": [{"tokens": 600000, "replay": {"buffer": {
+        "tokens": 20000}}}], "auth_token": "t0ps3cret"})
+    assert params["stages.0.tokens"] == "600000" and params["tokenizer"] == "/data/tok.json"
+    assert params["stages.0.replay.buffer.tokens"] == "20000"
+    assert params["auth_token"] == "***"
+
+
+def test_spec_artifact_carries_no_secret(synth):
+    """The spec that goes to MLflow as `spec.yaml` is the resolved, redacted one."""
+    import yaml
+
+    from conftest import tiny_spec
+    from orchestrator.spec import parse_spec
+
+    spec = tiny_spec(synth, tracking={"mlflow_uri": "https://alice:s3cret@mlflow.example/", "experiment": "e"})
+    text = redacted_yaml(parse_spec(yaml.safe_dump(spec)).model_dump(mode="json"))
+    assert "s3cret" not in text and "alice:***@mlflow.example" in text and "tokens: 1024" in text

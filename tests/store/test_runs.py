@@ -84,7 +84,12 @@ def test_cancel_pending_and_running(store):
     a, b = _run(store), _run(store)
     assert store.request_cancel(a) == "cancelled"
     store.set_run_status(b, "running")
+    from store.lease import RunLease
+
+    lease = RunLease(store, b, ttl_s=60)
+    lease.acquire()  # a live controller: it is asked, and stops itself
     assert store.request_cancel(b) == "requested" and store.cancel_requested(b)
+    lease.release()
     store.set_run_status(b, "cancelled")
     store.set_run_status(b, "running")  # resume clears the request
     assert not store.cancel_requested(b)

@@ -1,0 +1,63 @@
+"""One controller per run, SIGTERM and Ctrl-C: real CLI subprocesses on a real local Ray."""
+
+import os
+import signal
+import time
+
+import pytest
+import yaml
+
+from conftest import recorded_run, tiny_spec
+from orchestrator.controller import Controller
+from tests_helpers import cpt, cpt_until_round_runs, final_losses
+
+pytestmark = pytest.mark.e2e
+
+
+def test_second_controller_refused_sigterm_interrupts_ctrl_c_cancels_and_resume_matches(tmp_path, synth,
+                                                                                       ray_local):
+    raw = tiny_spec(synth)
+    for st in raw["stages"]:
+        st["tokens"] = 32 * 4 * 60  # rounds of 30 steps: the signals land inside one
+    home_a, store_a, run_a = recorded_run(tmp_path / "a", raw)
+    Controller(store_a, home_a, run_a, tracking=False).run()
+    ref_order, ref_losses = final_losses(store_a, run_a)
+
+    home = tmp_path / "b"
+    spec = tmp_path / "run.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    proc, store, run_id = cpt_until_round_runs(home, ["submit", str(spec), "--quiet"], finished=1)
+
+    # a second controller of the live run is refused, naming the owner, and changes nothing
+    # (the first is paused meanwhile so that it cannot finish first: its process, and so its lease, live on)
+    owner = store.get_run(run_id).lease_owner
+    os.killpg(proc.pid, signal.SIGSTOP)
+    try:
+        out = cpt(home, "runs", "resume", run_id, "--quiet")
+    finally:
+        os.killpg(proc.pid, signal.SIGCONT)
+    assert out.returncode == 2 and owner in out.stderr and "Traceback" not in out.stderr
+    assert store.get_run(run_id).lease_owner == owner and store.get_run(run_id).status == "running"
+
+    # SIGTERM (a spot node going away): bounded stop, recorded resumable, exit 143
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    stderr = proc.stderr.read().decode()
+    assert time.time() - t0 < 30 and "Traceback" not in stderr and "interrupted by SIGTERM" in stderr
+    run = store.get_run(run_id)
+    assert (run.status, run.lease_owner) == ("interrupted", None)
+    assert [(r.round_index, r.status) for r in store.rounds(run_id)] == [(0, "finished"), (1, "failed")]
+
+    # resumed, then Ctrl-C inside the next round: cancelled, exit 130
+    proc, _, _ = cpt_until_round_runs(home, ["runs", "resume", run_id, "--quiet"], finished=2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    assert "Traceback" not in proc.stderr.read().decode()
+    assert store.get_run(run_id).status == "cancelled"
+
+    out = cpt(home, "runs", "resume", run_id, "--quiet")
+    assert out.returncode == 0, out.stderr[-2000:]
+    order, losses = final_losses(store, run_id)
+    assert order == ref_order and losses == pytest.approx(ref_losses, abs=1e-5)
+    assert store.get_run(run_id).lease_owner is None

@@ -1,0 +1,67 @@
+"""Ray is secure by default: token authentication on, every port of a local cluster on 127.0.0.1."""
+
+import os
+import subprocess
+import sys
+import urllib.error
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def _listening(pids: list[int]) -> list[str]:
+    """Local addresses the given processes listen on (TCP)."""
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[3] for line in out.splitlines() if any(f"pid={p}," in line for p in pids)]
+
+
+def _loopback(addr: str) -> bool:
+    host = addr.rsplit(":", 1)[0].strip("[]").removeprefix("::ffff:")
+    return host.startswith("127.") or host == "::1"
+
+
+def test_unauthenticated_clients_are_refused(ray_head):
+    for token in (None, "not-the-token"):
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            ray_head.get("/api/jobs/", token=token)
+        assert exc.value.code in (401, 403)
+    assert isinstance(ray_head.get("/api/jobs/"), list)  # the right token is let in
+    code = f"import ray; ray.init(address={ray_head.gcs!r}, log_to_driver=False); print('connected')"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_AUTH_MODE="disabled", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")  # a client without auth
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "connected" not in out.stdout
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=ray_head.token)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "connected" in out.stdout, out.stderr[-2000:]
+
+
+def test_started_head_listens_on_loopback_only(ray_head):
+    addrs = _listening(ray_head.pids())
+    assert len(addrs) >= 3 and all(map(_loopback, addrs)), addrs
+
+
+def test_embedded_cluster_uses_token_auth_and_loopback_only(ray_local):
+    import ray
+
+    node = ray._private.worker._global_node
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    assert ray.get(ray.remote(lambda: os.environ.get("RAY_AUTH_MODE")).remote()) == "token"
+    pids = [int(p) for p in subprocess.run(["pgrep", "-f", node.get_session_dir_path()], capture_output=True,
+                                           text=True).stdout.split()]
+    addrs = _listening([*pids, node.all_processes["gcs_server"][0].process.pid])
+    assert len(addrs) >= 3 and all(map(_loopback, addrs)), addrs
+
+
+def test_nothing_outside_tests_switches_ray_auth_off():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    folders = ("orchestrator", "workers", "mixers", "store", "cli", "benchmarks")
+    files = [p for d in folders for p in (root / d).rglob("*") if p.suffix in (".py", ".sh")]
+    files += [root / "Makefile", root / ".ci" / "run"]
+    assert len(files) > 20
+    for path in files:
+        text = path.read_text()
+        assert "disabled" not in text or "RAY_AUTH_MODE" not in text, path
