@@ -106,8 +106,13 @@ def submit(spec: Path = typer.Argument(..., help="Run spec YAML."),
     status = _drive(run_id, quiet or as_json)
     if as_json:
         print_json({"run_id": run_id, "status": status})
+    _exit_for(status)
+
+
+def _exit_for(status: str) -> None:
+    """A run that did not finish: cancelled exits 130 (like Ctrl-C), anything else 1."""
     if status != "finished":
-        raise typer.Exit(1)
+        raise typer.Exit(130 if status == "cancelled" else 1)
 
 
 def _detach(run_id: str) -> str:
@@ -199,8 +204,7 @@ def resume(run_id: str = typer.Argument(...), quiet: bool = typer.Option(False, 
     run = state.store().get_run(run_id)
     if run.status == "finished":
         raise InputError(f"run {run_id} is already finished")
-    if _drive(run_id, quiet) != "finished":
-        raise typer.Exit(1)
+    _exit_for(_drive(run_id, quiet))
 
 
 @runs_app.command("cancel")
@@ -247,5 +251,4 @@ def demo(install: bool = typer.Option(True, help="apt-get install missing text p
     run_id = create_run(state.store(), home, run_spec, text)
     status = _drive(run_id, quiet)
     c.print(f"inspect: cpt runs show {run_id} | cpt ui (MLflow at http://127.0.0.1:5000)")
-    if status != "finished":
-        raise typer.Exit(1)
+    _exit_for(status)

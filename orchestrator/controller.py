@@ -29,20 +29,28 @@ from store.secrets import redacted_yaml
 
 
 @contextmanager
-def on_sigterm(exc_type: type[BaseException]):
-    """Turn SIGTERM into `exc_type` raised in the main thread while inside (no-op off the main thread)."""
+def stop_signals(flags: dict[str, bool]):
+    """SIGTERM and a first Ctrl-C only set a flag that the round loop acts on at its next check
+    (at most poll_s away): an exception raised from a signal handler could land inside a library
+    (MLflow, SQLAlchemy) that wraps or swallows it. A second Ctrl-C interrupts at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def handler(signum, frame):
-        raise exc_type("SIGTERM")
+    def term(signum, frame):
+        flags["preempted"] = True
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    def intr(signum, frame):
+        if flags.get("interrupted"):
+            raise KeyboardInterrupt
+        flags["interrupted"] = True
+
+    previous = signal.signal(signal.SIGTERM, term), signal.signal(signal.SIGINT, intr)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
 
 
 class WorkerFailed(Exception):
@@ -83,6 +91,7 @@ class Controller:
         self.tracking = tracking
         self.tracker = None
         self.mlflow_id: str | None = run.mlflow_run_id
+        self._signals: dict[str, bool] = {}
 
     # ---- the loop ---------------------------------------------------------------------------
     def run(self) -> str:
@@ -117,15 +126,15 @@ class Controller:
         try:
             self._start_tracking()  # inside: an unreachable MLflow server fails the run, recorded
             cluster.connect(self.home, num_cpus=None)
-            with on_sigterm(Preempted):  # after ray.init, which installs its own SIGTERM handler
+            with stop_signals(self._signals):  # after ray.init, which installs its own SIGTERM handler
                 for i in range(len(self.spec.stages)):
                     self._run_stage(i)
         except LeaseLost:
             raise
         except (Cancelled, KeyboardInterrupt) as exc:
-            self.store.set_run_status(self.run_id, "cancelled", message=str(exc) or "interrupted (Ctrl-C)")
+            self.store.set_run_status(self.run_id, "cancelled", message=str(exc) or "Ctrl-C")
             self._end_tracking("cancelled")
-            if isinstance(exc, KeyboardInterrupt):
+            if isinstance(exc, KeyboardInterrupt) or self._signals.get("interrupted"):
                 raise Cancelled(f"run {self.run_id} cancelled (Ctrl-C); `cpt runs resume {self.run_id}` "
                                 f"continues it") from None
             return "cancelled"
@@ -219,7 +228,11 @@ class Controller:
                            reference_losses=self._reference, seed=self.spec.seed)
 
     def _check_control(self, when: str) -> None:
-        """Stop if the user cancelled or another controller took the run over."""
+        """Stop if a signal came, the user cancelled, or another controller took the run over."""
+        if self._signals.get("preempted"):
+            raise Preempted(f"SIGTERM {when}")
+        if self._signals.get("interrupted"):
+            raise Cancelled(f"Ctrl-C {when}")
         if self.lease.lost.is_set():
             raise LeaseLost(f"lease lost {when}")
         if self.store.cancel_requested(self.run_id):
@@ -258,11 +271,11 @@ class Controller:
         from orchestrator import cluster
 
         self.store.start_round(round_id)
-        self.reporter.round_started(plan, stage_name)
-        res = self.spec.resources
-        ref = cluster.submit_round(plan, res.cpus, res.gpus)
-        seen = 0
-        try:
+        ref, seen = None, 0
+        try:  # from here on every way out (a signal included) records the attempt's end
+            self.reporter.round_started(plan, stage_name)
+            res = self.spec.resources
+            ref = cluster.submit_round(plan, res.cpus, res.gpus)
             while True:
                 ready, _ = ray.wait([ref], timeout=self.poll_s)
                 seen = self._poll_progress(plan, seen)
@@ -278,8 +291,9 @@ class Controller:
         except ray.exceptions.RayError as exc:  # worker process died, node lost, ...
             raise WorkerFailed(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
         except BaseException as exc:
-            # Cancel, Ctrl-C or a controller bug: never leave the task training unobserved.
-            ray.cancel(ref, force=True)
+            # Cancel, Ctrl-C, SIGTERM or a controller bug: never leave the task training unobserved.
+            if ref is not None:
+                ray.cancel(ref, force=True)
             if isinstance(exc, LeaseLost):  # the new owner abandons this attempt itself
                 raise
             status = "cancelled" if isinstance(exc, Cancelled | KeyboardInterrupt) else "failed"

@@ -37,9 +37,9 @@ def cpt(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedPro
                           text=True, timeout=timeout)
 
 
-def cpt_until_round_runs(home: Path, args: list[str], finished: int, timeout: float = 240):
+def cpt_until_round_runs(home: Path, args: list[str], finished: int, timeout: float = 240, after: int = 0):
     """Start the CLI in its own process group and return (proc, store, run_id) once `finished`
-    rounds are finished and the next one is running."""
+    rounds are finished and a round attempt recorded after the first `after` ones is running."""
     from sqlalchemy.exc import OperationalError
 
     from store.runs import RunStore
@@ -56,7 +56,7 @@ def cpt_until_round_runs(home: Path, args: list[str], finished: int, timeout: fl
             except OperationalError:  # the subprocess is still migrating the new store
                 runs = []
             if runs and len(store.rounds(runs[0].id, status="finished")) >= finished \
-                    and store.rounds(runs[0].id, status="running"):
+                    and any(r.status == "running" for r in store.rounds(runs[0].id)[after:]):
                 return proc, store, runs[0].id
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         time.sleep(0.2)

@@ -77,7 +77,9 @@ def test_data_prepare_list_and_tokenizer(tmp_path, synth):
 def test_db_upgrade_and_runs_list_empty(tmp_path):
     assert cpt("db", "upgrade", home=tmp_path).returncode == 0
     rev = cpt("db", "current", home=tmp_path)
-    assert rev.stdout.strip() == "0002"
+    from store.db import head_revision
+
+    assert rev.stdout.strip() == head_revision() == "0003"
     out = cpt("runs", "list", "--json", home=tmp_path)
     assert out.returncode == 0 and json.loads(out.stdout) == []
 

@@ -42,15 +42,19 @@ def test_second_controller_refused_sigterm_interrupts_ctrl_c_cancels_and_resume_
     # SIGTERM (a spot node going away): bounded stop, recorded resumable, exit 143
     t0 = time.time()
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 143
+    code = proc.wait(timeout=60)
     stderr = proc.stderr.read().decode()
+    assert code == 143, stderr[-3000:]
     assert time.time() - t0 < 30 and "Traceback" not in stderr and "interrupted by SIGTERM" in stderr
     run = store.get_run(run_id)
     assert (run.status, run.lease_owner) == ("interrupted", None)
-    assert [(r.round_index, r.status) for r in store.rounds(run_id)] == [(0, "finished"), (1, "failed")]
+    # the open round was abandoned (failed, re-run on resume) or, if it was just ending, finished: never left open
+    rounds = [(r.round_index, r.status) for r in store.rounds(run_id)]
+    assert rounds[0] == (0, "finished") and rounds[1] in [(1, "failed"), (1, "finished")], rounds
+    assert all(st in ("finished", "failed") for _, st in rounds), rounds
 
     # resumed, then Ctrl-C inside the next round: cancelled, exit 130
-    proc, _, _ = cpt_until_round_runs(home, ["runs", "resume", run_id, "--quiet"], finished=2)
+    proc, _, _ = cpt_until_round_runs(home, ["runs", "resume", run_id, "--quiet"], finished=2, after=len(rounds))
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     assert "Traceback" not in proc.stderr.read().decode()

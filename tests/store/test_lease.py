@@ -71,13 +71,13 @@ def test_heartbeat_keeps_a_live_lease_fresh(run):
     import time
 
     store, run_id = run
-    a = RunLease(store, run_id, ttl_s=0.4)
+    a = RunLease(store, run_id, ttl_s=4)  # beats every second
     a.acquire()
     first = store.get_run(run_id).lease_heartbeat
-    time.sleep(0.5)
+    time.sleep(2.5)
     assert store.get_run(run_id).lease_heartbeat > first and not a.lost.is_set()
     with pytest.raises(RunBusy):
-        RunLease(store, run_id, ttl_s=0.4).acquire()
+        RunLease(store, run_id, ttl_s=4).acquire()
     a.release()
 
 
