@@ -46,8 +46,7 @@ def bare_loop(home: Path, steps: int, threads: int) -> tuple[float, float]:
     from store.datasets import DomainData
     from store.tokenizer import load_tokenizer
     from workers.data import MixtureSampler
-    from workers.model import build_model
-    from workers.module import token_losses
+    from workers.model import build_model, token_losses
     from workers.schedules import Cosine, lr_at
 
     torch.set_num_threads(threads)

@@ -10,6 +10,7 @@ import typer
 
 from cli import agent as agent_cmds
 from cli import data as data_cmds
+from cli import export as export_cmds
 from cli import reports as report_cmds
 from cli import runs as runs_cmds
 from cli.state import state
@@ -28,6 +29,7 @@ app.command("submit")(runs_cmds.submit)
 app.command("demo")(runs_cmds.demo)
 app.command("compare")(report_cmds.compare)
 app.command("report")(report_cmds.report)
+app.command("export")(export_cmds.export)
 
 
 @app.callback()

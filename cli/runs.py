@@ -180,20 +180,36 @@ def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, 
                     "rounds": [{"stage": x.stage_index, "round": x.round_index, "attempt": x.attempt,
                                 "status": x.status, "weights": x.weights, "steps": [x.step_start, x.step_end],
                                 "eval_losses": x.eval_losses, "train_loss": x.train_loss,
-                                "tokens_per_s": x.tokens_per_s, "checkpoint": x.checkpoint_uri,
+                                "tokens_per_s": x.tokens_per_s, **_throughput(x), "checkpoint": x.checkpoint_uri,
                                 "error": x.error} for x in rounds],
                     "summary": stage_summary(store, run_id)})
         return
     c = console()
     c.print(f"[bold]{run.id}[/bold] ({run.name}): {run.status}" + (f" - {run.error}" if run.error else ""))
-    table("rounds", ["stage", "round", "try", "status", "steps", "weights", "train loss", "eval", "tok/s"],
+    perf = [_throughput(x) for x in rounds]
+    table("rounds", ["stage", "round", "try", "status", "steps", "weights", "train loss", "eval", "ranks", "tok/s",
+                     "MFU", "overhead s"],
           [[x.stage_index, x.round_index, x.attempt, x.status, f"{x.step_start}-{x.step_end}",
             " ".join(f"{d}={w:.2f}" for d, w in sorted(x.weights.items())), x.train_loss,
-            " ".join(f"{d}={v:.3f}" for d, v in sorted((x.eval_losses or {}).items())),
-            None if x.tokens_per_s is None else f"{x.tokens_per_s:,.0f}"] for x in rounds])
+            " ".join(f"{d}={v:.3f}" for d, v in sorted((x.eval_losses or {}).items())), p["workers"],
+            None if x.tokens_per_s is None else f"{x.tokens_per_s:,.0f}",
+            None if p["mfu"] is None else f"{p['mfu']:.1%}",
+            None if p["overhead_s"] is None else f"{p['overhead_s']:.2f}"] for x, p in zip(rounds, perf, strict=True)])
     rows = stage_summary(store, run_id)
     if rows:
         loss_table("validation loss per domain", rows)
+
+
+def _throughput(x) -> dict:
+    """Per-round scale facts from the stored result: ranks, fit time, overhead (controller-side round
+    wall minus fit), MFU."""
+    if not x.result_json:
+        return {"workers": None, "fit_s": None, "overhead_s": None, "mfu": None}
+    from store.records import RoundResult
+
+    res = RoundResult.from_json(x.result_json)
+    overhead = None if res.fit_s is None or res.round_s is None else res.round_s - res.fit_s
+    return {"workers": res.workers, "fit_s": res.fit_s, "overhead_s": overhead, "mfu": res.mfu}
 
 
 @runs_app.command("resume")

@@ -65,17 +65,6 @@ def shutdown() -> None:
         ray.shutdown()
 
 
-def submit_round(plan, cpus: float, gpus: float):
-    """Run workers.round.execute_round(plan) as a Ray task; retries are the controller's job."""
-    import ray
-
-    from workers.round import execute_round
-
-    remote = ray.remote(execute_round).options(num_cpus=cpus, num_gpus=gpus, max_retries=0,
-                                               name=f"round-s{plan.stage_index}-r{plan.round_index}")
-    return remote.remote(plan)
-
-
 def submit_job(address: str, entrypoint: str, env: dict[str, str]) -> str:
     """Submit a detached controller as a Ray Job (needs the cluster's dashboard/job server).
 

@@ -2,7 +2,8 @@
 
 Per round (each transition persisted before the side effect it announces):
   planned (weights, steps, LR segment, data cursor, init checkpoint, mixer state)
-  -> running (Ray task submitted) -> finished (result + checkpoint: the commit point)
+  -> running (plan handed to the run's persistent worker group) -> finished (result + checkpoint:
+  the commit point)
   -> MLflow (idempotent: a finished round without an MLflow id is logged on resume).
 A failed worker is retried from the same plan as a new attempt; a dead controller is resumed
 with `cpt runs resume`, which abandons open attempts and continues after the last finished round.
@@ -10,15 +11,18 @@ with `cpt runs resume`, which abandons open attempts and continues after the las
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 from mixers.agent import state_features, transition
 from mixers.base import Mixer, Observation, RoundRecord, buffer_name, build_mixer, check_weights, source_name
+from orchestrator.group import GroupFailed, WorkerGroup
 from orchestrator.home import Home
 from orchestrator.spec import RunSpec, parse_spec
 from store.errors import Cancelled, CptError, InputError, LeaseLost, Preempted, TrainingError
@@ -92,6 +96,8 @@ class Controller:
         self.tracker = None
         self.mlflow_id: str | None = run.mlflow_run_id
         self._signals: dict[str, bool] = {}
+        self.group: WorkerGroup | None = None
+        self.persistent_group = True  # False restarts the group every round (benchmarks/scale.py's baseline)
 
     # ---- the loop ---------------------------------------------------------------------------
     def run(self) -> str:
@@ -104,6 +110,7 @@ class Controller:
             self.reporter.message(f"run {self.run_id} was taken over by another controller; stopping")
             return "taken over"
         finally:
+            self._drop_group(kill=False)  # between rounds: the ranks leave their loop, fit() returns
             self.lease.release()
 
     def _run_leased(self) -> str:
@@ -262,67 +269,55 @@ class Controller:
                                       f"retrying")
                 plan = self._plan(i, r, weights, attempt=plan.attempt + 1)
         self.store.finish_round(round_id, result, transition(obs, state, weights, result, mixer.name))
+        if not self.persistent_group:
+            self._drop_group(kill=False)
         self.reporter.round_finished(plan, result)
         self._log_round(round_id, i, r, weights, result, plan.global_step_start)
 
+    def _group(self) -> WorkerGroup:
+        """The run's worker group, started at its first round and kept across rounds and stages."""
+        if self.group is None:
+            self.group = WorkerGroup(self.run_id, self.spec.resources.model_dump(), self.workdir / "ray-train")
+            self.group.start()
+        return self.group
+
+    def _drop_group(self, kill: bool) -> None:
+        if self.group is not None:
+            group, self.group = self.group, None
+            group.kill() if kill else group.stop()
+
     def _execute(self, round_id: int, plan: RoundPlan, stage_name: str) -> RoundResult:
-        import ray
-
-        from orchestrator import cluster
-
         self.store.start_round(round_id)
-        ref, seen = None, 0
         try:  # from here on every way out (a signal included) records the attempt's end
             self.reporter.round_started(plan, stage_name)
-            res = self.spec.resources
-            ref = cluster.submit_round(plan, res.cpus, res.gpus)
+            t0 = time.perf_counter()
+            group = self._group()
+            group.submit(plan)
             while True:
-                ready, _ = ray.wait([ref], timeout=self.poll_s)
-                seen = self._poll_progress(plan, seen)
-                if ready:
-                    return ray.get(ref)
+                records, result = group.poll(self.poll_s)
+                for p in records:
+                    step = plan.global_step_start - plan.stage_step_start + p["step"]
+                    self.reporter.progress(step, self.spec.total_steps(), p["loss"], p["lr"])
+                if result is not None:
+                    return dataclasses.replace(result, round_s=time.perf_counter() - t0)
                 self._check_control("mid-round")
-        except ray.exceptions.RayTaskError as exc:
-            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-            if isinstance(cause, CptError):
-                self.store.fail_round(round_id, f"{type(cause).__name__}: {cause}"[:4000])
-                raise cause from None
-            raise WorkerFailed(f"{type(cause).__name__}: {cause}") from None
-        except ray.exceptions.RayError as exc:  # worker process died, node lost, ...
-            raise WorkerFailed(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        except GroupFailed as exc:  # a rank died or Ray lost it: a new group retries from the last commit
+            self._drop_group(kill=True)
+            raise WorkerFailed(str(exc)) from None
         except BaseException as exc:
-            # Cancel, Ctrl-C, SIGTERM or a controller bug: never leave the task training unobserved.
-            if ref is not None:
-                ray.cancel(ref, force=True)
+            # Cancel, Ctrl-C, SIGTERM, a worker's own error or a controller bug: stop the group now.
+            self._drop_group(kill=True)
             if isinstance(exc, LeaseLost):  # the new owner abandons this attempt itself
                 raise
             status = "cancelled" if isinstance(exc, Cancelled | KeyboardInterrupt) else "failed"
             self.store.fail_round(round_id, f"{type(exc).__name__}: {exc}"[:4000], status=status)
             raise
 
-    def _poll_progress(self, plan: RoundPlan, seen: int) -> int:
-        path = Path(plan.progress_path or "")
-        if not plan.progress_path or not path.exists():
-            return seen
-        lines = path.read_text().splitlines()
-        for line in lines[seen:]:
-            try:
-                p = json.loads(line)
-            except json.JSONDecodeError:  # a line being written
-                return seen
-            step = plan.global_step_start - plan.stage_step_start + p["step"]
-            self.reporter.progress(step, self.spec.total_steps(), p["loss"], p["lr"])
-            seen += 1
-        return seen
-
     def _plan(self, i: int, r: int, weights: dict[str, float], attempt: int) -> RoundPlan:
         spec, st = self.spec, self.spec.stages[i]
         first, n = spec.round_bounds(i)[r]
         prev = self._latest_checkpoint()
         ckpt = self.workdir / "checkpoints" / f"s{i}-r{r}-a{attempt}"
-        progress = self.workdir / "progress" / f"s{i}-r{r}-a{attempt}.jsonl"
-        progress.parent.mkdir(parents=True, exist_ok=True)
-        progress.unlink(missing_ok=True)
         return RoundPlan(
             run_id=self.run_id, stage_index=i, round_index=r, attempt=attempt, seed=spec.seed, weights=weights,
             domain_paths=self._domain_paths(), eval_domains=sorted(spec.domains), stage_step_start=first,
@@ -332,7 +327,7 @@ class Controller:
             optimizer=spec.optimizer.model_dump(mode="json"), init_checkpoint=prev,
             load_optimizer=prev is not None and not (r == 0 and st.reset_optimizer),
             checkpoint_dir=str(ckpt), eval_batches=spec.eval_batches,
-            eval_before=(i == 0 and r == 0), progress_path=str(progress),
+            eval_before=(i == 0 and r == 0), micro_batch_size=spec.micro_batch_size,
             sample_loss=st.sample_loss.model_dump() if st.sample_loss.kind != "uniform" else {})
 
     def _remove_partial_checkpoints(self) -> None:

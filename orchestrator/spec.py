@@ -113,12 +113,43 @@ class OptimizerSpec(_M):
 
 
 class ResourceSpec(_M):
-    cpus: float = Field(1, gt=0)
-    """CPUs per training round (Ray num_cpus; also the torch thread count)."""
-    gpus: float = Field(0, ge=0)
-    """GPUs per training round (Ray num_gpus); 0 trains on CPU."""
+    """The run's worker group on Ray: N ranks (Ray Train), each with its CPUs/GPUs, DDP or FSDP."""
+
+    workers: int = Field(1, ge=1, le=4096)
+    """Ranks of the data-parallel worker group (one process each, on any nodes of the cluster)."""
+    cpus_per_worker: float = Field(1, gt=0)
+    """CPUs per rank (Ray resources; also the rank's torch thread count)."""
+    gpus_per_worker: float = Field(0, ge=0)
+    """GPUs per rank; 0 trains on CPU (gloo), >0 on GPU (NCCL)."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """ddp: every rank holds the whole model; fsdp: parameters, gradients and optimizer state sharded."""
+    precision: Literal["32-true", "bf16-mixed"] = "32-true"
+    """Training precision (Lightning Fabric): bf16-mixed autocasts matmuls to bfloat16 (GPUs)."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder layer's activations in backward: much less memory, ~30% more compute."""
+    compile: bool = False
+    """torch.compile the model (in place; checkpoints unchanged): faster steps after a compile warm-up."""
     max_attempts: int = Field(3, ge=1)
-    """Attempts per round before the run fails (a retried round restarts from its plan)."""
+    """Attempts per round before the run fails (a retried round restarts from its plan on a new group)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        # `cpus`/`gpus` were the single-worker names: still accepted, never together with the new ones
+        if isinstance(data, dict):
+            data = dict(data)
+            for old, new in (("cpus", "cpus_per_worker"), ("gpus", "gpus_per_worker")):
+                if old in data:
+                    if new in data:
+                        raise ValueError(f"give {new} (per rank) or the older {old}, not both")
+                    data[new] = data.pop(old)
+        return data
+
+    @model_validator(mode="after")
+    def _fits(self) -> ResourceSpec:
+        if self.precision == "bf16-mixed" and self.gpus_per_worker == 0:
+            raise ValueError("precision bf16-mixed needs gpus_per_worker > 0 (on CPU use 32-true)")
+        return self
 
 
 class TrackingSpec(_M):
@@ -142,7 +173,10 @@ class RunSpec(_M):
     seq_len: int = Field(128, ge=8, le=32768)
     """Tokens per training sequence."""
     batch_size: int = Field(16, gt=0)
-    """Sequences per optimizer step."""
+    """Sequences per optimizer step: the global batch, the same for any number of workers."""
+    micro_batch_size: int | None = Field(None, gt=0)
+    """Sequences per rank per forward/backward (gradient accumulation when the rank's share of the
+    global batch does not fit); None = the whole share at once."""
     domains: dict[str, str] = Field(min_length=1)
     """Domain name -> shard folder (made by `cpt data prepare`)."""
     stages: list[StageSpec] = Field(min_length=1)
@@ -152,7 +186,7 @@ class RunSpec(_M):
     eval_batches: int = Field(4, gt=0)
     """Validation batches per domain after each round."""
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
-    """Resources per round on Ray."""
+    """The worker group on Ray (ranks, CPUs/GPUs per rank, strategy, precision)."""
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     """MLflow settings."""
 
@@ -160,6 +194,7 @@ class RunSpec(_M):
     def _cross(self) -> RunSpec:
         from mixers.base import build_mixer
 
+        self._check_batch()
         seen: set[str] = set()
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
@@ -186,6 +221,18 @@ class RunSpec(_M):
                                     f"this stage; valid: {known}")
             seen.update(st.domains)
         return self
+
+    def _check_batch(self) -> None:
+        n, b = self.resources.workers, self.batch_size
+        if b % n:
+            raise SpecError(f"batch_size {b} must divide evenly over resources.workers {n} (each rank trains "
+                            f"batch_size / workers sequences of every step)")
+        share, micro = b // n, self.micro_batch_size
+        if micro is not None and share % micro:
+            raise SpecError(f"micro_batch_size {micro} must divide each rank's share of the batch "
+                            f"({b} / {n} workers = {share})")
+        if self.model.dtype == "bfloat16" and self.resources.precision != "bf16-mixed":
+            raise SpecError("model.dtype bfloat16 is now resources.precision: bf16-mixed (weights stay float32)")
 
     def tokens_per_step(self) -> int:
         return self.batch_size * self.seq_len

@@ -7,7 +7,7 @@ nothing but the plan to do its work, so a round re-run from its stored plan repr
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -61,17 +61,18 @@ class RoundPlan:
     """Validation batches per domain."""
     eval_before: bool = False
     """Also evaluate before training (first round of a run: the 'before' losses)."""
-    progress_path: str | None = None
-    """File the worker appends progress lines to (JSONL) for the live display."""
     sample_loss: dict[str, Any] = field(default_factory=dict)
     """Per-sample loss re-weighting options (empty: plain mean)."""
+    micro_batch_size: int | None = None
+    """Sequences per rank per forward/backward; the rank's slice of a step is accumulated in
+    micro-batches of this size. None = the whole slice at once."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> RoundPlan:
-        return cls(**json.loads(text))
+        return cls(**_known(cls, json.loads(text)))
 
 
 @dataclass(frozen=True)
@@ -98,10 +99,27 @@ class RoundResult:
     """Wall time of the whole round in the worker."""
     domain_loss_trace: dict[str, list[float | None]] = field(default_factory=dict)
     """Per-domain mean training loss at each step (None where the domain was not drawn)."""
+    workers: int = 1
+    """Ranks of the worker group that trained the round."""
+    fit_s: float | None = None
+    """Seconds of the training steps alone (no setup, eval or checkpoint)."""
+    save_s: float | None = None
+    """Seconds spent gathering and writing the round's checkpoint."""
+    round_s: float | None = None
+    """Controller-side seconds from handing the plan to the group to receiving this result (a group
+    start, setup, eval and checkpoint included): round_s - fit_s is the round's overhead."""
+    mfu: float | None = None
+    """Model FLOPs utilisation of the fit (6 * params * tokens/s over the devices' peak); None on CPU."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> RoundResult:
-        return cls(**json.loads(text))
+        return cls(**_known(cls, json.loads(text)))
+
+
+def _known(cls, data: dict[str, Any]) -> dict[str, Any]:
+    """Only the fields this version knows: records written by older versions stay readable."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}

@@ -44,6 +44,27 @@ def tiny_spec(synth: dict, **over) -> dict:
     return spec
 
 
+def long_spec(synth: dict, **over) -> dict:
+    """tiny_spec with rounds of 30 steps: long enough to kill or signal something inside a round."""
+    spec = tiny_spec(synth, **over)
+    for st in spec["stages"]:
+        st["tokens"] = 32 * 4 * 60
+    return spec
+
+
+@pytest.fixture(scope="session")
+def long_reference(tmp_path_factory, synth, ray_local):
+    """One uninterrupted in-process run of long_spec: the reference every fault test compares with.
+
+    Returns (store, run_id, results): results are the finished rounds' RoundResults in order."""
+    from orchestrator.controller import Controller
+    from store.records import RoundResult
+
+    home, store, run_id = recorded_run(tmp_path_factory.mktemp("long-reference"), long_spec(synth))
+    assert Controller(store, home, run_id, tracking=False).run() == "finished"
+    return store, run_id, [RoundResult.from_json(r.result_json) for r in store.rounds(run_id, status="finished")]
+
+
 @pytest.fixture
 def spec_file(tmp_path, synth):
     def write(**over) -> Path:

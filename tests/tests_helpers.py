@@ -25,26 +25,27 @@ def final_losses(store, run_id: str):
     return [(r.stage_index, r.round_index) for r in done], done[-1].eval_losses
 
 
-def cli_env(home: Path) -> dict:
+def cli_env(home: Path, extra: dict | None = None) -> dict:
     env = {**os.environ, "CPT_HOME": str(home), "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
-    return env
+    return {**env, **(extra or {})}
 
 
-def cpt(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def cpt(home: Path, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the CLI to completion in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], env=cli_env(home), capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], env=cli_env(home, env), capture_output=True,
                           text=True, timeout=timeout)
 
 
-def cpt_until_round_runs(home: Path, args: list[str], finished: int, timeout: float = 240, after: int = 0):
+def cpt_until_round_runs(home: Path, args: list[str], finished: int, timeout: float = 240, after: int = 0,
+                         env: dict | None = None):
     """Start the CLI in its own process group and return (proc, store, run_id) once `finished`
     rounds are finished and a round attempt recorded after the first `after` ones is running."""
     from sqlalchemy.exc import OperationalError
 
     from store.runs import RunStore
 
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", *args], env=cli_env(home),
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", *args], env=cli_env(home, env),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     store = None
     deadline = time.time() + timeout

@@ -1,7 +1,8 @@
 """Atomic round checkpoints: model + AdamW state as safetensors, metadata as JSON.
 
-Written into a hidden temp folder, fsynced, then renamed: a checkpoint folder that exists is
-complete. Nothing here unpickles anything.
+Written into a hidden temp folder, files and folder fsynced, then renamed and the parent fsynced:
+a checkpoint folder that exists is complete. The format does not depend on how the model was
+trained (one process, DDP or FSDP): full tensors keyed by parameter name. Nothing here unpickles.
 """
 
 from __future__ import annotations
@@ -27,6 +28,15 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_checkpoint(folder: str | Path, model, optimizer, meta: dict[str, Any]) -> Path:
+    """Save a plain (unwrapped) model and its AdamW optimizer."""
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    tensors, steps = _optimizer_tensors(model, optimizer)
+    return save_state(folder, state, tensors, steps, meta, getattr(model.config, "tie_word_embeddings", False))
+
+
+def save_state(folder: str | Path, model_state: dict, opt_tensors: dict, opt_steps: dict[str, float],
+               meta: dict[str, Any], tied: bool) -> Path:
+    """Write full (gathered) model and optimizer state atomically."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -34,17 +44,18 @@ def save_checkpoint(folder: str | Path, model, optimizer, meta: dict[str, Any]) 
     tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        state = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
         # Tied embeddings share storage; safetensors refuses shared tensors, so keep one copy.
-        if getattr(model.config, "tie_word_embeddings", False):
+        if tied:
             state.pop("lm_head.weight", None)
         save_file(state, str(tmp / MODEL_FILE))
-        opt_tensors, opt_meta = _optimizer_tensors(model, optimizer)
-        save_file(opt_tensors, str(tmp / OPTIM_FILE))
-        (tmp / META_FILE).write_text(json.dumps({**meta, "optimizer": opt_meta}, indent=2, sort_keys=True))
+        save_file({k: v.detach().contiguous().cpu() for k, v in opt_tensors.items()}, str(tmp / OPTIM_FILE))
+        (tmp / META_FILE).write_text(json.dumps({**meta, "optimizer": {"steps": opt_steps}}, indent=2,
+                                                sort_keys=True))
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+        _fsync_dir(tmp)
         if folder.exists():  # a previous attempt of this round already published: replace it whole
             shutil.rmtree(folder)
         os.replace(tmp, folder)
@@ -67,14 +78,67 @@ def _optimizer_tensors(model, optimizer) -> tuple[dict, dict]:
             tensors[f"{n}::exp_avg"] = st["exp_avg"].detach().contiguous().cpu()
             tensors[f"{n}::exp_avg_sq"] = st["exp_avg_sq"].detach().contiguous().cpu()
             steps[n] = float(st["step"])
-    return tensors, {"steps": steps}
+    return tensors, steps
 
 
-def load_checkpoint(folder: str | Path, model, expect_signature: str | None = None) -> dict:
-    """Load weights from a checkpoint folder into `model`; returns its metadata."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def full_state(model, optimizer) -> tuple[dict, dict, dict[str, float]]:
+    """Full model and AdamW state of a wrapped model (plain, DDP or FSDP), keyed by parameter name.
 
+    A collective under FSDP (every rank must call it); with cpu_offload only rank 0 holds the values."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    module, opt = _unwrap(model, optimizer)
+    msd, osd = get_state_dict(module, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    tensors, steps = {}, {}
+    for name, st in osd.get("state", {}).items():
+        if "exp_avg" in st:
+            tensors[f"{name}::exp_avg"] = st["exp_avg"]
+            tensors[f"{name}::exp_avg_sq"] = st["exp_avg_sq"]
+            steps[name] = float(st["step"])
+    return msd, tensors, steps
+
+
+def restore_state(model, optimizer, model_state: dict, opt_state: tuple[dict, dict] | None, tied: bool) -> None:
+    """Load full model (and AdamW) state into a wrapped model on every rank: the inverse of full_state."""
+    import torch
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    module, opt = _unwrap(model, optimizer)
+    state = dict(model_state)
+    if tied and "lm_head.weight" not in state:  # saved once: the output layer is the input embedding
+        source = _embedding_name(getattr(model, "module", model))
+        if source in state:
+            state["lm_head.weight"] = state[source]
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(module, state, options=options)
+    opt.state.clear()
+    if opt_state is None:
+        return
+    tensors, steps = opt_state
+    template = get_optimizer_state_dict(module, opt, options=options)  # param groups named by FQN
+    template["state"] = {n: {"step": torch.tensor(steps[n], dtype=torch.float32),
+                             "exp_avg": tensors[f"{n}::exp_avg"], "exp_avg_sq": tensors[f"{n}::exp_avg_sq"]}
+                         for n in steps if f"{n}::exp_avg" in tensors}
+    set_optimizer_state_dict(module, opt, template, options=options)
+
+
+def _embedding_name(raw) -> str | None:
+    """Parameter name of a transformers model's input embedding (any family)."""
+    emb = raw.get_input_embeddings().weight
+    return next((n for n, p in raw.named_parameters(remove_duplicate=False) if p is emb), None)
+
+
+def _unwrap(model, optimizer):
+    """Lightning Fabric's wrappers -> the DDP/FSDP module (or plain module) and the torch optimizer."""
+    return getattr(model, "_forward_module", model), getattr(optimizer, "optimizer", optimizer)
+
+
+def read_meta(folder: str | Path, expect_signature: str | None = None) -> dict:
     folder = Path(folder)
     try:
         meta = json.loads((folder / META_FILE).read_text())
@@ -85,10 +149,31 @@ def load_checkpoint(folder: str | Path, model, expect_signature: str | None = No
     if expect_signature and meta.get("model_signature") != expect_signature:
         raise CheckpointError(f"{folder}: checkpoint is from a different model config "
                               f"({meta.get('model_signature')} != {expect_signature})")
+    return meta
+
+
+def read_checkpoint(folder: str | Path, expect_signature: str | None, with_optimizer: bool):
+    """(model state, (optimizer tensors, steps) or None) from a checkpoint folder; CheckpointError if bad."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    meta = read_meta(folder, expect_signature)
     try:
         state = load_file(str(folder / MODEL_FILE))
+        opt = None
+        if with_optimizer:
+            opt = load_file(str(folder / OPTIM_FILE)), meta.get("optimizer", {}).get("steps", {})
     except (SafetensorError, FileNotFoundError, OSError) as exc:
-        raise CheckpointError(f"{folder / MODEL_FILE}: cannot read ({exc})") from None
+        raise CheckpointError(f"{folder}: cannot read ({exc})") from None
+    return state, opt
+
+
+def load_checkpoint(folder: str | Path, model, expect_signature: str | None = None) -> dict:
+    """Load weights from a checkpoint folder into a plain `model`; returns its metadata."""
+    folder = Path(folder)
+    meta = read_meta(folder, expect_signature)
+    state, _ = read_checkpoint(folder, None, with_optimizer=False)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:

@@ -6,8 +6,6 @@ exactly those, so a re-run or resumed round sees identical batches.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import torch
 
@@ -62,24 +60,3 @@ def val_batches(data: DomainData, seq_len: int, batch_size: int, n_batches: int)
     starts = np.linspace(0, max(hi, 0), num=count).astype(np.int64)
     rows = np.stack([stream[s:s + seq_len + 1] for s in starts]).astype(np.int64)
     return [torch.from_numpy(rows[i:i + batch_size]) for i in range(0, count, batch_size)]
-
-
-class _Steps(torch.utils.data.IterableDataset):
-    def __init__(self, sampler: MixtureSampler, first: int, count: int):
-        self.sampler, self.first, self.count = sampler, first, count
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for step in range(self.first, self.first + self.count):
-            yield self.sampler.batch(step)
-
-
-def make_datamodule(sampler: MixtureSampler, first_step: int, num_steps: int):
-    import lightning as L
-
-    class MixtureDataModule(L.LightningDataModule):
-        """Serves exactly the round's steps, in order, from the mixture sampler."""
-
-        def train_dataloader(self):
-            return torch.utils.data.DataLoader(_Steps(sampler, first_step, num_steps), batch_size=None)
-
-    return MixtureDataModule()

@@ -18,7 +18,7 @@ def llama_config(model: dict[str, Any], vocab_size: int, seq_len: int):
         num_key_value_heads=model.get("num_kv_heads") or model["num_heads"],
         intermediate_size=model["intermediate_size"], max_position_embeddings=seq_len,
         tie_word_embeddings=model.get("tie_embeddings", True), attention_dropout=0.0,
-        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        bos_token_id=None, eos_token_id=None, pad_token_id=None, attn_implementation="sdpa",
     )
 
 
@@ -62,7 +62,7 @@ def build_model(model: dict[str, Any], vocab_size: int, seq_len: int, seed: int)
         return m
     if model.get("path"):
         check_hf_checkpoint(model["path"])
-        m = AutoModelForCausalLM.from_pretrained(model["path"], use_safetensors=True, torch_dtype=torch.float32)
+        m = AutoModelForCausalLM.from_pretrained(model["path"], use_safetensors=True, dtype=torch.float32)
         if m.config.vocab_size != vocab_size:
             raise CheckpointError(f"{model['path']}: vocab_size {m.config.vocab_size} does not match the "
                                   f"run's tokenizer ({vocab_size})")
@@ -70,6 +70,15 @@ def build_model(model: dict[str, Any], vocab_size: int, seq_len: int, seed: int)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return LlamaForCausalLM(llama_config(model, vocab_size, seq_len))
+
+
+def token_losses(model, ids):
+    """Mean next-token loss of each sequence in a [B, L+1] batch -> [B]."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=ids[:, :-1]).logits
+    loss = F.cross_entropy(logits.float().transpose(1, 2), ids[:, 1:], reduction="none")
+    return loss.mean(dim=1)
 
 
 def model_signature(model) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import recorded_run, tiny_spec
+from conftest import long_spec, recorded_run, tiny_spec
 from orchestrator.controller import Controller, SilentReporter
 from orchestrator.reports import stage_summary
 from store.records import RoundPlan
@@ -84,15 +84,10 @@ def test_cancel_mid_round_stops_cleanly(tmp_path, synth, ray_local):
     assert len(store.rounds(run_id, status="finished")) == 4
 
 
-def test_resume_after_controller_is_killed_matches_uninterrupted_run(tmp_path, synth, ray_local):
-    # rounds of 30 steps, so that the kill lands inside one
-    raw = tiny_spec(synth)
-    for st in raw["stages"]:
-        st["tokens"] = 32 * 4 * 60
-    # the uninterrupted reference, in-process
-    home_a, store_a, run_a = recorded_run(tmp_path / "a", raw)
-    Controller(store_a, home_a, run_a, tracking=False).run()
-    ref_order, ref_losses = final_losses(store_a, run_a)
+def test_resume_after_controller_is_killed_matches_uninterrupted_run(tmp_path, synth, long_reference):
+    # rounds of 30 steps, so that the kill lands inside one; the reference ran uninterrupted in-process
+    raw = long_spec(synth)
+    ref_order, ref_losses = final_losses(long_reference[0], long_reference[1])
 
     # the same spec through the CLI in a subprocess, SIGKILLed (with its workers) inside the second round
     home = tmp_path / "b"

@@ -7,21 +7,16 @@ import time
 import pytest
 import yaml
 
-from conftest import recorded_run, tiny_spec
-from orchestrator.controller import Controller
+from conftest import long_spec
 from tests_helpers import cpt, cpt_until_round_runs, final_losses
 
 pytestmark = pytest.mark.e2e
 
 
 def test_second_controller_refused_sigterm_interrupts_ctrl_c_cancels_and_resume_matches(tmp_path, synth,
-                                                                                       ray_local):
-    raw = tiny_spec(synth)
-    for st in raw["stages"]:
-        st["tokens"] = 32 * 4 * 60  # rounds of 30 steps: the signals land inside one
-    home_a, store_a, run_a = recorded_run(tmp_path / "a", raw)
-    Controller(store_a, home_a, run_a, tracking=False).run()
-    ref_order, ref_losses = final_losses(store_a, run_a)
+                                                                                       long_reference):
+    raw = long_spec(synth)  # rounds of 30 steps: the signals land inside one
+    ref_order, ref_losses = final_losses(long_reference[0], long_reference[1])
 
     home = tmp_path / "b"
     spec = tmp_path / "run.yaml"

@@ -82,3 +82,21 @@ def test_data_errors_name_the_file(tmp_path, synth):
 def test_missing_spec_file(tmp_path):
     with pytest.raises(SpecError, match="spec file does not exist"):
         load_spec(tmp_path / "nope.yaml")
+
+
+def test_resources_old_names_map_to_per_worker(synth):
+    spec = parse_spec(dump(synth, resources={"cpus": 2, "gpus": 0}))
+    assert (spec.resources.workers, spec.resources.cpus_per_worker, spec.resources.gpus_per_worker) == (1, 2, 0)
+
+
+@pytest.mark.parametrize("over,match", [
+    ({"resources": {"cpus": 1, "cpus_per_worker": 2}}, r"resources: .*cpus_per_worker .* or the older cpus, not both"),
+    ({"resources": {"workers": 3}}, r"batch_size 4 must divide evenly over resources.workers 3"),
+    ({"resources": {"workers": 2}, "micro_batch_size": 3}, r"micro_batch_size 3 must divide each rank's share .*= 2"),
+    ({"resources": {"precision": "bf16-mixed"}}, r"resources: .*bf16-mixed needs gpus_per_worker > 0"),
+    ({"resources": {"strategy": "tp"}}, r"resources.strategy: .*'ddp' or 'fsdp'"),
+    ({"resources": {"workers": 0}}, r"resources.workers: .*greater than or equal to 1"),
+])
+def test_resource_conflicts_are_explained(synth, over, match):
+    with pytest.raises(SpecError, match=match):
+        parse_spec(dump(synth, **over))

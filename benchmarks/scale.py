@@ -1,0 +1,217 @@
+"""Scale-out costs of the persistent Ray Train worker group, measured on this machine.
+
+1. Per-round overhead (controller-side round wall minus the fit loop) with the persistent group
+   vs restarting the group every round, for ~2M, ~25M and ~125M-parameter Llama-style models,
+   1 rank on CPU. The overhead of a persistent group should not grow with model size except for
+   the checkpoint write (reported separately), and its share of a round of the example length
+   (en-to-de.yaml: 146 steps of 16 x 128 tokens) is projected from the measured step time.
+2. Two CPU ranks (DDP, gloo, 1 thread each): cpt's fit tokens/s over a bare torch.distributed DDP
+   loop on the same model, data (same sampler) and global batch, run before and after cpt.
+
+    python benchmarks/scale.py [--quick]      # raw JSON: benchmarks/results/scale.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(ROOT))
+
+SIZES = {  # name -> model spec (parameter counts printed from the built model)
+    "2M": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 352},
+    "25M": {"hidden_size": 512, "num_layers": 7, "num_heads": 8, "intermediate_size": 1376},
+    "125M": {"hidden_size": 768, "num_layers": 16, "num_heads": 12, "intermediate_size": 2048},
+}
+EXAMPLE_ROUND_STEPS = 146  # en-to-de.yaml: 600k tokens / (16 x 128) / 2 rounds, rounded down
+SEQ = 128
+
+
+def spec(home: Path, model: dict, steps: int, rounds: int, batch: int, workers: int = 1, cpus: int = 2) -> dict:
+    return {"name": "scale", "seed": 0, "tokenizer": str(home / "tokenizer.json"), "seq_len": SEQ,
+            "batch_size": batch, "model": model, "domains": {"prose-en": str(home / "data" / "prose-en")},
+            "stages": [{"name": "s", "domains": ["prose-en"], "tokens": steps * rounds * batch * SEQ,
+                        "rounds": rounds, "schedule": {"kind": "cosine", "peak_lr": 1e-3, "min_lr": 1e-4,
+                                                       "warmup": 0.0}}],
+            "eval_batches": 1, "resources": {"workers": workers, "cpus_per_worker": cpus}}
+
+
+def cpt_rounds(home: Path, raw: dict, persistent: bool) -> list[dict]:
+    import yaml
+
+    from orchestrator.controller import Controller, create_run
+    from orchestrator.spec import parse_spec
+    from store.records import RoundResult
+    from store.runs import RunStore
+
+    store = RunStore(f"sqlite:///{home / 'store.db'}")
+    text = yaml.safe_dump(raw)
+    run_id = create_run(store, _home(home), parse_spec(text), text)
+    ctl = Controller(store, _home(home), run_id, tracking=False, poll_s=0.02)
+    ctl.persistent_group = persistent
+    assert ctl.run() == "finished"
+    out = []
+    for r in store.rounds(run_id, status="finished"):
+        res = RoundResult.from_json(r.result_json)
+        out.append({"round_s": res.round_s, "fit_s": res.fit_s, "save_s": res.save_s,
+                    "overhead_s": res.round_s - res.fit_s, "tokens_per_s": res.tokens_per_s})
+    return out
+
+
+def _home(root: Path):
+    from orchestrator.home import Home
+
+    return Home(root, f"sqlite:///{root / 'store.db'}")
+
+
+def overhead_rows(home: Path, sizes: list[str], steps: int, rounds: int, batch: int) -> list[dict]:
+    from workers.model import build_model
+
+    vocab = json.loads((home / "data" / "prose-en" / "manifest.json").read_text())["vocab_size"]
+    rows = []
+    for name in sizes:
+        params = sum(p.numel() for p in build_model(SIZES[name], vocab, SEQ, 0).parameters())
+        for persistent in (True, False):
+            rs = cpt_rounds(home, spec(home, SIZES[name], steps, rounds, batch), persistent)
+            later = rs[1:]  # round 0 of either mode pays the group start
+            step_s = statistics.median(r["fit_s"] for r in later) / steps
+            over = statistics.median(r["overhead_s"] for r in later)
+            save = statistics.median(r["save_s"] for r in later)
+            rows.append({"model": name, "params": params, "group": "persistent" if persistent else "restart",
+                         "first_round_overhead_s": rs[0]["overhead_s"], "overhead_s": over, "save_s": save,
+                         "overhead_minus_save_s": over - save, "step_s": step_s,
+                         "share_of_example_round": over / (over + step_s * EXAMPLE_ROUND_STEPS * 16 / batch),
+                         "rounds": rs})
+            print(f"  {name:>5} {rows[-1]['group']:>10}: overhead {over:6.2f} s/round (checkpoint {save:5.2f} s),"
+                  f" step {step_s:6.3f} s", flush=True)
+    return rows
+
+
+def _bare_rank(rank: int, world: int, port: int, home: str, model: dict, steps: int, batch: int, q,
+               domain: str = "prose-en", seq: int = SEQ, micro: int | None = None, cuda: bool = False) -> None:
+    """One rank of a plain torch.distributed DDP loop: what cpt's rank does, without cpt."""
+    import contextlib
+
+    import torch
+    import torch.distributed as dist
+
+    from store.datasets import DomainData
+    from workers.data import MixtureSampler
+    from workers.fabric import make_optimizer
+    from workers.model import build_model, token_losses
+
+    if not cuda:
+        torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
+    device = torch.device(f"cuda:{rank}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    data = {domain: DomainData.open(domain, f"{home}/data/{domain}")}
+    vocab = data[domain].manifest["vocab_size"]
+    net = build_model(model, vocab, seq, 0).to(device)
+    net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[rank] if cuda else None)
+    opt = make_optimizer(net, {"weight_decay": 0.1, "betas": (0.9, 0.95), "eps": 1e-8})
+    sampler = MixtureSampler(data, {domain: 1.0}, seq, batch, 0, 0, 0)
+    share = batch // world
+    micro = micro or share
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    t0 = 0.0
+    for step in range(steps + 1):
+        if step == 1:  # the first step pays allocator and DDP bucket setup, as cpt's does (timed after)
+            dist.barrier()
+            t0 = time.perf_counter()
+        ids, _ = sampler.batch(step)
+        ids = ids[rank * share:(rank + 1) * share].to(device)
+        for m in range(0, share, micro):
+            sync = contextlib.nullcontext() if m + micro >= share else net.no_sync()
+            with sync, autocast:
+                loss = token_losses(net, ids[m:m + micro]).sum() / share
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    if cuda:
+        torch.cuda.synchronize()
+    dist.barrier()
+    if rank == 0:
+        q.put(steps * batch * seq / (time.perf_counter() - t0))
+    dist.destroy_process_group()
+
+
+def bare_ddp(home: Path, model: dict, steps: int, batch: int, world: int = 2, **kw) -> float:
+    """Tokens/s of the bare DDP loop over `world` spawned ranks (kw: domain, seq, micro, cuda)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_bare_rank, args=(r, world, port, str(home), model, steps, batch, q), kwargs=kw)
+             for r in range(world)]
+    for p in procs:
+        p.start()
+    tps = q.get(timeout=1800)
+    for p in procs:
+        p.join()
+    return tps
+
+
+def ddp_rows(home: Path, size: str, steps: int, batch: int) -> dict:
+    bare1 = bare_ddp(home, SIZES[size], steps, batch)
+    rs = cpt_rounds(home, spec(home, SIZES[size], steps + 1, 1, batch, workers=2, cpus=1), True)
+    bare2 = bare_ddp(home, SIZES[size], steps, batch)
+    cpt_tps = rs[0]["tokens_per_s"]
+    bare = max(bare1, bare2)
+    print(f"  DDP x2 {size}: cpt {cpt_tps:,.0f} tok/s, bare {bare1:,.0f} / {bare2:,.0f} tok/s "
+          f"-> {cpt_tps / bare:.3f}", flush=True)
+    return {"model": size, "workers": 2, "steps": steps, "batch": batch, "cpt_tokens_per_s": cpt_tps,
+            "bare_tokens_per_s": [bare1, bare2], "ratio": cpt_tps / bare}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="2M and 25M only, fewer steps (a smoke check)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
+    args = ap.parse_args()
+    from orchestrator import cluster
+    from orchestrator.builtin import prepare_builtins
+    from orchestrator.home import Home
+
+    home = Path(tempfile.mkdtemp(prefix="cpt-scale-", dir="/tmp"))
+    shared = Home.from_env(ROOT / "cpt-home")  # reuse the demo's prepared data
+    prepare_builtins(shared.data, shared.tokenizer, ["prose-en"], log=lambda m: None)
+    (home / "data").mkdir()
+    os.symlink(shared.data / "prose-en", home / "data" / "prose-en")
+    os.symlink(shared.tokenizer, home / "tokenizer.json")
+    cluster.connect(_home(home), num_cpus=2)
+    sizes = ["2M", "25M"] if args.quick else list(SIZES)
+    t0 = time.time()
+    print("per-round overhead, 1 rank x 2 CPUs, batch 4 x 128 tokens, 4 rounds of 4 steps:")
+    overhead = overhead_rows(home, sizes, steps=2 if args.quick else 4, rounds=4, batch=4)
+    print("two ranks (DDP, gloo, 1 thread each), global batch 16 x 128 tokens:")
+    ddp = ddp_rows(home, "2M" if args.quick else "25M", steps=10 if args.quick else 20, batch=16)
+    cluster.shutdown()
+    result = {"date": str(date.today()), "machine": f"{platform.machine()} {os.cpu_count()} cpus, python "
+              f"{platform.python_version()}", "quick": args.quick, "seconds": time.time() - t0,
+              "overhead": overhead, "ddp": ddp}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out} ({time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

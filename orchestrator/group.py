@@ -1,0 +1,211 @@
+"""The run's worker group: a Ray Train `TorchTrainer` whose ranks stay alive across rounds.
+
+The controller starts one group per run (lazily, at the first round) and hands it each round's
+plan through a mailbox actor; the ranks (workers/train.py) train it, rank 0 reports the result
+and progress, and they wait for the next plan with model and optimizer in memory. `fit()` runs in
+a background thread for the life of the group: it returns when the controller says stop, or
+raises when Ray Train sees a rank die (then the controller builds a new group from the last
+committed checkpoint and re-runs the round as a new attempt). Ray Train owns process-group
+setup, placement, `storage_path` and failure detection; the failure policy is 0 retries because
+retrying from the store, as a new attempt, is the controller's job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from store.errors import ClusterError, CptError
+from store.records import RoundPlan, RoundResult
+
+
+class GroupFailed(Exception):
+    """A rank died or Ray Train gave up on the group: the round is retried on a new group."""
+
+
+def _mailbox_class():
+    import ray
+
+    @ray.remote(num_cpus=0, max_concurrency=64)
+    class Mailbox:
+        """Plans in, results and progress out; the only channel between controller and ranks."""
+
+        def __init__(self):
+            import asyncio
+
+            self.plans: list[RoundPlan] = []
+            self.outcomes: dict[int, tuple] = {}
+            self.progress_log: dict[int, list[dict]] = {}
+            self.ranks: dict[int, tuple[int, Any]] = {}
+            self.stopped = False
+            self.cond = asyncio.Condition()
+
+        async def submit(self, plan: RoundPlan) -> int:
+            async with self.cond:
+                self.plans.append(plan)
+                self.cond.notify_all()
+                return len(self.plans) - 1
+
+        async def stop(self) -> None:
+            async with self.cond:
+                self.stopped = True
+                self.cond.notify_all()
+
+        async def next_plan(self, seq: int):
+            async with self.cond:
+                await self.cond.wait_for(lambda: self.stopped or len(self.plans) > seq)
+                return None if self.stopped else (self.plans[seq], seq)
+
+        async def register(self, rank: int, pid: int, actor) -> None:
+            self.ranks[rank] = (pid, actor)
+
+        async def report(self, seq: int, result, error: str | None, kind: str | None) -> None:
+            self.outcomes[seq] = (result, error, kind)
+
+        async def progress(self, record: dict) -> None:
+            self.progress_log.setdefault(len(self.plans) - 1, []).append(record)
+
+        async def poll(self, seq: int, since: int):
+            return self.progress_log.get(seq, [])[since:], self.outcomes.get(seq)
+
+        async def members(self) -> dict[int, tuple[int, Any]]:
+            return dict(self.ranks)
+
+    return Mailbox
+
+
+class WorkerGroup:
+    """One Ray Train worker group for one run, alive across rounds and stages."""
+
+    def __init__(self, run_id: str, resources: dict[str, Any], storage: Path):
+        self.run_id, self.res, self.storage = run_id, resources, storage
+        self.name = f"cpt-{run_id}-{uuid.uuid4().hex[:6]}"
+        self.error: BaseException | None = None
+        self.mailbox = None
+        self._thread: threading.Thread | None = None
+        self.seq: int | None = None
+        self._seen = 0
+
+    def start(self) -> None:
+        import ray
+        from ray.train import FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchConfig, TorchTrainer
+
+        from workers.train import train_loop
+
+        check_fits(self.res)
+        n, gpus = self.res["workers"], self.res["gpus_per_worker"]
+        self.mailbox = _mailbox_class().options(name=f"{self.name}-mailbox").remote()
+        per_worker = {"CPU": self.res["cpus_per_worker"], **({"GPU": gpus} if gpus else {})}
+        trainer = TorchTrainer(
+            train_loop, train_loop_config={"mailbox": self.mailbox, "resources": self.res},
+            scaling_config=ScalingConfig(num_workers=n, use_gpu=gpus > 0, resources_per_worker=per_worker),
+            run_config=RunConfig(name=self.name, storage_path=str(self.storage),
+                                 failure_config=FailureConfig(max_failures=0)),
+            torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"))
+        self._thread = threading.Thread(target=self._fit, args=(trainer,), name=self.name, daemon=True)
+        self._thread.start()
+        ray.get(self.mailbox.members.remote())  # the mailbox is up before the first plan goes in
+
+    def _fit(self, trainer) -> None:
+        try:
+            trainer.fit()
+        except BaseException as exc:  # a rank died, placement failed, ...: the controller decides
+            self.error = exc
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(self, plan: RoundPlan) -> None:
+        import ray
+
+        if not self.alive:
+            raise GroupFailed(self._why())
+        self.seq, self._seen = ray.get(self.mailbox.submit.remote(plan)), 0
+
+    def poll(self, timeout: float) -> tuple[list[dict], RoundResult | None]:
+        """New progress records and the result once there is one; GroupFailed if the group died,
+        the worker's own CptError (e.g. a corrupt checkpoint) if the round failed deterministically."""
+        import ray
+
+        deadline = time.monotonic() + timeout
+        while True:
+            records, outcome = ray.get(self.mailbox.poll.remote(self.seq, self._seen))
+            self._seen += len(records)
+            if outcome is not None:
+                result, error, kind = outcome
+                if error is not None:
+                    import store.errors as errors
+
+                    cls = getattr(errors, kind or "", None)
+                    raise (cls if isinstance(cls, type) and issubclass(cls, CptError) else errors.TrainingError)(error)
+                return records, result
+            if not self.alive:
+                raise GroupFailed(self._why())
+            if records or time.monotonic() >= deadline:
+                return records, None
+            time.sleep(min(0.05, timeout))
+
+    def pids(self) -> dict[int, int]:
+        import ray
+
+        return {r: pid for r, (pid, _) in ray.get(self.mailbox.members.remote()).items()}
+
+    def _why(self) -> str:
+        exc = self.error
+        if exc is None:
+            return "worker group stopped"
+        first = str(exc).strip().splitlines()
+        return f"{type(exc).__name__}: {first[0][:500] if first else ''}"
+
+    def stop(self, timeout: float = 30) -> None:
+        """Let the ranks leave their loop and fit() return; kill what does not within `timeout`."""
+        import ray
+
+        if self.mailbox is None:
+            return
+        with contextlib.suppress(Exception):
+            ray.get(self.mailbox.stop.remote(), timeout=10)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.alive:
+            self.kill()
+        else:
+            ray.kill(self.mailbox)
+
+    def kill(self) -> None:
+        """Stop now (cancel, SIGTERM, a retry): every rank is killed, Ray Train's fit() then ends."""
+        import ray
+
+        try:
+            members = ray.get(self.mailbox.members.remote(), timeout=5)
+        except Exception:
+            members = {}
+        for _, actor in members.values():
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+        if self._thread is not None:
+            # Ray Train notices the dead ranks and ends fit() by itself; the caller need not wait for
+            # it (a cancel or SIGTERM must stop within seconds; the thread is a daemon)
+            self._thread.join(5)
+        with contextlib.suppress(Exception):
+            ray.kill(self.mailbox)
+
+
+def check_fits(res: dict[str, Any]) -> None:
+    """Fail fast, naming the resource, when the cluster cannot ever hold the group (no autoscaler)."""
+    import ray
+
+    have = ray.cluster_resources()
+    n = res["workers"]
+    for key, field in (("CPU", "cpus_per_worker"), ("GPU", "gpus_per_worker")):
+        need = n * res[field]
+        if need > have.get(key, 0) + 1e-9:
+            raise ClusterError(f"resources: {n} worker(s) x {field} {res[field]} = {need:g} {key}s, but the Ray "
+                               f"cluster has {have.get(key, 0):g}; lower resources.workers or resources.{field}, "
+                               f"or add nodes")

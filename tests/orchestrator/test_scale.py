@@ -1,0 +1,85 @@
+"""The persistent Ray Train worker group: N ranks give the single-process result, ranks survive rounds."""
+
+import os
+import signal
+
+import pytest
+
+from conftest import long_spec, recorded_run
+from orchestrator.controller import Controller, SilentReporter
+from store.records import RoundResult
+
+pytestmark = pytest.mark.e2e
+
+
+class GroupWatcher(SilentReporter):
+    """Records the ranks' pids at every round end; optionally SIGKILLs one rank mid-round once."""
+
+    def __init__(self, kill_rank: int | None = None, at: tuple[int, int] = (0, 1)):
+        self.ctl, self.plan, self.pids, self.killed = None, None, [], []
+        self.kill_rank, self.at = kill_rank, at
+
+    def round_started(self, plan, stage):
+        self.plan = plan
+
+    def progress(self, step, total, loss, lr):
+        p = self.plan
+        if self.kill_rank is None or self.killed or (p.stage_index, p.round_index) != self.at or p.attempt != 1:
+            return
+        pid = self.ctl.group.pids()[self.kill_rank]
+        os.kill(pid, signal.SIGKILL)
+        self.killed.append(pid)
+
+    def round_finished(self, plan, result):
+        self.pids.append(self.ctl.group.pids())
+
+
+def _run(root, spec, reporter=None):
+    home, store, run_id = recorded_run(root, spec)
+    ctl = Controller(store, home, run_id, reporter, tracking=False, poll_s=0.05)
+    if reporter is not None:
+        reporter.ctl = ctl
+    assert ctl.run() == "finished"
+    rounds = store.rounds(run_id, status="finished")
+    return store, run_id, [RoundResult.from_json(r.result_json) for r in rounds]
+
+
+def _flat(results):
+    return [x for r in results for x in r.train_losses]
+
+
+TWO = {"resources": {"workers": 2, "cpus_per_worker": 1}, "micro_batch_size": 1}
+
+
+@pytest.fixture(scope="module")
+def one_and_two(tmp_path_factory, synth, long_reference):
+    """The same run on 1 process and on 2 ranks x 2 sequences each in micro-batches of 1 (accumulation)."""
+    watch = GroupWatcher()
+    _, _, two = _run(tmp_path_factory.mktemp("scale") / "two", long_spec(synth, **TWO), watch)
+    return long_reference[2], two, watch
+
+
+def test_two_ranks_with_accumulation_match_one_process_and_the_group_persists(one_and_two):
+    one, two, watch = one_and_two
+    assert [r.workers for r in two] == [2, 2, 2, 2] and [r.workers for r in one] == [1, 1, 1, 1]
+    assert len(_flat(two)) == len(_flat(one)) == 120
+    assert _flat(two) == pytest.approx(_flat(one), rel=1e-4)
+    for a, b in zip(one, two, strict=True):
+        assert b.eval_losses == pytest.approx(a.eval_losses, rel=1e-4)
+        assert b.domain_tokens == a.domain_tokens
+    # one group for the whole run: the same two rank processes trained every round of both stages
+    assert len(watch.pids) == 4 and all(p == watch.pids[0] for p in watch.pids) and len(watch.pids[0]) == 2
+    assert all(r.fit_s and r.fit_s < r.wall_s <= r.round_s for r in two)
+
+
+def test_sigkill_of_one_rank_rebuilds_the_group_and_matches_an_uninterrupted_run(tmp_path, synth, one_and_two):
+    _, ref, _ = one_and_two
+    watch = GroupWatcher(kill_rank=1, at=(0, 1))
+    store, run_id, got = _run(tmp_path / "faulty", long_spec(synth, **TWO), watch)
+    assert watch.killed, "the round finished before a rank could be killed"
+    attempts = [(r.stage_index, r.round_index, r.attempt, r.status) for r in store.rounds(run_id)]
+    assert attempts[:3] == [(0, 0, 1, "finished"), (0, 1, 1, "failed"), (0, 1, 2, "finished")]
+    assert store.rounds(run_id)[1].checkpoint_uri is None
+    assert watch.killed[0] not in watch.pids[1].values()  # attempt 2 ran on a new group
+    assert got[-1].eval_losses == pytest.approx(ref[-1].eval_losses, rel=1e-4)
+    assert _flat(got) == pytest.approx(_flat(ref), rel=1e-4)

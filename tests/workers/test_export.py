@@ -1,0 +1,100 @@
+"""Hugging Face in and out: continue tiny local models of four families, export, reload with transformers."""
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import recorded_run, tiny_spec
+from orchestrator.controller import Controller
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _config(family: str, vocab: int):
+    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
+
+    small = {"vocab_size": vocab, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "intermediate_size": 64, "max_position_embeddings": 64}
+    return {
+        "llama": lambda: LlamaConfig(**small, tie_word_embeddings=False),
+        "qwen2": lambda: Qwen2Config(**small, num_key_value_heads=1, tie_word_embeddings=True),
+        "gpt_neox": lambda: GPTNeoXConfig(**small),
+        "gpt2": lambda: GPT2Config(vocab_size=vocab, n_embd=32, n_layer=1, n_head=2, n_positions=64),
+    }[family]()
+
+
+FAMILIES = ["llama", "qwen2", "gpt_neox", "gpt2"]
+
+
+def test_continue_and_export_each_family(tmp_path, synth, ray_local):
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from store.datasets import DomainData
+    from workers.data import val_batches
+    from workers.model import token_losses
+
+    vocab = Tokenizer.from_file(str(synth["tokenizer"])).get_vocab_size()
+    runs, errors = {}, []
+    for family in FAMILIES:  # stores are created (migrated) one at a time: Alembic is not thread-safe
+        src = tmp_path / f"hf-{family}"
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            AutoModelForCausalLM.from_config(_config(family, vocab)).save_pretrained(src)
+        spec = tiny_spec(synth, name=family.replace("_", "-"), model={"path": str(src)},
+                         resources={"cpus_per_worker": 0.5})  # four groups side by side on 2 CPUs
+        spec["stages"] = spec["stages"][:1]
+        runs[family] = recorded_run(tmp_path / family, spec)
+
+    def one(family: str) -> None:
+        try:
+            home, store, run_id = runs[family]
+            assert Controller(store, home, run_id, tracking=False).run() == "finished"
+        except BaseException as exc:  # surfaced below
+            errors.append((family, exc))
+
+    threads = [threading.Thread(target=one, args=(f,)) for f in FAMILIES]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=900)
+    assert not errors, errors
+    for family in FAMILIES:
+        home, store, run_id = runs[family]
+        out = tmp_path / f"export-{family}"
+        done = subprocess.run([sys.executable, "-m", "cli.main", "--home", str(home.root), "export", run_id,
+                               "--round", "0.1", "-o", str(out)], capture_output=True, text=True, timeout=300,
+                              cwd=ROOT)
+        assert done.returncode == 0, done.stderr[-2000:]
+        model = AutoModelForCausalLM.from_pretrained(out)
+        assert model.config.model_type == family
+        tok = AutoTokenizer.from_pretrained(out)
+        text = "continual pre-training, exported"
+        assert tok(text)["input_ids"] == Tokenizer.from_file(str(synth["tokenizer"])).encode(text).ids
+        # the exported model's loss on cpt's fixed validation batches is cpt's own eval of that checkpoint
+        last = store.rounds(run_id, status="finished")[-1]
+        data = DomainData.open("en", str(synth["domains"]["en"]))
+        with torch.no_grad():
+            losses = [token_losses(model.eval(), b).mean().item() for b in val_batches(data, 32, 4, 2)]
+        assert sum(losses) / len(losses) == pytest.approx(last.eval_losses["en"], rel=1e-5), family
+
+    # bad requests change nothing: a non-empty output folder, a round that does not exist, a malformed one
+    home, store, run_id = runs["llama"]
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+
+    def cpt(*args):
+        return subprocess.run([sys.executable, "-m", "cli.main", "--home", str(home.root), "export", run_id, *args],
+                              capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+    out = cpt("-o", str(tmp_path / "full"))
+    assert out.returncode == 2 and "not empty" in out.stderr and (tmp_path / "full" / "keep.txt").exists()
+    out = cpt("--round", "7.0", "-o", str(tmp_path / "x"))
+    assert out.returncode == 2 and "no finished round 7.0" in out.stderr and not (tmp_path / "x").exists()
+    out = cpt("--round", "abc", "-o", str(tmp_path / "x"))
+    assert out.returncode == 2 and "STAGE.ROUND" in out.stderr

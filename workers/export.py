@@ -1,0 +1,61 @@
+"""Export a round checkpoint as a Hugging Face model folder.
+
+The folder holds `model.safetensors`, `config.json` and the tokenizer files, so that
+`AutoModelForCausalLM.from_pretrained(DIR)` and `AutoTokenizer.from_pretrained(DIR)` load it with
+no cpt installed. The architecture comes from the config every cpt checkpoint records (any
+transformers causal LM the run continued: Llama, Qwen2, GPT-NeoX, GPT-2, ...); the tokenizer is
+the model's own when the run continued a local HF model that had one, else the run's tokenizer.
+Written to a temp folder and renamed: the output either exists complete or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+from store.errors import CheckpointError, InputError
+from workers.checkpoint import load_checkpoint, read_meta
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "tokenizer.model")
+
+
+def export_hf(checkpoint: str | Path, out: str | Path, tokenizer_json: str | Path, model_path: str | None = None,
+              overwrite: bool = False, extra: dict | None = None) -> Path:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    checkpoint, out = Path(checkpoint), Path(out)
+    meta = read_meta(checkpoint)
+    config = dict(meta.get("model_config") or {})
+    if not config.get("model_type"):
+        raise CheckpointError(f"{checkpoint}: the checkpoint records no model config (written by an older cpt); "
+                              f"re-run the round to export it")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"-o {out}: folder exists and is not empty (pass --overwrite to replace it)")
+    cfg = AutoConfig.for_model(config.pop("model_type"), **config)
+    with torch.random.fork_rng(devices=[]):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    load_checkpoint(checkpoint, model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        own = [Path(model_path) / f for f in TOKENIZER_FILES if model_path and (Path(model_path) / f).is_file()]
+        if own and (Path(model_path) / "tokenizer_config.json").is_file():
+            for f in own:
+                shutil.copy2(f, tmp / f.name)
+        else:
+            PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_json)).save_pretrained(tmp)
+        (tmp / "cpt_export.json").write_text(json.dumps({**(extra or {}), "checkpoint": str(checkpoint),
+                                                         "tokenizer_hash": meta.get("tokenizer_hash")}, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except OSError as exc:
+        raise InputError(f"-o {out}: cannot write the export ({exc})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -1,0 +1,216 @@
+"""RoundRunner: what one rank of the persistent group does with each RoundPlan.
+
+setup (restore the in-memory model/optimizer to the plan's starting point, only if they are not
+there already) -> fit (rank-sliced global batches, accumulation, per-step LR) -> per-domain eval
+-> atomic checkpoint (rank 0 writes, every rank learns the outcome) -> RoundResult.
+
+MFU (model FLOPs utilisation) = 6 * P * tokens_per_s / (peak_flops_per_device * devices), with P
+the parameter count (embedding included) and 6 = forward (2) + backward (4) multiply-adds per
+parameter per token; attention's quadratic term is left out, as PaLM's appendix B does for short
+contexts. Reported on GPUs with a known peak (bf16 dense); None on CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import Any
+
+import torch
+
+from store.datasets import DomainData
+from store.errors import TrainingError
+from store.records import RoundPlan, RoundResult
+from workers.checkpoint import full_state, read_checkpoint, restore_state, save_state
+from workers.data import MixtureSampler, val_batches
+from workers.fabric import make_fabric, make_optimizer, prepare_model
+from workers.model import build_model, model_signature, token_losses
+from workers.sample_weights import sample_weights
+from workers.schedules import SCHEDULES, lr_at
+
+FRESH = "<fresh>"
+PROGRESS_EVERY = 5
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
+
+
+class RoundRunner:
+    def __init__(self, resources: dict[str, Any], mailbox):
+        self.res, self.mailbox = resources, mailbox
+        self.fabric = make_fabric(resources)
+        self.rank, self.world = self.fabric.global_rank, self.fabric.world_size
+        self.model = self.optimizer = None
+        self.at: str | None = None  # the checkpoint the in-memory state is (FRESH: the seeded init)
+        self.signature: str | None = None
+
+    # ---- setup --------------------------------------------------------------------------------
+    def _build(self, plan: RoundPlan) -> None:
+        raw = build_model(plan.model, plan.vocab_size, plan.seq_len, plan.seed)
+        self.signature = model_signature(raw)
+        self.n_params = sum(p.numel() for p in raw.parameters())
+        self.tied = bool(getattr(raw.config, "tie_word_embeddings", False))
+        self.model = self.fabric.setup_module(prepare_model(raw, self.res))
+        self.optimizer = self.fabric.setup_optimizers(make_optimizer(self.model, plan.optimizer))
+        self.at = FRESH
+
+    def _restore(self, plan: RoundPlan) -> None:
+        if self.model is None:
+            self._build(plan)
+        target = plan.init_checkpoint or FRESH
+        if target != self.at:  # a retry, a resume, or a group that never saw this checkpoint
+            if target == FRESH:
+                fresh = build_model(plan.model, plan.vocab_size, plan.seq_len, plan.seed)
+                restore_state(self.model, self.optimizer, fresh.state_dict(), None, self.tied)
+            else:
+                restore_state(self.model, self.optimizer, *self._read(target, plan.load_optimizer), self.tied)
+            self.at = target
+            if target == FRESH or not plan.load_optimizer:
+                self.optimizer.state.clear()
+        elif not plan.load_optimizer:
+            self.optimizer.state.clear()  # a stage that starts with fresh AdamW state
+
+    def _read(self, folder: str, with_optimizer: bool):
+        return read_checkpoint(folder, self.signature, with_optimizer)
+
+    # ---- the round ----------------------------------------------------------------------------
+    def run(self, plan: RoundPlan) -> RoundResult:
+        t0 = time.perf_counter()
+        self._restore(plan)
+        names = sorted(set(plan.weights) | set(plan.eval_domains))
+        domains = {n: DomainData.open(n, plan.domain_paths[n], plan.tokenizer_hash) for n in names}
+        before = self.evaluate(domains, plan) if plan.eval_before else None
+        t_fit = time.perf_counter()
+        fit = self.fit(plan, domains)
+        fit_s = time.perf_counter() - t_fit
+        eval_losses = self.evaluate(domains, plan)
+        t_save = time.perf_counter()
+        ckpt = self.save(plan)
+        save_s = time.perf_counter() - t_save
+        tokens = plan.num_steps * plan.batch_size * plan.seq_len
+        return RoundResult(
+            checkpoint=ckpt, eval_losses=eval_losses, eval_before=before, train_losses=fit["losses"],
+            domain_train_losses=fit["domain_losses"], lrs=fit["lrs"], tokens=tokens,
+            domain_tokens=fit["domain_tokens"], tokens_per_s=tokens / max(fit_s, 1e-9),
+            wall_s=time.perf_counter() - t0, domain_loss_trace=fit["trace"], workers=self.world, fit_s=fit_s,
+            save_s=save_s, mfu=self._mfu(tokens / max(fit_s, 1e-9)))
+
+    def fit(self, plan: RoundPlan, domains: dict[str, DomainData]) -> dict[str, Any]:
+        """Train the round's steps; returns globally reduced per-step and per-domain statistics."""
+        fabric, model, opt = self.fabric, self.model, self.optimizer
+        schedule = SCHEDULES[plan.schedule["kind"]](**plan.schedule)
+        lr_fn = partial(lr_at, schedule, total=plan.stage_steps)
+        sampler = MixtureSampler(domains, plan.weights, plan.seq_len, plan.batch_size, plan.seed,
+                                 plan.stage_index, plan.round_index)
+        B, N = plan.batch_size, self.world
+        per_rank = B // N
+        micro = plan.micro_batch_size or per_rank
+        mine = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+        reweight = plan.sample_loss and plan.sample_loss.get("kind", "uniform") != "uniform"
+        D, steps = len(sampler.names), plan.num_steps
+        sums = torch.zeros(steps, dtype=torch.float64)
+        dsum = torch.zeros(steps, D, dtype=torch.float64)
+        dcnt = torch.zeros(steps, D, dtype=torch.float64)
+        lrs = []
+        model.train()
+        for k in range(steps):
+            step = plan.stage_step_start + k
+            ids, dom = sampler.batch(step)
+            ids, dom = ids[mine].to(fabric.device), dom[mine]
+            lr = lr_fn(step)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            lrs.append(lr)
+            w = torch.full((per_rank,), 1.0 / B, device=fabric.device)
+            if reweight and step >= plan.sample_loss.get("burn_in", 0):
+                w = self._global_weights(ids, micro, plan.sample_loss)
+            for m in range(0, per_rank, micro):
+                rows = slice(m, m + micro)
+                with fabric.no_backward_sync(model, enabled=m + micro < per_rank):
+                    per_seq = token_losses(model, ids[rows])
+                    # this rank's share of the global objective: DDP's gradient mean over N ranks
+                    # then equals the gradient of sum_i w_i l_i over the whole batch
+                    fabric.backward(N * (w[rows] * per_seq).sum())
+                with torch.no_grad():
+                    d = per_seq.detach().double().cpu()
+                    sums[k] += d.sum()
+                    dsum[k].index_add_(0, dom[rows], d)
+                    dcnt[k].index_add_(0, dom[rows], torch.ones_like(d))
+            if plan.optimizer.get("grad_clip"):
+                fabric.clip_gradients(model, opt, max_norm=plan.optimizer["grad_clip"])
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if self.rank == 0 and (k % PROGRESS_EVERY == 0 or k == steps - 1):
+                self.mailbox.progress.remote({"step": step + 1, "loss": float(sums[k]) / per_rank, "lr": lr,
+                                              "t": time.time()})
+        packed = fabric.all_reduce(torch.cat([sums[:, None], dsum, dcnt], 1).to(fabric.device), reduce_op="sum")
+        packed = packed.cpu().double()
+        sums, dsum, dcnt = packed[:, 0], packed[:, 1:1 + D], packed[:, 1 + D:]
+        losses = (sums / B).tolist()
+        if not all(map(_finite, losses)):  # every rank sees the same reduced numbers: all raise together
+            raise TrainingError(f"training loss became non-finite at stage {plan.stage_index} "
+                                f"round {plan.round_index}")
+        names, total, count = sampler.names, dsum.sum(0), dcnt.sum(0)
+        return {"losses": losses, "lrs": lrs,
+                "trace": {n: [float(dsum[k, i] / dcnt[k, i]) if dcnt[k, i] else None for k in range(steps)]
+                          for i, n in enumerate(names)},
+                "domain_losses": {n: float(total[i] / count[i]) for i, n in enumerate(names) if count[i]},
+                "domain_tokens": {n: int(count[i]) * plan.seq_len for i, n in enumerate(names) if count[i]}}
+
+    def _global_weights(self, ids: torch.Tensor, micro: int, spec: dict) -> torch.Tensor:
+        """Sample weights over the whole global batch (not per rank): a no-grad pass, gathered."""
+        with torch.no_grad():
+            local = torch.cat([token_losses(self.model, ids[m:m + micro]) for m in range(0, len(ids), micro)])
+        everyone = self.fabric.all_gather(local.float()).reshape(-1)
+        w = sample_weights(everyone, spec["kind"], spec.get("r", 1.0))
+        return w[self.rank * len(ids):(self.rank + 1) * len(ids)].to(ids.device)
+
+    @torch.no_grad()
+    def evaluate(self, domains: dict[str, DomainData], plan: RoundPlan) -> dict[str, float]:
+        """Mean per-domain validation loss; DDP ranks split the fixed batches, FSDP ranks run them all."""
+        sharded = self.res.get("strategy") == "fsdp" and self.world > 1
+        module = self.model if sharded else self.model.module  # DDP: the unwrapped module, no collectives
+        module.eval()
+        names = list(plan.eval_domains)
+        acc = torch.zeros(len(names), 2, dtype=torch.float64)
+        for i, name in enumerate(names):
+            batches = val_batches(domains[name], plan.seq_len, plan.batch_size, plan.eval_batches)
+            for j, b in enumerate(batches):
+                if sharded or j % self.world == self.rank:
+                    acc[i, 0] += token_losses(module, b.to(self.fabric.device)).mean().item()
+                    acc[i, 1] += 1
+        if not sharded and self.world > 1:
+            acc = self.fabric.all_reduce(acc.to(self.fabric.device), reduce_op="sum").cpu()
+        self.model.train()
+        return {n: float(acc[i, 0] / acc[i, 1]) for i, n in enumerate(names)}
+
+    def save(self, plan: RoundPlan) -> str:
+        """Gather the full state (a collective under FSDP), rank 0 writes it, every rank learns the outcome."""
+        model_sd, opt_tensors, opt_steps = full_state(self.model, self.optimizer)
+        error = None
+        if self.rank == 0:
+            meta = {"run_id": plan.run_id, "stage": plan.stage_index, "round": plan.round_index,
+                    "attempt": plan.attempt, "global_step": plan.global_step_start + plan.num_steps,
+                    "model_signature": self.signature, "tokenizer_hash": plan.tokenizer_hash,
+                    "model_config": self.model.module.config.to_dict()}
+            try:
+                save_state(plan.checkpoint_dir, model_sd, opt_tensors, opt_steps, meta, self.tied)
+            except Exception as exc:  # OSError, or safetensors' own error type for a full disk
+                error = f"saving checkpoint {plan.checkpoint_dir} failed: {type(exc).__name__}: {exc}"
+        error = self.fabric.broadcast(error, src=0)
+        if error:
+            raise TrainingError(error)
+        self.at = plan.checkpoint_dir
+        return plan.checkpoint_dir
+
+    def _mfu(self, tokens_per_s: float) -> float | None:
+        if self.fabric.device.type != "cuda":
+            return None
+        name = torch.cuda.get_device_name(self.fabric.device)
+        peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+        return None if peak is None else 6 * self.n_params * tokens_per_s / (peak * self.world)
+
+    def close(self) -> None:
+        self.model = self.optimizer = None
+
+
+def _finite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")
