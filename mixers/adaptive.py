@@ -1,6 +1,6 @@
 """Adaptive mixers that re-weight between rounds from measured losses:
-DoReMi-style excess loss, Online Data Mixing (EXP3), RECAP-style convergence/instability.
-Formulas and defaults: ../shared/research/mixing.md."""
+DoReMi-style excess loss (Xie et al. 2023), Online Data Mixing with EXP3 (Albalak et al. 2023),
+RECAP-style convergence/instability (2025); each class docstring gives its update rule."""
 
 from __future__ import annotations
 

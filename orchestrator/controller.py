@@ -271,6 +271,7 @@ class Controller:
         self.store.finish_round(round_id, result, transition(obs, state, weights, result, mixer.name))
         if not self.persistent_group:
             self._drop_group(kill=False)
+        self._prune_checkpoints()
         self.reporter.round_finished(plan, result)
         self._log_round(round_id, i, r, weights, result, plan.global_step_start)
 
@@ -329,6 +330,24 @@ class Controller:
             checkpoint_dir=str(ckpt), eval_batches=spec.eval_batches,
             eval_before=(i == 0 and r == 0), micro_batch_size=spec.micro_batch_size,
             sample_loss=st.sample_loss.model_dump() if st.sample_loss.kind != "uniform" else {})
+
+    def _prune_checkpoints(self) -> None:
+        """Retention: delete round checkpoints beyond the last K and the stages' last rounds.
+
+        Runs after the commit of a newer round, so the checkpoint resume starts from is never one of them."""
+        import shutil
+
+        keep = self.spec.checkpoints
+        if keep.keep_last is None:
+            return
+        done = self.store.rounds(self.run_id, status="finished")
+        kept = {r.checkpoint_uri for r in done[-keep.keep_last:]}
+        if keep.keep_stage_ends:
+            kept |= {r.checkpoint_uri for r in done if r.round_index == self.spec.stages[r.stage_index].rounds - 1}
+        for r in done:
+            path = Path(r.checkpoint_uri)
+            if r.checkpoint_uri not in kept and path.is_dir() and path.parent == self.workdir / "checkpoints":
+                shutil.rmtree(path, ignore_errors=True)
 
     def _remove_partial_checkpoints(self) -> None:
         """Temp folders of saves a dead worker never finished: never referenced, so just garbage."""

@@ -152,6 +152,15 @@ class ResourceSpec(_M):
         return self
 
 
+class CheckpointSpec(_M):
+    """Which round checkpoints stay on disk (the store keeps every round's record either way)."""
+
+    keep_last: int | None = Field(3, ge=1)
+    """Keep the last K finished rounds' checkpoints (resume needs only the last); None keeps all."""
+    keep_stage_ends: bool = True
+    """Also keep each stage's last round (the model after each stage: what CPT users compare and export)."""
+
+
 class TrackingSpec(_M):
     mlflow_uri: str | None = None
     """MLflow tracking URI; None = a local SQLite store in CPT_HOME."""
@@ -189,6 +198,8 @@ class RunSpec(_M):
     """The worker group on Ray (ranks, CPUs/GPUs per rank, strategy, precision)."""
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     """MLflow settings."""
+    checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    """Checkpoint retention."""
 
     @model_validator(mode="after")
     def _cross(self) -> RunSpec:

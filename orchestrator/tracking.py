@@ -80,6 +80,8 @@ class Tracker:
         metrics = [Metric("train_loss", loss, now, step_start + i + 1) for i, loss in enumerate(result["train_losses"])]
         metrics += [Metric("lr", lr, now, step_start + i) for i, lr in enumerate(result["lrs"])]
         metrics += [Metric("tokens_per_s", result["tokens_per_s"], now, end)]
+        metrics += [Metric(k, float(result[k]), now, end) for k in ("mfu", "fit_s", "round_s", "workers")
+                    if result.get(k) is not None]
         metrics += [Metric(f"eval_loss.{d}", v, now, end) for d, v in result["eval_losses"].items()]
         metrics += [Metric(f"weight.{d}", w, now, step_start) for d, w in weights.items()]
         metrics += [Metric(f"train_loss.{d}", v, now, end) for d, v in result.get("domain_train_losses", {}).items()]

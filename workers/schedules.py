@@ -4,7 +4,9 @@ Each stage re-warms from 0 and re-decays over its own steps (Ibrahim et al. 2024
 'infinite' schedule instead cools down once to a constant LR that later stages continue at.
 Warmup follows transformers' convention (lr = peak * t / W, so step 0 trains at 0), which lets
 the tests compare against transformers' own schedule functions.
-Formulas: ../shared/research/schedules_replay.md.
+Every schedule checks its fields against each other (min_lr <= const_lr <= peak_lr, phase
+fractions that fit in the stage); a decaying schedule takes `min_lr` or `min_lr_ratio` (the
+paper's 0.1 x peak).
 """
 
 from __future__ import annotations
@@ -27,28 +29,46 @@ class _Sched(BaseModel):
         return int(round(self.warmup * total))
 
 
-class Cosine(_Sched):
+class _Decaying(_Sched):
+    min_lr: float = Field(3e-4, ge=0)
+    """LR at the last step of the stage (0.1 x peak in Ibrahim et al. 2024)."""
+    min_lr_ratio: float | None = Field(None, ge=0, le=1)
+    """min_lr as a fraction of peak_lr (0.1 = the paper's choice); give this or min_lr."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_ratio(cls, data):
+        if isinstance(data, dict) and data.get("min_lr_ratio") is not None:
+            peak = data.get("peak_lr", cls.model_fields["peak_lr"].default)
+            derived = data["min_lr_ratio"] * peak
+            if "min_lr" in data and not math.isclose(data["min_lr"], derived, rel_tol=1e-9, abs_tol=1e-15):
+                raise ValueError("give min_lr or min_lr_ratio, not both")
+            data = {**data, "min_lr": derived}
+        return data
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.min_lr > self.peak_lr:
+            raise ValueError(f"min_lr {self.min_lr:g} must not exceed peak_lr {self.peak_lr:g}")
+        return self
+
+
+class Cosine(_Decaying):
     """Linear warmup, then cosine decay to min_lr over the rest of the stage."""
 
     kind: Literal["cosine"] = "cosine"
-    min_lr: float = Field(3e-4, ge=0)
-    """LR at the last step of the stage (0.1 x peak in the paper)."""
 
 
-class Linear(_Sched):
+class Linear(_Decaying):
     """Linear warmup, then linear decay to min_lr (Defazio et al. 2023)."""
 
     kind: Literal["linear"] = "linear"
-    min_lr: float = Field(3e-4, ge=0)
-    """LR at the last step of the stage."""
 
 
-class WSD(_Sched):
+class WSD(_Decaying):
     """Warmup-stable-decay (MiniCPM): constant at peak, then a short decay at the end."""
 
     kind: Literal["wsd"] = "wsd"
-    min_lr: float = Field(3e-4, ge=0)
-    """LR at the last step of the stage."""
     decay: float = Field(0.1, gt=0, le=1)
     """Decay length as a fraction of the stage's steps (10% suffices per MiniCPM)."""
     shape: Literal["exp", "1-sqrt", "linear", "cosine"] = "1-sqrt"
@@ -63,7 +83,7 @@ class WSD(_Sched):
         return self
 
 
-class Infinite(_Sched):
+class Infinite(_Decaying):
     """Infinite schedule: warmup, cooldown to const_lr, constant, exponential anneal to min_lr."""
 
     kind: Literal["infinite"] = "infinite"
@@ -84,6 +104,9 @@ class Infinite(_Sched):
     def _check(self) -> Infinite:
         if self.warmup + self.cooldown + self.constant > 1 + 1e-9:
             raise ValueError("warmup + cooldown + constant must not exceed 1")
+        if not self.min_lr <= self.const_lr <= self.peak_lr:
+            raise ValueError(f"need min_lr <= const_lr <= peak_lr, got {self.min_lr:g}, {self.const_lr:g}, "
+                             f"{self.peak_lr:g}")
         return self
 
 

@@ -24,7 +24,7 @@ def _setup(tmp_path, synth, **over):
 
 
 def test_two_stage_run_trains_and_records_everything(tmp_path, synth, ray_local):
-    home, store, run_id = _setup(tmp_path, synth)
+    home, store, run_id = _setup(tmp_path, synth, checkpoints={"keep_last": 1})
     assert Controller(store, home, run_id).run() == "finished"
 
     run = store.get_run(run_id)
@@ -38,10 +38,11 @@ def test_two_stage_run_trains_and_records_everything(tmp_path, synth, ray_local)
     plans = [RoundPlan.from_json(r.plan_json) for r in rounds]
     assert [p.load_optimizer for p in plans] == [False, True, False, True]
     assert [p.init_checkpoint for p in plans[1:]] == [r.checkpoint_uri for r in rounds[:-1]]
-    for r in rounds:
-        assert (Path(r.checkpoint_uri) / "model.safetensors").is_file()
+    # retention (keep_last 1 + stage ends): the end of each stage stays, the round inside each is gone
+    kept = [(Path(r.checkpoint_uri) / "model.safetensors").is_file() for r in rounds]
+    assert kept == [False, True, False, True]
     ckpt_dir = Path(run.workdir) / "checkpoints"
-    assert not [p for p in ckpt_dir.iterdir() if p.name.startswith(".")]  # no half-written folder
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["s0-r1-a1", "s1-r1-a1"]  # no half-written folder
 
     # it learned: stage 1 lowers the English loss, stage 2 lowers the German loss
     summary = {row["point"]: row["losses"] for row in stage_summary(store, run_id)}

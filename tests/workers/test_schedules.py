@@ -71,11 +71,18 @@ def test_infinite_inv_sqrt_cooldown_ends_at_const():
     assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
 
 
-def test_constant_and_rewarm_is_per_stage():
+def test_constant_and_rewarm_is_per_stage(synth):
+    from orchestrator.plots import run_lrs
+    from orchestrator.spec import parse_spec
+    from tests_helpers import dump
+
     assert stage_lrs(Constant(peak_lr=3e-4), 4) == [3e-4] * 4
-    s = Cosine(peak_lr=1.0, min_lr=0.0, warmup=0.25)
-    # each stage starts from 0 again: the schedule is a function of the stage-local step only
-    assert stage_lrs(s, 8)[0] == 0.0 and stage_lrs(s, 8) == stage_lrs(s, 8)
+    # a two-stage run: the LR decays to min_lr at the end of stage 1, then re-warms from 0 in stage 2
+    spec = parse_spec(dump(synth))
+    lrs, first = run_lrs(spec), spec.stage_steps(0)
+    assert len(lrs) == spec.total_steps() == first + spec.stage_steps(1)
+    assert lrs[0] == 0.0 and lrs[first] == 0.0 and 3e-4 <= lrs[first - 1] < 5e-4 < lrs[first - 2]
+    assert max(lrs[:first]) == pytest.approx(3e-3) and max(lrs[first:]) == pytest.approx(3e-3)
 
 
 @pytest.mark.parametrize("bad", [
@@ -99,3 +106,29 @@ def test_inv_sqrt_timescale_drops_faster_early():
         return 1.0 - lr_at(s, 1, 10)
 
     assert first_drop(8.0) > first_drop(1.0)
+
+
+@pytest.mark.parametrize("kind,fields,match", [
+    ("cosine", {"peak_lr": 1e-4, "min_lr": 3e-4}, "min_lr 0.0003 must not exceed peak_lr 0.0001"),
+    ("linear", {"peak_lr": 1e-4, "min_lr": 3e-4}, "must not exceed peak_lr"),
+    ("wsd", {"peak_lr": 1e-3, "min_lr": 2e-3}, "must not exceed peak_lr"),
+    ("infinite", {"peak_lr": 1e-3, "const_lr": 2e-3, "min_lr": 1e-4}, "min_lr <= const_lr <= peak_lr"),
+    ("infinite", {"peak_lr": 1e-3, "const_lr": 5e-4, "min_lr": 6e-4}, "min_lr <= const_lr <= peak_lr"),
+    ("cosine", {"peak_lr": 1e-3, "min_lr": 1e-5, "min_lr_ratio": 0.1}, "min_lr or min_lr_ratio, not both"),
+])
+def test_schedule_fields_are_checked_against_each_other(kind, fields, match):
+    from pydantic import ValidationError
+
+    from workers.schedules import SCHEDULES
+
+    with pytest.raises(ValidationError, match=match):
+        SCHEDULES[kind](**fields)
+
+
+def test_min_lr_ratio_sets_min_lr_and_survives_a_dump():
+    from workers.schedules import SCHEDULES, Cosine
+
+    s = Cosine(peak_lr=3e-3, min_lr_ratio=0.1)
+    assert s.min_lr == pytest.approx(3e-4)
+    again = SCHEDULES["cosine"](**s.model_dump())  # plans carry the dump; it must validate again
+    assert again == s
