@@ -63,8 +63,10 @@ def cpt_rounds(home: Path, raw: dict, persistent: bool) -> list[dict]:
     out = []
     for r in store.rounds(run_id, status="finished"):
         res = RoundResult.from_json(r.result_json)
-        out.append({"round_s": res.round_s, "fit_s": res.fit_s, "save_s": res.save_s,
-                    "overhead_s": res.round_s - res.fit_s, "tokens_per_s": res.tokens_per_s})
+        out.append({"round_s": res.round_s, "fit_s": res.fit_s, "eval_s": res.eval_s, "save_s": res.save_s,
+                    "overhead_s": res.round_s - res.fit_s,
+                    "orchestration_s": res.round_s - res.fit_s - res.eval_s - res.save_s,
+                    "tokens_per_s": res.tokens_per_s})
     return out
 
 
@@ -85,15 +87,18 @@ def overhead_rows(home: Path, sizes: list[str], steps: int, rounds: int, batch: 
             rs = cpt_rounds(home, spec(home, SIZES[name], steps, rounds, batch), persistent)
             later = rs[1:]  # round 0 of either mode pays the group start
             step_s = statistics.median(r["fit_s"] for r in later) / steps
-            over = statistics.median(r["overhead_s"] for r in later)
-            save = statistics.median(r["save_s"] for r in later)
+            med = {k: statistics.median(r[k] for r in later) for k in ("overhead_s", "save_s", "eval_s",
+                                                                           "orchestration_s")}
+            example_fit = step_s * EXAMPLE_ROUND_STEPS * 16 / batch  # an example-length round of this model
             rows.append({"model": name, "params": params, "group": "persistent" if persistent else "restart",
-                         "first_round_overhead_s": rs[0]["overhead_s"], "overhead_s": over, "save_s": save,
-                         "overhead_minus_save_s": over - save, "step_s": step_s,
-                         "share_of_example_round": over / (over + step_s * EXAMPLE_ROUND_STEPS * 16 / batch),
+                         "first_round_overhead_s": rs[0]["overhead_s"], **med, "step_s": step_s,
+                         "share_of_example_round": med["overhead_s"] / (med["overhead_s"] + example_fit),
+                         "orchestration_share_of_example_round":
+                             med["orchestration_s"] / (med["overhead_s"] + example_fit),
                          "rounds": rs})
-            print(f"  {name:>5} {rows[-1]['group']:>10}: overhead {over:6.2f} s/round (checkpoint {save:5.2f} s),"
-                  f" step {step_s:6.3f} s", flush=True)
+            print(f"  {name:>5} {rows[-1]['group']:>10}: wall-fit {med['overhead_s']:6.2f} s/round = eval "
+                  f"{med['eval_s']:5.2f} + checkpoint {med['save_s']:5.2f} + orchestration "
+                  f"{med['orchestration_s']:5.2f}; step {step_s:6.3f} s", flush=True)
     return rows
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -64,13 +63,27 @@ def _mailbox_class():
             self.ranks[rank] = (pid, actor)
 
         async def report(self, seq: int, result, error: str | None, kind: str | None) -> None:
-            self.outcomes[seq] = (result, error, kind)
+            async with self.cond:
+                self.outcomes[seq] = (result, error, kind)
+                self.cond.notify_all()
 
         async def progress(self, record: dict) -> None:
-            self.progress_log.setdefault(len(self.plans) - 1, []).append(record)
+            async with self.cond:
+                self.progress_log.setdefault(len(self.plans) - 1, []).append(record)
+                self.cond.notify_all()
 
-        async def poll(self, seq: int, since: int):
-            return self.progress_log.get(seq, [])[since:], self.outcomes.get(seq)
+        async def poll(self, seq: int, since: int, timeout: float):
+            """New progress of plan `seq` and its outcome; waits up to `timeout` for either (no busy polling,
+            so a round's end is seen the moment rank 0 reports it)."""
+            import asyncio
+
+            def news() -> bool:
+                return seq in self.outcomes or len(self.progress_log.get(seq, [])) > since
+
+            async with self.cond:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.cond.wait_for(news), timeout)
+                return self.progress_log.get(seq, [])[since:], self.outcomes.get(seq)
 
         async def members(self) -> dict[int, tuple[int, Any]]:
             return dict(self.ranks)
@@ -133,23 +146,19 @@ class WorkerGroup:
         the worker's own CptError (e.g. a corrupt checkpoint) if the round failed deterministically."""
         import ray
 
-        deadline = time.monotonic() + timeout
-        while True:
-            records, outcome = ray.get(self.mailbox.poll.remote(self.seq, self._seen))
-            self._seen += len(records)
-            if outcome is not None:
-                result, error, kind = outcome
-                if error is not None:
-                    import store.errors as errors
+        records, outcome = ray.get(self.mailbox.poll.remote(self.seq, self._seen, timeout))
+        self._seen += len(records)
+        if outcome is not None:
+            result, error, kind = outcome
+            if error is not None:
+                import store.errors as errors
 
-                    cls = getattr(errors, kind or "", None)
-                    raise (cls if isinstance(cls, type) and issubclass(cls, CptError) else errors.TrainingError)(error)
-                return records, result
-            if not self.alive:
-                raise GroupFailed(self._why())
-            if records or time.monotonic() >= deadline:
-                return records, None
-            time.sleep(min(0.05, timeout))
+                cls = getattr(errors, kind or "", None)
+                raise (cls if isinstance(cls, type) and issubclass(cls, CptError) else errors.TrainingError)(error)
+            return records, result
+        if not self.alive:
+            raise GroupFailed(self._why())
+        return records, None
 
     def pids(self) -> dict[int, int]:
         import ray

@@ -103,6 +103,8 @@ class RoundResult:
     """Ranks of the worker group that trained the round."""
     fit_s: float | None = None
     """Seconds of the training steps alone (no setup, eval or checkpoint)."""
+    eval_s: float | None = None
+    """Seconds spent on the end-of-round per-domain evaluation."""
     save_s: float | None = None
     """Seconds spent gathering and writing the round's checkpoint."""
     round_s: float | None = None

@@ -81,6 +81,7 @@ class RoundRunner:
         t_fit = time.perf_counter()
         fit = self.fit(plan, domains)
         fit_s = time.perf_counter() - t_fit
+        t_eval = time.perf_counter()
         eval_losses = self.evaluate(domains, plan)
         t_save = time.perf_counter()
         ckpt = self.save(plan)
@@ -91,7 +92,7 @@ class RoundRunner:
             domain_train_losses=fit["domain_losses"], lrs=fit["lrs"], tokens=tokens,
             domain_tokens=fit["domain_tokens"], tokens_per_s=tokens / max(fit_s, 1e-9),
             wall_s=time.perf_counter() - t0, domain_loss_trace=fit["trace"], workers=self.world, fit_s=fit_s,
-            save_s=save_s, mfu=self._mfu(tokens / max(fit_s, 1e-9)))
+            eval_s=t_save - t_eval, save_s=save_s, mfu=self._mfu(tokens / max(fit_s, 1e-9)))
 
     def fit(self, plan: RoundPlan, domains: dict[str, DomainData]) -> dict[str, Any]:
         """Train the round's steps; returns globally reduced per-step and per-domain statistics."""
