@@ -1,1 +1,1 @@
-"""One round of training: model, schedules, data, Lightning module."""
+"""Training on the worker group: model, schedules, sampler, the rank loop (Lightning Fabric), checkpoints, export."""
