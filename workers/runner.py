@@ -60,16 +60,12 @@ class RoundRunner:
             if target == FRESH:
                 fresh = build_model(plan.model, plan.vocab_size, plan.seq_len, plan.seed)
                 restore_state(self.model, self.optimizer, fresh.state_dict(), None, self.tied)
-            else:
-                restore_state(self.model, self.optimizer, *self._read(target, plan.load_optimizer), self.tied)
+            else:  # restore_state starts the optimizer empty, then loads its state only if asked
+                weights, opt_state = read_checkpoint(target, self.signature, plan.load_optimizer)
+                restore_state(self.model, self.optimizer, weights, opt_state, self.tied)
             self.at = target
-            if target == FRESH or not plan.load_optimizer:
-                self.optimizer.state.clear()
         elif not plan.load_optimizer:
             self.optimizer.state.clear()  # a stage that starts with fresh AdamW state
-
-    def _read(self, folder: str, with_optimizer: bool):
-        return read_checkpoint(folder, self.signature, with_optimizer)
 
     # ---- the round ----------------------------------------------------------------------------
     def run(self, plan: RoundPlan) -> RoundResult:
