@@ -78,8 +78,8 @@ def main() -> None:
     ap.add_argument("--shifts", default="weak,strong")
     ap.add_argument("--home", type=Path, default=ROOT / "cpt-home" / "paper")
     args = ap.parse_args()
+    from corpus.builtin import prepare_builtins
     from orchestrator import cluster
-    from orchestrator.builtin import prepare_builtins
     from orchestrator.home import Home
     from orchestrator.reports import curve, plot_curves, summary
     from store.runs import RunStore

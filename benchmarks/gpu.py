@@ -74,8 +74,8 @@ def main() -> None:
     gpus = torch.cuda.device_count()
     if gpus == 0:
         sys.exit("gpu.py: no CUDA device visible")
+    from corpus.builtin import prepare_builtins
     from orchestrator import cluster
-    from orchestrator.builtin import prepare_builtins
 
     home = Path(tempfile.mkdtemp(prefix="cpt-gpu-"))
     h = scale._home(home)

@@ -77,9 +77,9 @@ def main() -> None:
     ap.add_argument("--trajectories", type=int, default=12)
     ap.add_argument("--home", type=Path, default=ROOT / "cpt-home" / "mixers")
     args = ap.parse_args()
+    from corpus.builtin import prepare_builtins
     from mixers.agent import save_agent, train_agent
     from orchestrator import cluster
-    from orchestrator.builtin import prepare_builtins
     from orchestrator.explore import explore
     from orchestrator.home import Home
     from orchestrator.spec import parse_spec

@@ -43,9 +43,8 @@ def bare_loop(home: Path, steps: int, threads: int) -> tuple[float, float]:
     """The same training as one cpt round, as a plain PyTorch loop. Returns (wall s, tokens/s)."""
     import torch
 
-    from store.datasets import DomainData
-    from store.tokenizer import load_tokenizer
-    from workers.data import MixtureSampler
+    from corpus.sampler import RoundSampler, SequenceSource
+    from corpus.tokenizer import load_tokenizer
     from workers.model import build_model, token_losses
     from workers.schedules import Cosine, lr_at
 
@@ -58,8 +57,8 @@ def bare_loop(home: Path, steps: int, threads: int) -> tuple[float, float]:
     rest = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
                             lr=3e-3, betas=(0.9, 0.95))
-    data = {"prose-en": DomainData.open("prose-en", home / "data" / "prose-en")}
-    sampler = MixtureSampler(data, {"prose-en": 1.0}, 128, 16, 0, 0, 0)
+    data = {"prose-en": SequenceSource.open("prose-en", str(home / "data" / "prose-en"), 128)}
+    sampler = RoundSampler.fresh(data, {"prose-en": 1.0}, 16, steps)
     sched = Cosine(peak_lr=3e-3, min_lr=3e-4, warmup=0.02)
     t_fit = time.perf_counter()
     for step in range(steps):
@@ -100,8 +99,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--cpus", type=int, default=2)
     args = ap.parse_args()
+    from corpus.builtin import prepare_builtins
     from orchestrator import cluster
-    from orchestrator.builtin import prepare_builtins
     from orchestrator.home import Home
 
     home = Path(tempfile.mkdtemp(prefix="cpt-bench-", dir="/tmp"))

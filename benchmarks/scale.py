@@ -110,8 +110,7 @@ def _bare_rank(rank: int, world: int, port: int, home: str, model: dict, steps: 
     import torch
     import torch.distributed as dist
 
-    from store.datasets import DomainData
-    from workers.data import MixtureSampler
+    from corpus.sampler import RoundSampler, SequenceSource
     from workers.fabric import make_optimizer
     from workers.model import build_model, token_losses
 
@@ -122,12 +121,12 @@ def _bare_rank(rank: int, world: int, port: int, home: str, model: dict, steps: 
     device = torch.device(f"cuda:{rank}" if cuda else "cpu")
     if cuda:
         torch.cuda.set_device(device)
-    data = {domain: DomainData.open(domain, f"{home}/data/{domain}")}
-    vocab = data[domain].manifest["vocab_size"]
+    data = {domain: SequenceSource.open(domain, f"{home}/data/{domain}", seq)}
+    vocab = data[domain].data.manifest["vocab_size"]
     net = build_model(model, vocab, seq, 0).to(device)
     net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[rank] if cuda else None)
     opt = make_optimizer(net, {"weight_decay": 0.1, "betas": (0.9, 0.95), "eps": 1e-8})
-    sampler = MixtureSampler(data, {domain: 1.0}, seq, batch, 0, 0, 0)
+    sampler = RoundSampler.fresh(data, {domain: 1.0}, batch, steps + 1)
     share = batch // world
     micro = micro or share
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
@@ -136,8 +135,8 @@ def _bare_rank(rank: int, world: int, port: int, home: str, model: dict, steps: 
         if step == 1:  # the first step pays allocator and DDP bucket setup, as cpt's does (timed after)
             dist.barrier()
             t0 = time.perf_counter()
-        ids, _ = sampler.batch(step)
-        ids = ids[rank * share:(rank + 1) * share].to(device)
+        ids, _ = sampler.batch(step, rank, world)
+        ids = ids.to(device)
         for m in range(0, share, micro):
             sync = contextlib.nullcontext() if m + micro >= share else net.no_sync()
             with sync, autocast:
@@ -195,8 +194,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
     ap.add_argument("--only", choices=["overhead", "ddp"], help="re-measure one part, keep the other from --out")
     args = ap.parse_args()
+    from corpus.builtin import prepare_builtins
     from orchestrator import cluster
-    from orchestrator.builtin import prepare_builtins
     from orchestrator.home import Home
 
     home = Path(tempfile.mkdtemp(prefix="cpt-scale-", dir="/tmp"))

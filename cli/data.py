@@ -13,30 +13,47 @@ tokenizer_app = typer.Typer(help="Train tokenizers.", no_args_is_help=True)
 
 
 @data_app.command("prepare")
-def prepare(src: list[Path] = typer.Argument(..., help="Text file/folder, JSONL or Parquet (one or more)."),
+def prepare(src: list[Path] = typer.Argument(..., help="Text files/folders, JSONL(.gz/.zst) or Parquet folders."),
             domain: str = typer.Option(..., "--domain", "-d", help="Domain name."),
             out: Path = typer.Option(None, "--out", help="Output folder (default CPT_HOME/data/DOMAIN)."),
             tokenizer: Path = typer.Option(None, "--tokenizer", help="tokenizer.json (default CPT_HOME's)."),
             val_fraction: float = typer.Option(0.05, help="Share of documents held out for validation."),
             text_field: str = typer.Option("text", help="JSONL field / Parquet column with the text."),
             seed: int = typer.Option(0, help="Seed of the document-level train/val split."),
+            doc_sep: str = typer.Option(None, "--doc-sep", help="Plain text: the string that separates "
+                                        "documents (Python escapes like \\n work); default: blank lines."),
+            shard_tokens: int = typer.Option(4_000_000, min=1024, help="Tokens per shard."),
             overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
             as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON.")) -> None:
-    """Tokenize documents into Arrow shards + manifest.json (written atomically)."""
+    """Tokenize documents into Arrow shards + manifest.json (streamed; written atomically)."""
+    import codecs
+    import time
+
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from cli.output import console, print_json
-    from store.ingest import prepare_domain
+    from corpus.ingest import prepare_domain
+    from store.errors import InputError
 
     home = state.home()
     out = out or home.data / domain
+    if doc_sep is not None:
+        doc_sep = codecs.decode(doc_sep, "unicode_escape")
+        if not doc_sep:
+            raise InputError("--doc-sep: must not be empty")
+    t0 = time.perf_counter()
+
+    def show(n: int, t: int) -> None:
+        rate = t / max(time.perf_counter() - t0, 1e-9)
+        progress.update(task, description=f"{domain}: {n:,} docs, {t:,} tokens, {rate:,.0f} tokens/s")
+
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=console(stderr=True), transient=True) as progress:
         task = progress.add_task(f"tokenizing {domain}", total=None)
         manifest = prepare_domain(
             list(src), domain, out, tokenizer or home.tokenizer, val_fraction=val_fraction, seed=seed,
-            text_field=text_field, overwrite=overwrite,
-            on_progress=lambda n, t: progress.update(task, description=f"{domain}: {n:,} docs, {t:,} tokens"))
+            text_field=text_field, overwrite=overwrite, doc_sep=doc_sep, shard_tokens=shard_tokens,
+            on_progress=show)
     if as_json:
         print_json(manifest)
     else:
@@ -52,7 +69,7 @@ def builtin(names: list[str] = typer.Argument(None, help="Built-in domains (defa
             overwrite: bool = typer.Option(False, help="Retrain the tokenizer and re-prepare.")) -> None:
     """Prepare the built-in demo domains (real text from the machine) in CPT_HOME/data."""
     from cli.output import console
-    from orchestrator.builtin import prepare_builtins
+    from corpus.builtin import prepare_builtins
 
     home = state.home()
     c = console()
@@ -66,7 +83,7 @@ def list_domains(folder: Path = typer.Argument(None, help="Folder of domains (de
                  as_json: bool = typer.Option(False, "--json")) -> None:
     """List prepared domains with their token counts."""
     from cli.output import print_json, table
-    from store.datasets import read_manifest
+    from corpus.shards import read_manifest
     from store.errors import DataError
 
     folder = folder or state.home().data
@@ -92,7 +109,7 @@ def list_domains(folder: Path = typer.Argument(None, help="Folder of domains (de
 def verify(folder: Path = typer.Argument(..., help="Domain folder.")) -> None:
     """Check a domain's manifest, shards and checksums (reads every byte)."""
     from cli.output import console
-    from store.datasets import verify_domain
+    from corpus.shards import verify_domain
 
     m = verify_domain(folder)
     console().print(f"{folder}: ok ({len(m['shards'])} shards, {sum(m['tokens'].values()):,} tokens)")
@@ -105,8 +122,8 @@ def train(src: list[Path] = typer.Argument(..., help="Text files/folders, JSONL 
           text_field: str = typer.Option("text", help="JSONL field / Parquet column with the text.")) -> None:
     """Train a byte-level BPE tokenizer (HF tokenizers) over the given sources."""
     from cli.output import console
-    from store.ingest import iter_documents
-    from store.tokenizer import train_tokenizer
+    from corpus.ingest import iter_documents
+    from corpus.tokenizer import train_tokenizer
 
     out = out or state.home().tokenizer
     h = train_tokenizer((d for s in src for d in iter_documents(s, text_field)), out, vocab_size)

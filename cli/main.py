@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from cli import agent as agent_cmds
+from cli import audit as audit_cmds
 from cli import data as data_cmds
 from cli import export as export_cmds
 from cli import reports as report_cmds
@@ -20,6 +21,8 @@ app = typer.Typer(help="Continual pre-training orchestration: stages, rounds, re
 app.add_typer(data_cmds.data_app, name="data")
 app.add_typer(data_cmds.tokenizer_app, name="tokenizer")
 app.add_typer(runs_cmds.runs_app, name="runs")
+runs_cmds.runs_app.command("samples")(audit_cmds.samples)
+data_cmds.data_app.command("show")(audit_cmds.show_sequence)
 app.add_typer(agent_cmds.agent_app, name="agent")
 db_app = typer.Typer(help="Run store database.", no_args_is_help=True)
 schedule_app = typer.Typer(help="LR schedules.", no_args_is_help=True)

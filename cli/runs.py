@@ -166,12 +166,14 @@ def list_runs(limit: int = typer.Option(50, help="Most recent N runs."),
 @runs_app.command("show")
 def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
     """A run's stages, rounds (weights, losses, throughput) and per-stage losses."""
+    from cli.audit import cursor_rows
     from cli.output import console, loss_table, print_json, table
     from orchestrator.reports import stage_summary
 
     store = state.store()
     run = store.get_run(run_id)
     rounds = store.rounds(run_id)
+    cursors, rollovers = cursor_rows(rounds)
     if as_json:
         print_json({"id": run.id, "name": run.name, "status": run.status, "error": run.error,
                     "mlflow_run_id": run.mlflow_run_id, "workdir": run.workdir,
@@ -182,6 +184,7 @@ def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, 
                                 "eval_losses": x.eval_losses, "train_loss": x.train_loss,
                                 "tokens_per_s": x.tokens_per_s, **_throughput(x), "checkpoint": x.checkpoint_uri,
                                 "error": x.error} for x in rounds],
+                    "data": {"cursors": cursors, "epoch_rollovers": rollovers},
                     "summary": stage_summary(store, run_id)})
         return
     c = console()
@@ -195,6 +198,11 @@ def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, 
             None if x.tokens_per_s is None else f"{x.tokens_per_s:,.0f}",
             None if p["mfu"] is None else f"{p['mfu']:.1%}",
             None if p["overhead_s"] is None else f"{p['overhead_s']:.2f}"] for x, p in zip(rounds, perf, strict=True)])
+    if cursors:
+        table("data read (without replacement; next position per domain)", ["domain", "epoch", "position"],
+              [[d, cur["epoch"], cur["pos"]] for d, cur in sorted(cursors.items())])
+        for line in rollovers:
+            c.print(line, markup=False)
     rows = stage_summary(store, run_id)
     if rows:
         loss_table("validation loss per domain", rows)
@@ -252,7 +260,7 @@ def demo(install: bool = typer.Option(True, help="apt-get install missing text p
          quiet: bool = typer.Option(False, help="No live progress display.")) -> None:
     """Prepare the built-in data and run a real 2-stage CPT (English -> German, 5% replay) on CPU."""
     from cli.output import console
-    from orchestrator.builtin import BUILTINS, prepare_builtins
+    from corpus.builtin import BUILTINS, prepare_builtins
     from orchestrator.controller import create_run
     from orchestrator.spec import check_data, load_spec
 

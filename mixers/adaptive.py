@@ -10,7 +10,8 @@ from typing import Any
 
 from pydantic import Field
 
-from mixers.base import Mixer, MixerConfig, Observation, register, smooth, softmax, source_name
+from corpus.names import source_name
+from mixers.base import Mixer, MixerConfig, Observation, register, smooth, softmax
 
 
 class DoReMiConfig(MixerConfig):

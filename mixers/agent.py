@@ -24,7 +24,8 @@ from typing import Any
 
 from pydantic import Field
 
-from mixers.base import Mixer, MixerConfig, Observation, RoundRecord, register, source_name
+from corpus.names import source_name
+from mixers.base import Mixer, MixerConfig, Observation, RoundRecord, register
 from store.errors import CheckpointError
 from store.records import RoundResult
 

@@ -8,19 +8,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from corpus.names import source_name
 from store.errors import InputError, RegistryError, SpecError
-
-REPLAY_PREFIX = "replay/"
-
-
-def source_name(domain: str) -> str:
-    """The domain a replay buffer holds (eval losses are measured on the source domain)."""
-    return domain.removeprefix(REPLAY_PREFIX)
-
-
-def buffer_name(domain: str) -> str:
-    """The name a domain's replay buffer is mixed under."""
-    return f"{REPLAY_PREFIX}{domain}"
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+from corpus.names import buffer_name, source_name
 from mixers.agent import state_features, transition
-from mixers.base import Mixer, Observation, RoundRecord, buffer_name, build_mixer, check_weights, source_name
+from mixers.base import Mixer, Observation, RoundRecord, build_mixer, check_weights
 from orchestrator.group import GroupFailed, WorkerGroup
 from orchestrator.home import Home
 from orchestrator.spec import RunSpec, parse_spec
-from store.errors import Cancelled, CptError, InputError, LeaseLost, Preempted, TrainingError
+from store.errors import Cancelled, CptError, DataError, InputError, LeaseLost, Preempted, TrainingError
 from store.lease import RunLease
 from store.records import RoundPlan, RoundResult
 from store.runs import RunStore
@@ -191,7 +192,7 @@ class Controller:
 
     def _fill_replay_buffers(self, i: int) -> None:
         """After stage i, add what it trained on to the buffers of domains later stages replay."""
-        from mixers.replay import fill_from_stage
+        from corpus.replay import fill_from_stage
 
         wanted = [d for d in self.spec.stages[i].domains if d in self.spec.buffered_domains()]
         if not wanted:
@@ -199,11 +200,11 @@ class Controller:
         buf_spec = next(st.replay.buffer for j, st in enumerate(self.spec.stages)
                         if j > i and st.replay.buffer is not None)
         done = [r for r in self.store.rounds(self.run_id, status="finished") if r.stage_index == i]
-        rounds = [{"round": r.round_index, "weights": r.weights, "first": r.data_cursor["stage_step_start"],
-                   "steps": r.data_cursor["num_steps"]} for r in done]
+        before = RoundPlan.from_json(done[0].plan_json).cursors  # where the stage started reading
+        after = RoundResult.from_json(done[-1].result_json).cursors
         for d in wanted:
-            buf = fill_from_stage(self._buffer_folder(d), d, self._domain_paths(), rounds, buf_spec.model_dump(),
-                                  self.spec.seq_len, self.spec.batch_size, self.spec.seed, i)
+            buf = fill_from_stage(self._buffer_folder(d), d, self.spec.domains[d], before.get(d), after.get(d),
+                                  buf_spec.model_dump(), self.spec.seq_len, self.spec.seed, i)
             self.reporter.message(f"replay buffer {d}: {buf.tokens():,} tokens ({buf.policy}, "
                                   f"{buf.seen:,} sequences seen)")
 
@@ -314,6 +315,30 @@ class Controller:
             self.store.fail_round(round_id, f"{type(exc).__name__}: {exc}"[:4000], status=status)
             raise
 
+    def _cursors(self, i: int, r: int, weights: dict[str, float], steps: int) -> dict[str, dict[str, Any]]:
+        """Start cursors of the round: where the last finished round left every domain.
+
+        Checked before anything runs: the domains' shards are still the ones the cursors count
+        (a refilled replay buffer restarts at its epoch 0), and no domain is read past the stage's
+        max_epochs."""
+        from corpus.order import epochs_used
+        from corpus.sampler import RoundSampler, SequenceSource, start_cursors
+
+        done = self.store.rounds(self.run_id, status="finished")
+        prev = RoundResult.from_json(done[-1].result_json).cursors if done else {}
+        paths = self._domain_paths()
+        sources = {d: SequenceSource.open(d, paths[d], self.spec.seq_len) for d, w in weights.items() if w > 0}
+        buffers = {buffer_name(d) for d in self.spec.buffered_domains()}
+        cursors = {**prev, **start_cursors(prev, sources, restart_changed=buffers)}
+        end = RoundSampler(sources, weights, cursors, self.spec.batch_size, steps, self.spec.seed, i, r).end_cursors()
+        for d, cap in self.spec.stages[i].max_epochs.items():
+            if d in end and epochs_used(end[d]) > cap:
+                raise DataError(f"stages.{i}.max_epochs.{d}: round {i}.{r} would read domain {d!r} into epoch "
+                                f"{epochs_used(end[d])} ({sources[d].n:,} sequences per epoch), past the "
+                                f"stage's limit of {cap}; lower the stage's tokens or the domain's weight, "
+                                f"or raise max_epochs")
+        return cursors
+
     def _plan(self, i: int, r: int, weights: dict[str, float], attempt: int) -> RoundPlan:
         spec, st = self.spec, self.spec.stages[i]
         first, n = spec.round_bounds(i)[r]
@@ -329,6 +354,7 @@ class Controller:
             load_optimizer=prev is not None and not (r == 0 and st.reset_optimizer),
             checkpoint_dir=str(ckpt), eval_batches=spec.eval_batches,
             eval_before=(i == 0 and r == 0), micro_batch_size=spec.micro_batch_size,
+            cursors=self._cursors(i, r, weights, n),
             sample_loss=st.sample_loss.model_dump() if st.sample_loss.kind != "uniform" else {})
 
     def _prune_checkpoints(self) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mixers.base import buffer_name
+from corpus.names import buffer_name
 from store.errors import SpecError
 from workers.sample_weights import SampleLossSpec
 from workers.schedules import Cosine, ScheduleSpec
@@ -92,6 +92,19 @@ class StageSpec(_M):
     """Start the stage with fresh AdamW state (as in Ibrahim et al. 2024)."""
     sample_loss: SampleLossSpec = Field(default_factory=SampleLossSpec)
     """Instance-level loss re-weighting inside each batch (Sow et al. 2025); uniform = plain mean."""
+    max_epochs: dict[str, int] = Field(default_factory=dict)
+    """Per domain (or `replay/<domain>` buffer): how many epochs of it the run may have read by the
+    end of this stage (counted from the run's start; a domain is read without replacement, epoch
+    after epoch). Checked at validation when the stage's draw is known (static weights, one
+    domain), else before each round; absent = no limit."""
+
+    @field_validator("max_epochs")
+    @classmethod
+    def _positive_epochs(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = {d: n for d, n in v.items() if n < 1}
+        if bad:
+            raise ValueError(f"max_epochs must be >= 1, got {bad}")
+        return v
 
     @field_validator("mixer")
     @classmethod
@@ -230,6 +243,11 @@ class RunSpec(_M):
                 if unknown:
                     raise SpecError(f"stages.{i}.mixer.weights: domain(s) {unknown} are not trained in "
                                     f"this stage; valid: {known}")
+            known = [*st.domains, *self.replay_domains(i)]
+            for d in st.max_epochs:
+                if d not in known:
+                    raise SpecError(f"stages.{i}.max_epochs: domain {d!r} is not trained in this stage; "
+                                    f"valid: {known}")
             seen.update(st.domains)
         return self
 
@@ -350,11 +368,11 @@ def load_spec(path: str | Path) -> tuple[RunSpec, str]:
 
 def check_data(spec: RunSpec) -> dict[str, dict[str, Any]]:
     """Check tokenizer, domain manifests and shards against the spec; returns manifests by domain."""
-    from store.datasets import DomainData
-    from store.tokenizer import tokenizer_hash
+    from corpus.shards import DomainData
+    from corpus.tokenizer import tokenizer_hash
 
     tok_hash = tokenizer_hash(spec.tokenizer)
-    manifests = {}
+    manifests, sources = {}, {}
     for name, folder in spec.domains.items():
         data = DomainData.open(name, folder, tokenizer_hash=tok_hash)
         if data.tokens("train") < spec.seq_len + 1 or data.tokens("val") < spec.seq_len + 1:
@@ -363,9 +381,45 @@ def check_data(spec: RunSpec) -> dict[str, dict[str, Any]]:
             raise DataError(f"{folder}: domain {name!r} has fewer tokens than seq_len + 1 in a split "
                             f"(train {data.tokens('train')}, val {data.tokens('val')})")
         manifests[name] = data.manifest
+        sources[name] = data
+    _check_epochs(spec, sources)
     if spec.model.path:
         from workers.model import check_hf_checkpoint
 
         vocab = next(iter(manifests.values()))["vocab_size"]
         check_hf_checkpoint(spec.model.path, vocab_size=vocab, tokenizer_hash=tok_hash)
     return manifests
+
+
+KNOWN_UPFRONT = ("static", "fixed_replay")  # mixers whose weights do not depend on training feedback
+
+
+def _check_epochs(spec: RunSpec, data: dict[str, Any]) -> None:
+    """max_epochs that a stage must exceed whatever happens before it: a SpecError now, not hours later.
+
+    Only stages whose weights are known before training (the mixers in KNOWN_UPFRONT) are checked;
+    the stage's own draw is a lower bound on what the run has read of a domain by its end."""
+    import numpy as np
+
+    from corpus.order import batch_counts
+    from corpus.sampler import SequenceSource
+    from mixers.base import Observation, build_mixer
+
+    for i, st in enumerate(spec.stages):
+        if not st.max_epochs or st.mixer["kind"] not in KNOWN_UPFRONT:
+            continue
+        obs = Observation(stage_index=i, round_index=0, num_rounds=st.rounds, stage_domains=list(st.domains),
+                          replay_domains=spec.replay_domains(i), replay_fraction=st.replay.fraction,
+                          domain_tokens={}, history=[], start_losses={}, reference_losses={}, seed=spec.seed)
+        weights = build_mixer(st.mixer, where=f"stages.{i}.mixer").propose(obs)
+        names = sorted(d for d, w in weights.items() if w > 0)
+        need = sum(batch_counts(weights, names, spec.batch_size, n).sum(0) for _, n in spec.round_bounds(i))
+        for d, cap in st.max_epochs.items():
+            if d not in names or d not in data:  # a replay buffer's size is known only once it is filled
+                continue
+            n = SequenceSource(data[d], spec.seq_len).n
+            epochs = int(np.ceil(need[names.index(d)] / max(n, 1)))
+            if epochs > cap:
+                raise SpecError(f"stages.{i}.max_epochs.{d}: the stage reads {int(need[names.index(d)]):,} "
+                                f"sequences of {d!r}, which holds {n:,} ({epochs} epochs); the limit is {cap}. "
+                                f"Lower the stage's tokens or the domain's weight, or raise max_epochs")

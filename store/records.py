@@ -22,7 +22,7 @@ class RoundPlan:
     attempt: int
     """1-based attempt number; a retried round gets a new attempt."""
     seed: int
-    """Run seed; data order is a pure function of (seed, stage, round, step, weights)."""
+    """Run seed; data order is a pure function of (seed, cursors, weights, stage, round)."""
     weights: dict[str, float]
     """Mixture weight per domain for this round (non-negative, sums to 1)."""
     domain_paths: dict[str, str]
@@ -66,6 +66,9 @@ class RoundPlan:
     micro_batch_size: int | None = None
     """Sequences per rank per forward/backward; the rank's slice of a step is accumulated in
     micro-batches of this size. None = the whole slice at once."""
+    cursors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per domain `{epoch, pos, data}`: where the round starts reading it (corpus.order). Every
+    domain the run has read so far, so the result's cursors carry the ones this round skips."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -112,6 +115,8 @@ class RoundResult:
     start, setup, eval and checkpoint included): round_s - fit_s is the round's overhead."""
     mfu: float | None = None
     """Model FLOPs utilisation of the fit (6 * params * tokens/s over the devices' peak); None on CPU."""
+    cursors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per domain `{epoch, pos, data}` after the round: the next round's start cursors."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -190,7 +190,7 @@ class RunStore:
                           step_end=plan.global_step_start + plan.num_steps, lr_segment=lr_segment,
                           data_cursor={"seed": plan.seed, "stage": plan.stage_index,
                                        "round": plan.round_index, "stage_step_start": plan.stage_step_start,
-                                       "num_steps": plan.num_steps},
+                                       "num_steps": plan.num_steps, "cursors": plan.cursors},
                           init_checkpoint=plan.init_checkpoint, plan_json=plan.to_json(),
                           mixer_state=mixer_state)
                 s.add(r)

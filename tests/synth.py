@@ -40,8 +40,8 @@ def write_corpus(folder: Path, lang: str, docs: int = 60, seed: int = 0) -> Path
 
 def make_domains(root: Path, langs: tuple[str, ...] = ("en", "de"), docs: int = 60, vocab: int = 400) -> dict:
     """Raw corpora, a tokenizer and prepared shard folders under root; returns paths."""
-    from store.ingest import iter_documents, prepare_domain
-    from store.tokenizer import train_tokenizer
+    from corpus.ingest import iter_documents, prepare_domain
+    from corpus.tokenizer import train_tokenizer
 
     raws = {lang: write_corpus(root / "raw" / lang, lang, docs) for lang in langs}
     tok = root / "tokenizer.json"

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from store.datasets import DomainData
+from corpus.sampler import RoundSampler, SequenceSource, val_batches
+from corpus.shards import DomainData
 from store.errors import TrainingError
 from store.records import RoundPlan, RoundResult
 from workers.checkpoint import full_state, read_checkpoint, restore_state, save_state
-from workers.data import MixtureSampler, val_batches
 from workers.fabric import make_fabric, make_optimizer, prepare_model
 from workers.model import build_model, model_signature, token_losses
 from workers.sample_weights import sample_weights
@@ -75,7 +75,8 @@ class RoundRunner:
         domains = {n: DomainData.open(n, plan.domain_paths[n], plan.tokenizer_hash) for n in names}
         before = self.evaluate(domains, plan) if plan.eval_before else None
         t_fit = time.perf_counter()
-        fit = self.fit(plan, domains)
+        fit = self.fit(plan, {n: SequenceSource(domains[n], plan.seq_len) for n in plan.weights
+                              if plan.weights[n] > 0})
         fit_s = time.perf_counter() - t_fit
         t_eval = time.perf_counter()
         eval_losses = self.evaluate(domains, plan)
@@ -88,19 +89,19 @@ class RoundRunner:
             domain_train_losses=fit["domain_losses"], lrs=fit["lrs"], tokens=tokens,
             domain_tokens=fit["domain_tokens"], tokens_per_s=tokens / max(fit_s, 1e-9),
             wall_s=time.perf_counter() - t0, domain_loss_trace=fit["trace"], workers=self.world, fit_s=fit_s,
-            eval_s=t_save - t_eval, save_s=save_s, mfu=self._mfu(tokens / max(fit_s, 1e-9)))
+            eval_s=t_save - t_eval, save_s=save_s, mfu=self._mfu(tokens / max(fit_s, 1e-9)),
+            cursors=fit["cursors"])
 
-    def fit(self, plan: RoundPlan, domains: dict[str, DomainData]) -> dict[str, Any]:
+    def fit(self, plan: RoundPlan, sources: dict[str, SequenceSource]) -> dict[str, Any]:
         """Train the round's steps; returns globally reduced per-step and per-domain statistics."""
         fabric, model, opt = self.fabric, self.model, self.optimizer
         schedule = SCHEDULES[plan.schedule["kind"]](**plan.schedule)
         lr_fn = partial(lr_at, schedule, total=plan.stage_steps)
-        sampler = MixtureSampler(domains, plan.weights, plan.seq_len, plan.batch_size, plan.seed,
-                                 plan.stage_index, plan.round_index)
+        sampler = RoundSampler(sources, plan.weights, plan.cursors, plan.batch_size, plan.num_steps, plan.seed,
+                               plan.stage_index, plan.round_index)
         B, N = plan.batch_size, self.world
         per_rank = B // N
         micro = plan.micro_batch_size or per_rank
-        mine = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
         reweight = plan.sample_loss and plan.sample_loss.get("kind", "uniform") != "uniform"
         D, steps = len(sampler.names), plan.num_steps
         sums = torch.zeros(steps, dtype=torch.float64)
@@ -110,8 +111,8 @@ class RoundRunner:
         model.train()
         for k in range(steps):
             step = plan.stage_step_start + k
-            ids, dom = sampler.batch(step)
-            ids, dom = ids[mine].to(fabric.device), dom[mine]
+            ids, dom = sampler.batch(k, self.rank, N)  # only this rank's rows are read
+            ids = ids.to(fabric.device)
             lr = lr_fn(step)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -146,7 +147,7 @@ class RoundRunner:
             raise TrainingError(f"training loss became non-finite at stage {plan.stage_index} "
                                 f"round {plan.round_index}")
         names, total, count = sampler.names, dsum.sum(0), dcnt.sum(0)
-        return {"losses": losses, "lrs": lrs,
+        return {"losses": losses, "lrs": lrs, "cursors": sampler.end_cursors(),
                 "trace": {n: [float(dsum[k, i] / dcnt[k, i]) if dcnt[k, i] else None for k in range(steps)]
                           for i, n in enumerate(names)},
                 "domain_losses": {n: float(total[i] / count[i]) for i, n in enumerate(names) if count[i]},

@@ -118,7 +118,7 @@ def _pickled_checkpoint(folder: Path) -> Path:
 def _corrupt_copy(src: Path, dst: Path) -> Path:
     import shutil
 
-    from store.datasets import read_manifest
+    from corpus.shards import read_manifest
 
     shutil.copytree(src, dst)
     shard = dst / read_manifest(dst)["shards"][0]["file"]
@@ -127,8 +127,8 @@ def _corrupt_copy(src: Path, dst: Path) -> Path:
 
 
 def _other_tokenizer(tmp: Path, synth) -> str:
-    from store.ingest import iter_documents
-    from store.tokenizer import train_tokenizer
+    from corpus.ingest import iter_documents
+    from corpus.tokenizer import train_tokenizer
 
     train_tokenizer(iter_documents(synth["raw"]["code"]), tmp / "other.json", vocab_size=310)
     return str(tmp / "other.json")

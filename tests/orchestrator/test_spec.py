@@ -100,3 +100,37 @@ def test_resources_old_names_map_to_per_worker(synth):
 def test_resource_conflicts_are_explained(synth, over, match):
     with pytest.raises(SpecError, match=match):
         parse_spec(dump(synth, **over))
+
+
+def _epoch_spec(synth, mixer: dict, max_epochs: dict, tokens: int = 32 * 4 * 100) -> str:
+    from conftest import tiny_spec
+
+    spec = tiny_spec(synth)
+    spec["stages"] = [{"name": "s1", "domains": ["en"], "tokens": tokens, "rounds": 2, "mixer": mixer,
+                       "max_epochs": max_epochs}]
+    return yaml.safe_dump(spec)
+
+
+def test_max_epochs_known_at_validation_is_exit_2_naming_the_field(synth):
+    with pytest.raises(SpecError, match=r"stages.0.max_epochs: domain 'de' is not trained in this stage"):
+        parse_spec(_epoch_spec(synth, {"kind": "fixed_replay"}, {"de": 1}))
+    with pytest.raises(SpecError, match=r"max_epochs must be >= 1"):
+        parse_spec(_epoch_spec(synth, {"kind": "fixed_replay"}, {"en": 0}))
+    # 400 sequences of a domain that holds far fewer: more than 1 epoch, whatever came before
+    spec = parse_spec(_epoch_spec(synth, {"kind": "static", "weights": {"en": 1.0}}, {"en": 1}))
+    with pytest.raises(SpecError, match=r"stages.0.max_epochs.en: the stage reads 400 sequences of 'en'"):
+        check_data(spec)
+    check_data(parse_spec(_epoch_spec(synth, {"kind": "static", "weights": {"en": 1.0}}, {"en": 1}, 32 * 4 * 4)))
+    check_data(parse_spec(_epoch_spec(synth, {"kind": "temperature"}, {"en": 1})))  # not knowable: run time
+
+
+@pytest.mark.e2e
+def test_max_epochs_exceeded_at_run_time_fails_before_training(tmp_path, synth, ray_local):
+    from conftest import recorded_run
+    from orchestrator.controller import Controller
+
+    home, store, run_id = recorded_run(tmp_path / "home", yaml.safe_load(
+        _epoch_spec(synth, {"kind": "temperature"}, {"en": 1})))
+    with pytest.raises(DataError, match=r"stages.0.max_epochs.en: round 0.0 would read domain 'en' into epoch 2"):
+        Controller(store, home, run_id, tracking=False).run()
+    assert store.get_run(run_id).status == "failed" and store.rounds(run_id) == []

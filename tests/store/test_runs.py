@@ -46,7 +46,8 @@ def test_round_commit_point_and_plan_roundtrip(store):
     rid = store.plan_round(plan, {"kind": "cosine"}, {"n": 1})
     row = store.rounds(run_id)[0]
     assert row.status == "planned" and RoundPlan.from_json(row.plan_json) == plan
-    assert row.data_cursor == {"seed": 0, "stage": 0, "round": 0, "stage_step_start": 0, "num_steps": 5}
+    assert row.data_cursor == {"seed": 0, "stage": 0, "round": 0, "stage_step_start": 0, "num_steps": 5,
+                               "cursors": plan.cursors}
     store.start_round(rid)
     assert store.finished_round(run_id, 0, 0) is None
     store.finish_round(rid, _result())

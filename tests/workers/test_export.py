@@ -35,8 +35,8 @@ def test_continue_and_export_each_family(tmp_path, synth, ray_local):
     from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from store.datasets import DomainData
-    from workers.data import val_batches
+    from corpus.sampler import val_batches
+    from corpus.shards import DomainData
     from workers.model import token_losses
 
     vocab = Tokenizer.from_file(str(synth["tokenizer"])).get_vocab_size()

@@ -5,10 +5,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from store.datasets import DomainData, read_manifest, verify_domain
+from corpus.ingest import iter_documents, prepare_domain
+from corpus.shards import DomainData, read_manifest, verify_domain
+from corpus.tokenizer import EOS, load_tokenizer, tokenizer_hash, train_tokenizer
 from store.errors import DataError
-from store.ingest import iter_documents, prepare_domain
-from store.tokenizer import EOS, load_tokenizer, tokenizer_hash, train_tokenizer
 
 
 def _docs(stream: np.ndarray, eos: int) -> list[list[int]]:
@@ -105,3 +105,50 @@ def test_tokenizer_files(tmp_path):
     tok = load_tokenizer(tmp_path / "t.json")
     assert tok.decode(tok.encode("emoji 🙂 any bytes").ids) == "emoji 🙂 any bytes"  # byte-level fallback
     assert tokenizer_hash(tmp_path / "t.json") == h1
+
+
+def test_plain_text_is_split_into_documents_while_streaming(tmp_path, synth):
+    (tmp_path / "blank.txt").write_text("first doc\nstill first\n\n\nsecond doc\n  \nthird\n")
+    assert list(iter_documents(tmp_path / "blank.txt")) == ["first doc\nstill first\n", "second doc\n", "third\n"]
+    # a custom separator, with documents straddling the streaming read blocks
+    import corpus.ingest as ingest
+
+    docs = [f"doc {i} " + "x" * (i * 37 % 500) for i in range(300)]
+    (tmp_path / "sep.txt").write_text("\n%%\n".join(docs))
+    old, ingest.READ_CHARS = ingest.READ_CHARS, 1000
+    try:
+        assert list(iter_documents(tmp_path / "sep.txt", doc_sep="\n%%\n")) == docs
+    finally:
+        ingest.READ_CHARS = old
+
+
+def test_compressed_jsonl_and_corrupt_archives(tmp_path, synth):
+    import gzip
+
+    import zstandard
+
+    texts = [f"line {i} " * 4 for i in range(30)]
+    body = "\n".join(json.dumps({"text": t}) for t in texts).encode()
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(body))
+    (tmp_path / "b.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(body))
+    for name in ("a.jsonl.gz", "b.jsonl.zst"):
+        assert list(iter_documents(tmp_path / name)) == texts
+    (tmp_path / "bad.jsonl.gz").write_bytes(gzip.compress(body)[:-20])
+    with pytest.raises(DataError, match=r"bad.jsonl.gz: corrupt compressed file"):
+        list(iter_documents(tmp_path / "bad.jsonl.gz"))
+    (tmp_path / "bad.jsonl.zst").write_bytes(b"not zstd at all")
+    with pytest.raises(DataError, match=r"bad.jsonl.zst: corrupt compressed file"):
+        list(iter_documents(tmp_path / "bad.jsonl.zst"))
+
+
+def test_shards_have_a_fixed_size(tmp_path, synth):
+    m = prepare_domain(synth["raw"]["en"], "en", tmp_path / "out", synth["tokenizer"], val_fraction=0.2,
+                       shard_tokens=1024)
+    for split in ("train", "val"):
+        sizes = [s["tokens"] for s in m["shards"] if s["split"] == split]
+        assert len(sizes) > 1 and all(t == 1024 for t in sizes[:-1]) and 0 < sizes[-1] <= 1024
+    # the same documents as one big shard, just cut differently
+    one = prepare_domain(synth["raw"]["en"], "en", tmp_path / "one", synth["tokenizer"], val_fraction=0.2)
+    a, b = DomainData.open("en", tmp_path / "out"), DomainData.open("en", tmp_path / "one")
+    assert np.array_equal(np.concatenate(a.train), np.concatenate(b.train))
+    assert one["tokens"] == m["tokens"]

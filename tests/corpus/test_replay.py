@@ -1,10 +1,8 @@
 import numpy as np
 import pytest
 
-from mixers.replay import ReplayBuffer, fill_buffer, stage_stream
-from store.datasets import DomainData
+from corpus.replay import ReplayBuffer, fill_buffer, stage_stream
 from store.errors import DataError
-from workers.data import MixtureSampler
 
 
 def _seqs(start: int, n: int, length: int = 5) -> list[np.ndarray]:
@@ -34,14 +32,17 @@ def test_fifo_keeps_the_latest(tmp_path):
 
 
 def test_persistence_roundtrip_and_aligned_sampling(tmp_path, synth):
+    from corpus.sampler import RoundSampler, SequenceSource, start_cursors
+
     src = synth["domains"]["en"]
-    data = {"en": DomainData.open("en", src)}
-    rounds = [{"round": 0, "weights": {"en": 1.0}, "first": 0, "steps": 6}]
-    stream = list(stage_stream(data, rounds, "en", 16, 4, seed=0, stage=0))
+    source = SequenceSource.open("en", str(src), 16)
+    cursors = start_cursors({}, {"en": source})
+    sampler = RoundSampler({"en": source}, {"en": 1.0}, cursors, 4, 6, 0, 0, 0)
+    stream = list(stage_stream(source, cursors["en"], sampler.end_cursors()["en"], seed=0))
     assert len(stream) == 24 and all(len(s) == 17 for s in stream)
-    # the stream is exactly what the sampler served in training
-    sampler = MixtureSampler(data, {"en": 1.0}, 16, 4, 0, 0, 0)
-    assert np.array_equal(stream[4], sampler.batch(1)[0][0].numpy())
+    # the stream is exactly what the sampler served in training, in reading order
+    served = np.concatenate([sampler.batch(k)[0].numpy() for k in range(6)])
+    assert sorted(map(tuple, served.tolist())) == sorted(map(tuple, np.stack(stream).tolist()))
     folder = tmp_path / "replay" / "en"
     buf = fill_buffer(folder, "replay/en", str(src), {"tokens": 17 * 10, "policy": "reservoir"}, 16,
                       iter(stream), seed=0, stage=0, tag="stage-0")
@@ -50,8 +51,10 @@ def test_persistence_roundtrip_and_aligned_sampling(tmp_path, synth):
     assert again.seen == 24  # idempotent per stage tag (a resumed run does not add twice)
     loaded = ReplayBuffer.load(folder)
     assert np.array_equal(loaded.seqs, buf.seqs) and loaded.seen == 24
-    rb = DomainData.open("replay/en", folder)
-    assert rb.manifest["aligned"] == 17
-    ids, _ = MixtureSampler({"replay/en": rb}, {"replay/en": 1.0}, 16, 8, 0, 1, 0).batch(0)
+    rb = SequenceSource.open("replay/en", str(folder), 16)
+    assert rb.aligned and rb.n == 10 and rb.stride == 17
+    ids, _ = RoundSampler({"replay/en": rb}, {"replay/en": 1.0}, start_cursors({}, {"replay/en": rb}), 8, 1,
+                          0, 1, 0).batch(0)
     stored = {tuple(s) for s in buf.seqs.tolist()}
     assert all(tuple(row) in stored for row in ids.tolist())  # whole stored sequences only
+    assert len({tuple(r) for r in ids.tolist()}) == 8  # without replacement: 8 distinct of the 10

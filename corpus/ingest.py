@@ -1,7 +1,11 @@
 """Ingest text, JSONL or Parquet into token shards with a document-level train/val split.
 
-Everything is written to a temp folder beside the output and renamed into place at the end,
-so a failure (corrupt input, full disk) leaves nothing half-written.
+Input is streamed: plain text is split into documents at a separator (blank lines by default)
+while it is read, JSONL (.jsonl, .jsonl.gz, .jsonl.zst) a line at a time, Parquet a record
+batch at a time, so memory stays flat on a multi-GB file. Documents are tokenized in batches by
+the tokenizer's own parallel `encode_batch` (all cores). Everything is written to a temp folder
+beside the output and renamed into place at the end, so a failure (corrupt input, full disk)
+leaves nothing half-written.
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from store.datasets import FORMAT, ShardWriter, publish_folder, write_json_atomic
+from corpus.shards import FORMAT, SHARD_TOKENS, ShardWriter, publish_folder, write_json_atomic
+from corpus.tokenizer import EOS, load_tokenizer, tokenizer_hash
 from store.errors import DataError
-from store.tokenizer import EOS, load_tokenizer, tokenizer_hash
 
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".text", ""}
 
@@ -33,27 +37,86 @@ def _files(src: Path) -> list[Path]:
     return files
 
 
-def iter_documents(src: str | Path, text_field: str = "text") -> Iterator[str]:
-    """Documents of a file or folder: a text file is one document, JSONL a line, Parquet a row."""
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".ndjson")
+READ_CHARS = 1 << 20
+
+
+def iter_documents(src: str | Path, text_field: str = "text", doc_sep: str | None = None) -> Iterator[str]:
+    """Documents of a file or folder: JSONL a line, Parquet a row, plain text split at `doc_sep`
+    (None: at blank lines, i.e. paragraphs; a file without separators is one document)."""
     for path in _files(Path(src)):
-        suffix = path.suffix.lower()
-        if suffix == ".jsonl":
+        name = path.name.lower()
+        if name.endswith(JSONL_SUFFIXES):
             yield from _jsonl(path, text_field)
-        elif suffix == ".parquet":
+        elif name.endswith(".parquet"):
             yield from _parquet(path, text_field)
         else:
-            try:
-                text = path.read_text(encoding="utf-8")
-            except UnicodeDecodeError:
-                raise DataError(f"{path}: not UTF-8 text") from None
-            except OSError as exc:
-                raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-            if text.strip():
-                yield text
+            yield from _text(path, doc_sep)
+
+
+def _text(path: Path, sep: str | None) -> Iterator[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            if sep is None:  # paragraphs: documents end at one or more blank lines
+                doc: list[str] = []
+                for line in f:
+                    if line.strip():
+                        doc.append(line)
+                    elif doc:
+                        yield "".join(doc)
+                        doc = []
+                if doc:
+                    yield "".join(doc)
+                return
+            tail = ""
+            for chunk in iter(lambda: f.read(READ_CHARS), ""):
+                *docs, tail = (tail + chunk).split(sep)
+                yield from (d for d in docs if d.strip())
+            if tail.strip():
+                yield tail
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start} of a read block)") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def _open_text(path: Path):
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        import gzip
+
+        return gzip.open(path, "rt", encoding="utf-8")
+    if name.endswith(".zst"):
+        import io
+
+        try:
+            import zstandard
+        except ImportError:
+            raise DataError(f"{path}: reading .zst needs the zstandard package (pip install zstandard)") from None
+        return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True),
+                                encoding="utf-8")
+    return open(path, encoding="utf-8")
 
 
 def _jsonl(path: Path, field: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
+    import gzip
+
+    try:
+        yield from _jsonl_lines(path, field)
+    except (gzip.BadGzipFile, EOFError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.strerror:
+            raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+        raise DataError(f"{path}: corrupt compressed file ({exc})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text") from None
+    except Exception as exc:
+        if type(exc).__module__.startswith("zstandard"):
+            raise DataError(f"{path}: corrupt compressed file ({exc})") from None
+        raise
+
+
+def _jsonl_lines(path: Path, field: str) -> Iterator[str]:
+    with _open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -93,7 +156,8 @@ def prepare_domain(src: str | Path | list[str | Path], domain: str, out: str | P
                    val_fraction: float = 0.05, seed: int = 0, text_field: str = "text",
                    overwrite: bool = False, max_docs: int | None = None,
                    on_progress: Callable[[int, int], None] | None = None,
-                   documents: Iterator[str] | None = None) -> dict[str, Any]:
+                   documents: Iterator[str] | None = None, doc_sep: str | None = None,
+                   shard_tokens: int = SHARD_TOKENS, batch_chars: int = 4 << 20) -> dict[str, Any]:
     """Tokenize documents into `out`/{train,val}-NNNNN.arrow + manifest.json. Returns the manifest."""
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
@@ -106,14 +170,14 @@ def prepare_domain(src: str | Path | list[str | Path], domain: str, out: str | P
     if documents is None:
         for s in sources:
             _files(Path(s))  # fail on a missing source before anything is created
-        documents = (d for s in sources for d in iter_documents(s, text_field))
+        documents = (d for s in sources for d in iter_documents(s, text_field, doc_sep))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
-        writers = {"train": ShardWriter(tmp, "train"), "val": ShardWriter(tmp, "val")}
+        writers = {"train": ShardWriter(tmp, "train", shard_tokens), "val": ShardWriter(tmp, "val", shard_tokens)}
         docs = {"train": 0, "val": 0}
-        n = tokens = 0
+        n = tokens = chars = 0
         batch: list[str] = []
 
         def flush() -> None:
@@ -130,8 +194,10 @@ def prepare_domain(src: str | Path | list[str | Path], domain: str, out: str | P
 
         for doc in documents:
             batch.append(doc)
-            if len(batch) >= 256:
+            chars += len(doc)
+            if chars >= batch_chars:  # batches big enough to keep every core of encode_batch busy
                 flush()
+                chars = 0
             if max_docs is not None and n + len(batch) >= max_docs:
                 break
         flush()

@@ -42,7 +42,10 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 class ShardWriter:
-    """Appends token arrays to numbered shards of one split inside a (temporary) folder."""
+    """Appends token arrays to numbered shards of one split inside a (temporary) folder.
+
+    Every shard but the last holds exactly shard_tokens tokens (a document may continue in the
+    next shard), so shard sizes, and the sequences per shard, do not depend on document lengths."""
 
     def __init__(self, folder: Path, split: str, shard_tokens: int = SHARD_TOKENS):
         self.folder, self.split, self.shard_tokens = folder, split, shard_tokens
@@ -52,10 +55,13 @@ class ShardWriter:
 
     def add(self, ids: list[int] | np.ndarray) -> None:
         arr = np.asarray(ids, dtype=np.int32)
-        self.buf.append(arr)
-        self.buffered += len(arr)
-        if self.buffered >= self.shard_tokens:
-            self.flush()
+        while len(arr):
+            take = min(len(arr), self.shard_tokens - self.buffered)
+            self.buf.append(arr[:take])
+            self.buffered += take
+            arr = arr[take:]
+            if self.buffered >= self.shard_tokens:
+                self.flush()
 
     def flush(self) -> None:
         if not self.buffered:

@@ -147,9 +147,9 @@ def prepare_builtins(data_dir: Path, tokenizer_path: Path, names: list[str] | No
     """Train the shared tokenizer over the built-in domains and prepare each one's shards.
 
     Already prepared domains with the current tokenizer are kept (idempotent)."""
-    from store.datasets import read_manifest
-    from store.ingest import prepare_domain
-    from store.tokenizer import tokenizer_hash, train_tokenizer
+    from corpus.ingest import prepare_domain
+    from corpus.shards import read_manifest
+    from corpus.tokenizer import tokenizer_hash, train_tokenizer
 
     names = names or list(BUILTINS)
     unknown = [n for n in names if n not in BUILTINS]

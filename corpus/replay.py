@@ -2,9 +2,11 @@
 
 A buffer is a domain folder (cpt-shards/1, sequences stored back to back and sampled aligned), so
 mixers see `replay/<domain>` like any other domain. It is filled after each stage from exactly the
-windows that stage drew for the domain (batches are a pure function of the plan, so the stream is
-regenerated, not shipped back from workers). Reservoir sampling keeps a uniform sample of everything
-seen under a token budget; FIFO keeps the most recent sequences.
+sequences that stage read of the domain: the positions between the domain's cursor before the
+stage and after it (data order is a pure function of the cursors, so the stream is regenerated,
+not shipped back from workers). A buffer is read like any domain (cursor, epochs), one sequence
+at a time from its memory-mapped shards, whatever its size. Reservoir sampling keeps a uniform
+sample of everything seen under a token budget; FIFO keeps the most recent sequences.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from mixers.base import buffer_name
-from store.datasets import FORMAT, DomainData, ShardWriter, publish_folder, read_manifest, write_json_atomic
+from corpus import order
+from corpus.names import buffer_name
+from corpus.sampler import SequenceSource
+from corpus.shards import FORMAT, DomainData, ShardWriter, publish_folder, read_manifest, write_json_atomic
 from store.errors import DataError
 
 
@@ -92,21 +96,20 @@ class ReplayBuffer:
             raise
 
 
-def stage_stream(domains: dict[str, DomainData], rounds: list[dict[str, Any]], domain: str, seq_len: int,
-                 batch_size: int, seed: int, stage: int) -> Iterable[np.ndarray]:
-    """The windows of `domain` a finished stage trained on, in training order.
-
-    rounds: [{'round': r, 'weights': {...}, 'first': stage step, 'steps': n}] of the committed attempts."""
-    from workers.data import MixtureSampler
-
-    for r in rounds:
-        if r["weights"].get(domain, 0) <= 0:
-            continue
-        sampler = MixtureSampler(domains, r["weights"], seq_len, batch_size, seed, stage, r["round"])
-        idx = sampler.names.index(domain)
-        for step in range(r["first"], r["first"] + r["steps"]):
-            ids, which = sampler.batch(step)
-            yield from ids[which == idx].numpy()
+def stage_stream(source: SequenceSource, start: dict[str, Any] | None, end: dict[str, Any] | None,
+                 seed: int, chunk: int = 4096) -> Iterable[np.ndarray]:
+    """The sequences of a domain a finished stage trained on, in the order it read them: exactly
+    the positions between the domain's cursor before the stage and after it (corpus.order)."""
+    if end is None:
+        return
+    start = start or order.new_cursor(end["data"])
+    n = source.n
+    total = (end["epoch"] * n + end["pos"]) - (start["epoch"] * n + start["pos"])
+    cur = dict(start)
+    for done in range(0, total, chunk):
+        k = min(chunk, total - done)
+        yield from source.rows(order.read(cur, k, n, seed, source.name))
+        cur = order.advance(cur, k, n)
 
 
 def fill_buffer(folder: Path, name: str, source_folder: str, spec_buffer: dict[str, Any], seq_len: int,
@@ -127,10 +130,11 @@ def fill_buffer(folder: Path, name: str, source_folder: str, spec_buffer: dict[s
     return buf
 
 
-def fill_from_stage(folder: Path, domain: str, paths: dict[str, str], rounds: list[dict[str, Any]],
-                    spec_buffer: dict[str, Any], seq_len: int, batch_size: int, seed: int, stage: int) -> ReplayBuffer:
-    """Add the windows of `domain` that stage `stage` trained on (its committed rounds) to its buffer."""
-    domains = {n: DomainData.open(n, paths[n]) for r in rounds for n in r["weights"]}
-    stream = stage_stream(domains, rounds, domain, seq_len, batch_size, seed, stage)
-    return fill_buffer(folder, buffer_name(domain), paths[domain], spec_buffer, seq_len, stream, seed, stage,
+def fill_from_stage(folder: Path, domain: str, source_folder: str, start: dict[str, Any] | None,
+                    end: dict[str, Any] | None, spec_buffer: dict[str, Any], seq_len: int, seed: int,
+                    stage: int) -> ReplayBuffer:
+    """Add the sequences of `domain` that stage `stage` trained on (cursor `start` to `end`) to its buffer."""
+    source = SequenceSource.open(domain, source_folder, seq_len)
+    stream = stage_stream(source, start, end, seed)
+    return fill_buffer(folder, buffer_name(domain), source_folder, spec_buffer, seq_len, stream, seed, stage,
                        f"stage-{stage}")

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from orchestrator import builtin
+from corpus import builtin
 from store.errors import DataError
 
 

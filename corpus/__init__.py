@@ -1,0 +1,1 @@
+"""The data: token shards, ingest, tokenizer, data order and cursors, the sampler, replay buffers, built-in corpora."""
