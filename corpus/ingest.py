@@ -15,6 +15,7 @@ import shutil
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -157,7 +158,7 @@ def prepare_domain(src: str | Path | list[str | Path], domain: str, out: str | P
                    overwrite: bool = False, max_docs: int | None = None,
                    on_progress: Callable[[int, int], None] | None = None,
                    documents: Iterator[str] | None = None, doc_sep: str | None = None,
-                   shard_tokens: int = SHARD_TOKENS, batch_chars: int = 4 << 20) -> dict[str, Any]:
+                   shard_tokens: int = SHARD_TOKENS, batch_chars: int = 1 << 20) -> dict[str, Any]:
     """Tokenize documents into `out`/{train,val}-NNNNN.arrow + manifest.json. Returns the manifest."""
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
@@ -177,30 +178,41 @@ def prepare_domain(src: str | Path | list[str | Path], domain: str, out: str | P
     try:
         writers = {"train": ShardWriter(tmp, "train", shard_tokens), "val": ShardWriter(tmp, "val", shard_tokens)}
         docs = {"train": 0, "val": 0}
-        n = tokens = chars = 0
+        n = tokens = chars = submitted = 0
         batch: list[str] = []
 
-        def flush() -> None:
+        def write(encodings) -> None:
             nonlocal n, tokens
-            for enc in tok.encode_batch(batch):
+            for enc in encodings:
                 split = "val" if is_val(n, val_fraction, seed) else "train"
-                writers[split].add([*enc.ids, eos])
+                ids = enc.ids
+                ids.append(eos)
+                writers[split].add(ids)
                 docs[split] += 1
-                tokens += len(enc.ids) + 1
+                tokens += len(ids)
                 n += 1
-            batch.clear()
             if on_progress:
                 on_progress(n, tokens)
 
-        for doc in documents:
-            batch.append(doc)
-            chars += len(doc)
-            if chars >= batch_chars:  # batches big enough to keep every core of encode_batch busy
-                flush()
-                chars = 0
-            if max_docs is not None and n + len(batch) >= max_docs:
-                break
-        flush()
+        # encode_batch (Rust, all cores, GIL released) tokenizes batch k while this thread reads
+        # and splits batch k+1 and writes batch k-1: a pipeline, in order
+        pending = None
+        with ThreadPoolExecutor(1) as pool:
+            for doc in documents:
+                batch.append(doc)
+                chars += len(doc)
+                submitted += 1
+                done = max_docs is not None and submitted >= max_docs
+                if chars >= batch_chars or done:
+                    if pending is not None:
+                        write(pending.result())
+                    pending, batch, chars = pool.submit(tok.encode_batch, batch), [], 0
+                if done:
+                    break
+            if pending is not None:
+                write(pending.result())
+            if batch:
+                write(tok.encode_batch(batch))
         if docs["train"] == 0 or docs["val"] == 0:
             raise DataError(f"{domain}: needs at least one train and one val document "
                             f"(got {docs['train']} train, {docs['val']} val from {n} documents)")

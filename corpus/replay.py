@@ -22,7 +22,15 @@ import numpy as np
 from corpus import order
 from corpus.names import buffer_name
 from corpus.sampler import SequenceSource
-from corpus.shards import FORMAT, DomainData, ShardWriter, publish_folder, read_manifest, write_json_atomic
+from corpus.shards import (
+    FORMAT,
+    SHARD_TOKENS,
+    DomainData,
+    ShardWriter,
+    publish_folder,
+    read_manifest,
+    write_json_atomic,
+)
 from store.errors import DataError
 
 
@@ -80,7 +88,7 @@ class ReplayBuffer:
         tmp = self.folder.with_name(f".{self.folder.name}.tmp-{uuid.uuid4().hex[:8]}")
         tmp.mkdir()
         try:
-            w = ShardWriter(tmp, "train")
+            w = ShardWriter(tmp, "train", self.seq_tokens * max(1, SHARD_TOKENS // self.seq_tokens))  # whole sequences
             w.add(self.seqs.reshape(-1))
             w.flush()
             write_json_atomic(tmp / "manifest.json", {

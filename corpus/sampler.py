@@ -17,6 +17,7 @@ size (memory maps and a per-shard offset table; nothing is concatenated).
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +33,7 @@ class SequenceSource:
     """A domain's train split as n numbered sequences of `window` tokens."""
 
     def __init__(self, data: DomainData, seq_len: int):
+        self._fds: dict[str, int] = {}
         self.name, self.data = data.name, data
         aligned = data.manifest.get("aligned")
         self.window = seq_len + 1
@@ -41,6 +43,9 @@ class SequenceSource:
         self.stride = self.window if aligned else seq_len
         self.aligned = bool(aligned)
         sizes = [len(a) for a in data.train]
+        if aligned and any(s % self.window for s in sizes):
+            raise DataError(f"{data.folder}: replay buffer shards do not hold whole {self.window}-token "
+                            f"sequences; delete the buffer folder and resume (it is refilled from the run)")
         counts = np.array([(s - self.window) // self.stride + 1 if s >= self.window else 0 for s in sizes],
                           dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(counts)])
@@ -55,16 +60,32 @@ class SequenceSource:
         return cls(DomainData.open(name, folder, tokenizer_hash), seq_len)
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
-        """Token rows [len(ids), window] of the given sequence ids."""
+        """Token rows [len(ids), window] of the given sequence ids (pread: see shards._map_shard)."""
         ids = np.asarray(ids, dtype=np.int64)
         if len(ids) and (ids.min() < 0 or ids.max() >= self.n):
             raise DataError(f"{self.data.folder}: sequence id out of range [0, {self.n})")
         shard = np.searchsorted(self.offsets, ids, side="right") - 1
         starts = (ids - self.offsets[shard]) * self.stride
         out = np.empty((len(ids), self.window), dtype=np.int64)
+        nbytes = 4 * self.window
         for j, (s, a) in enumerate(zip(shard, starts, strict=True)):
-            out[j] = self.data.train[s][a:a + self.window]
+            path, base = self.data.train_files[s]
+            fd = self._fds.get(path)
+            if fd is None:
+                fd = self._fds[path] = os.open(path, os.O_RDONLY)
+            raw = os.pread(fd, nbytes, base + 4 * int(a))
+            if len(raw) != nbytes:
+                raise DataError(f"{path}: shard shorter than its manifest says (truncated after opening?)")
+            out[j] = np.frombuffer(raw, dtype=np.int32)
         return out
+
+    def close(self) -> None:
+        for fd in getattr(self, "_fds", {}).values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def start_cursors(previous: Mapping[str, Mapping[str, Any]], sources: Mapping[str, SequenceSource],
