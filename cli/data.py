@@ -15,7 +15,8 @@ tokenizer_app = typer.Typer(help="Train tokenizers.", no_args_is_help=True)
 @data_app.command("prepare")
 def prepare(src: list[Path] = typer.Argument(..., help="Text files/folders, JSONL(.gz/.zst) or Parquet folders."),
             domain: str = typer.Option(..., "--domain", "-d", help="Domain name."),
-            out: Path = typer.Option(None, "--out", help="Output folder (default CPT_HOME/data/DOMAIN)."),
+            out: str = typer.Option(None, "--out", help="Output folder or URI (s3://..., gs://...; default "
+                                    "CPT_HOME/data/DOMAIN)."),
             tokenizer: Path = typer.Option(None, "--tokenizer", help="tokenizer.json (default CPT_HOME's)."),
             val_fraction: float = typer.Option(0.05, help="Share of documents held out for validation."),
             text_field: str = typer.Option("text", help="JSONL field / Parquet column with the text."),
@@ -36,7 +37,7 @@ def prepare(src: list[Path] = typer.Argument(..., help="Text files/folders, JSON
     from store.errors import InputError
 
     home = state.home()
-    out = out or home.data / domain
+    out = out or str(home.data / domain)
     if doc_sep is not None:
         doc_sep = codecs.decode(doc_sep, "unicode_escape")
         if not doc_sep:
@@ -106,7 +107,7 @@ def list_domains(folder: Path = typer.Argument(None, help="Folder of domains (de
 
 
 @data_app.command("verify")
-def verify(folder: Path = typer.Argument(..., help="Domain folder.")) -> None:
+def verify(folder: str = typer.Argument(..., help="Domain folder or URI.")) -> None:
     """Check a domain's manifest, shards and checksums (reads every byte)."""
     from cli.output import console
     from corpus.shards import verify_domain

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
@@ -20,7 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from corpus.shards import FORMAT, SHARD_TOKENS, ShardWriter, publish_folder, write_json_atomic
+from corpus import fs
+from corpus.shards import FORMAT, SHARD_TOKENS, ShardWriter, publish_folder, read_manifest, write_json_atomic
 from corpus.tokenizer import EOS, load_tokenizer, tokenizer_hash
 from store.errors import DataError
 
@@ -154,12 +156,34 @@ def is_val(doc_index: int, val_fraction: float, seed: int) -> bool:
 
 
 def prepare_domain(src: str | Path | list[str | Path], domain: str, out: str | Path, tokenizer_path: str | Path,
+                   **options: Any) -> dict[str, Any]:
+    """Tokenize documents into `out`/{train,val}-NNNNN.arrow + manifest.json. Returns the manifest.
+
+    `out` may be a URI (s3://, gs://, ...): the domain is built in a local temp folder, then
+    uploaded shards first and manifest last, so readers never see a half-written domain."""
+    if not fs.is_remote(out):
+        return _prepare_local(src, domain, fs.local_path(out), tokenizer_path, **options)
+    overwrite = options.pop("overwrite", False)
+    try:
+        read_manifest(out)
+        exists = True
+    except DataError:
+        exists = False
+    if exists and not overwrite:
+        raise DataError(f"{out}: already holds a prepared domain (pass --overwrite to replace it)")
+    with tempfile.TemporaryDirectory(prefix="cpt-prepare-") as tmp:
+        staged = Path(tmp) / domain.replace("/", "_")
+        manifest = _prepare_local(src, domain, staged, tokenizer_path, **options)
+        fs.upload_folder(staged, str(out))
+    return manifest
+
+
+def _prepare_local(src: str | Path | list[str | Path], domain: str, out: str | Path, tokenizer_path: str | Path,
                    val_fraction: float = 0.05, seed: int = 0, text_field: str = "text",
                    overwrite: bool = False, max_docs: int | None = None,
                    on_progress: Callable[[int, int], None] | None = None,
                    documents: Iterator[str] | None = None, doc_sep: str | None = None,
                    shard_tokens: int = SHARD_TOKENS, batch_chars: int = 1 << 20) -> dict[str, Any]:
-    """Tokenize documents into `out`/{train,val}-NNNNN.arrow + manifest.json. Returns the manifest."""
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
     out = Path(out)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from corpus import fs
 from store.errors import DataError
 
 FORMAT = "cpt-shards/1"
@@ -94,14 +95,22 @@ def publish_folder(tmp: Path, out: Path, overwrite: bool) -> None:
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
-    folder = Path(folder)
-    path = folder / "manifest.json"
-    if not folder.is_dir():
-        raise DataError(f"{folder}: shard folder does not exist (prepare it with `cpt data prepare`)")
-    if not path.is_file():
-        raise DataError(f"{path}: missing; {folder} is not a prepared domain")
+    """A domain's manifest, from a local folder or any URI corpus.fs reads."""
+    if fs.is_remote(folder):
+        path = fs.join(folder, "manifest.json")
+        raw = fs.read_bytes(path)
+    else:
+        folder = fs.local_path(folder)
+        path = folder / "manifest.json"
+        if not folder.is_dir():
+            raise DataError(f"{folder}: shard folder does not exist (prepare it with `cpt data prepare`)")
+        if not path.is_file():
+            raise DataError(f"{path}: missing; {folder} is not a prepared domain")
+        if path.stat().st_size > fs.MAX_MANIFEST_BYTES:
+            raise DataError(f"{path}: larger than the {fs.MAX_MANIFEST_BYTES:,} bytes a manifest may have")
+        raw = path.read_bytes()
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -117,7 +126,8 @@ class DomainData:
     """A memory-mapped domain: the train and val splits as token arrays (one per shard record batch)."""
 
     name: str
-    folder: Path
+    folder: Path | str
+    """Local folder, or the URI the domain was read from (its shards are then in the local cache)."""
     manifest: dict[str, Any]
     train: list[np.ndarray]
     val: list[np.ndarray]
@@ -126,7 +136,8 @@ class DomainData:
 
     @classmethod
     def open(cls, name: str, folder: str | Path, tokenizer_hash: str | None = None) -> DomainData:
-        folder = Path(folder)
+        remote = fs.is_remote(folder)
+        folder = str(folder) if remote else fs.local_path(folder)
         manifest = read_manifest(folder)
         if tokenizer_hash is not None and manifest["tokenizer_hash"] != tokenizer_hash:
             raise DataError(
@@ -135,7 +146,7 @@ class DomainData:
         splits: dict[str, list[np.ndarray]] = {"train": [], "val": []}
         where: list[tuple[str, int]] = []
         for shard in manifest["shards"]:
-            path = folder / shard["file"]
+            path = _shard_path(folder, shard)
             arrays, offsets = _map_shard(path, shard["tokens"])
             splits[shard["split"]].extend(arrays)
             if shard["split"] == "train":
@@ -159,8 +170,6 @@ def _map_shard(path: Path, expected: int) -> tuple[list[np.ndarray], list[int]]:
     try:
         with open(path, "rb") as f:
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        if hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
-            mm.madvise(mmap.MADV_RANDOM)
         whole = pa.py_buffer(mm)
         col = pa.ipc.open_file(whole).read_all().column("tokens")
         if col.type != pa.int32() or col.null_count:
@@ -175,12 +184,22 @@ def _map_shard(path: Path, expected: int) -> tuple[list[np.ndarray], list[int]]:
     return arrays, offsets
 
 
+def _shard_path(folder: Path | str, shard: dict[str, Any]) -> Path:
+    """A shard's local file: in the folder, or fetched once into the node's cache (checksum checked)."""
+    name = shard.get("file")
+    if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", ".."):
+        raise DataError(f"{folder}: manifest.json lists a shard file {name!r} outside its folder")
+    if isinstance(folder, str) and fs.is_remote(folder):
+        return fs.fetch_shard(fs.join(folder, name), str(shard.get("sha256", "")))
+    return Path(folder) / name
+
+
 def verify_domain(folder: str | Path) -> dict[str, Any]:
     """Full check including checksums (reads every byte)."""
-    folder = Path(folder)
+    folder = str(folder) if fs.is_remote(folder) else fs.local_path(folder)
     manifest = read_manifest(folder)
     for shard in manifest["shards"]:
-        path = folder / shard["file"]
+        path = _shard_path(folder, shard)
         _map_shard(path, shard["tokens"])
         if file_sha256(path) != shard["sha256"]:
             raise DataError(f"{path}: checksum does not match manifest.json")

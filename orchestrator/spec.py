@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from corpus.fs import is_uri
 from corpus.names import buffer_name
 from store.errors import SpecError
 from workers.sample_weights import SampleLossSpec
@@ -322,7 +323,7 @@ def _format_error(exc: ValidationError) -> str:
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     def fix(p: Any) -> Any:
-        if not isinstance(p, str):
+        if not isinstance(p, str) or is_uri(p):  # s3://, gs://, file://...: read by corpus.fs as given
             return p
         p = os.path.expanduser(os.path.expandvars(p))
         return str(p if os.path.isabs(p) else (base / p).resolve())

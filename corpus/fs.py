@@ -1,0 +1,142 @@
+"""Data anywhere: domain folders at any URI that pyarrow's filesystems read.
+
+Plain paths and `file://` URIs are memory-mapped in place. Remote URIs (`s3://`, `gs://`,
+`hdfs://`, ...) go through `pyarrow.fs`: the manifest is read directly, and each shard is fetched
+once into a node-local cache (`$CPT_HOME/cache/shards/<sha256>.arrow`, or `$CPT_CACHE`), checked
+against the manifest's checksum, written atomically, and memory-mapped from there. Training then
+never waits on the network after a shard's first touch, and several nodes share one copy of the
+data without a shared disk. Credentials and endpoints come from the filesystem's usual sources
+(for S3: `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`, or URI query options
+such as `?endpoint_override=...`), never from the spec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from store.errors import DataError
+
+MAX_MANIFEST_BYTES = 64 << 20
+
+
+def is_uri(location: str | Path) -> bool:
+    """A URI with a scheme (file:// included); Windows drive letters and plain paths are not."""
+    scheme = urlsplit(str(location)).scheme
+    return len(scheme) > 1 and "://" in str(location)
+
+
+def is_remote(location: str | Path) -> bool:
+    return is_uri(location) and urlsplit(str(location)).scheme != "file"
+
+
+def local_path(location: str | Path) -> Path:
+    """A local folder for a plain path or file:// URI."""
+    text = str(location)
+    return Path(urlsplit(text).path) if is_uri(text) else Path(text)
+
+
+def join(location: str | Path, name: str) -> str:
+    """`location/name`, keeping a URI's query string (endpoint options) at the end."""
+    parts = urlsplit(str(location))
+    if not is_uri(location):
+        return str(Path(location) / name)
+    return parts._replace(path=parts.path.rstrip("/") + "/" + name).geturl()
+
+
+def _filesystem(uri: str):
+    import pyarrow.fs as pafs
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    try:
+        if urlsplit(uri).scheme == "s3" and endpoint and "endpoint_override" not in uri:
+            parts = urlsplit(uri)
+            fs = pafs.S3FileSystem(endpoint_override=endpoint, scheme=urlsplit(endpoint).scheme or "https",
+                                   region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+            return fs, parts.netloc + parts.path
+        return pafs.FileSystem.from_uri(uri)
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError / ValueError for bad URIs
+        raise DataError(f"{_shown(uri)}: cannot open this location ({type(exc).__name__}: {exc})") from None
+
+
+def _shown(uri: str) -> str:
+    from store.secrets import redact
+
+    return redact(uri)
+
+
+def read_bytes(uri: str, limit: int = MAX_MANIFEST_BYTES) -> bytes:
+    """A small remote file (a manifest), refusing anything larger than `limit`."""
+    fs, path = _filesystem(uri)
+    try:
+        info = fs.get_file_info(path)
+        import pyarrow.fs as pafs
+
+        if info.type == pafs.FileType.NotFound:
+            raise DataError(f"{_shown(uri)}: does not exist")
+        if info.type != pafs.FileType.File:
+            raise DataError(f"{_shown(uri)}: not a file")
+        if info.size is not None and info.size > limit:
+            raise DataError(f"{_shown(uri)}: {info.size:,} bytes, more than the {limit:,} a manifest may have")
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{_shown(uri)}: cannot read ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("CPT_CACHE") or (Path(os.environ["CPT_HOME"]) / "cache" if "CPT_HOME" in os.environ
+                                           else Path.home() / ".cache" / "cpt")
+    return Path(root) / "shards"
+
+
+def fetch_shard(uri: str, sha256: str) -> Path:
+    """A local, checksum-verified copy of a remote shard (downloaded once per node)."""
+    if not (len(sha256) == 64 and all(c in "0123456789abcdef" for c in sha256)):
+        raise DataError(f"{_shown(uri)}: manifest.json gives no valid sha256 for this shard")
+    target = cache_dir() / f"{sha256}.arrow"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    fs, path = _filesystem(uri)
+    h = hashlib.sha256()
+    try:
+        with fs.open_input_stream(path) as src, open(tmp, "wb") as dst:
+            while chunk := src.read(8 << 20):
+                h.update(chunk)
+                dst.write(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+        if h.hexdigest() != sha256:
+            raise DataError(f"{_shown(uri)}: checksum does not match manifest.json")
+        os.replace(tmp, target)
+    except DataError:
+        tmp.unlink(missing_ok=True)
+        raise
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"{_shown(uri)}: cannot fetch shard ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0]})") from None
+    return target
+
+
+def upload_folder(local: Path, uri: str) -> None:
+    """Copy a finished local domain folder to a URI: shards first, manifest.json last (a reader
+    that sees the manifest sees every shard it lists)."""
+    fs, base = _filesystem(uri)
+    files = sorted(p for p in local.iterdir() if p.is_file() and p.name != "manifest.json")
+    try:
+        fs.create_dir(base, recursive=True)
+        for p in [*files, local / "manifest.json"]:
+            with open(p, "rb") as src, fs.open_output_stream(f"{base.rstrip('/')}/{p.name}") as dst:
+                while chunk := src.read(8 << 20):
+                    dst.write(chunk)
+    except Exception as exc:
+        raise DataError(f"{_shown(uri)}: upload failed ({type(exc).__name__}: {str(exc).splitlines()[0]})") \
+            from None

@@ -1,0 +1,119 @@
+"""Data anywhere: domains on a real S3-compatible server (moto's, started here), read through
+pyarrow's S3 filesystem; nothing in the filesystem layer is mocked."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import yaml
+
+from corpus.sampler import SequenceSource
+from corpus.shards import DomainData, read_manifest, verify_domain
+from store.errors import DataError
+from tests_helpers import cpt
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A moto S3 server on loopback; the environment a cpt process needs to reach it."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(endpoint, timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": endpoint, "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+           "CPT_CACHE": str(tmp_path_factory.mktemp("shard-cache"))}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import pyarrow.fs as pafs
+
+    fs = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", allow_bucket_creation=True)
+    fs.create_dir("corpora")
+    try:
+        yield {"env": env, "fs": fs, "cache": env["CPT_CACHE"]}
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_prepare_to_s3_and_read_back_identical(tmp_path, synth, s3):
+    home = tmp_path / "home"
+    out = cpt(home, "data", "prepare", str(synth["raw"]["en"]), "--domain", "en", "--out", "s3://corpora/en",
+              "--tokenizer", str(synth["tokenizer"]), "--val-fraction", "0.2", env=s3["env"])
+    assert out.returncode == 0, out.stderr
+    again = cpt(home, "data", "prepare", str(synth["raw"]["en"]), "--domain", "en", "--out", "s3://corpora/en",
+                "--tokenizer", str(synth["tokenizer"]), "--val-fraction", "0.2", env=s3["env"])
+    assert again.returncode == 2 and "already holds a prepared domain" in again.stderr
+    remote = DomainData.open("en", "s3://corpora/en")
+    local = DomainData.open("en", synth["domains"]["en"])
+    assert read_manifest("s3://corpora/en")["shards"] == read_manifest(synth["domains"]["en"])["shards"]
+    assert np.array_equal(np.concatenate(remote.train), np.concatenate(local.train))
+    a, b = SequenceSource(remote, 16), SequenceSource(local, 16)
+    assert a.data_id == b.data_id and np.array_equal(a.rows(np.arange(a.n)), b.rows(np.arange(b.n)))
+    cached = sorted(os.listdir(os.path.join(s3["cache"], "shards")))
+    assert len(cached) == len(remote.manifest["shards"])  # fetched once, by checksum
+    assert verify_domain("s3://corpora/en")["domain"] == "en"
+
+
+def test_a_tampered_or_missing_remote_domain_is_a_clear_error(tmp_path, synth, s3, monkeypatch):
+    monkeypatch.setenv("CPT_CACHE", str(tmp_path / "fresh-cache"))
+    fs = s3["fs"]
+    fs.create_dir("corpora/bad")
+    manifest = read_manifest(synth["domains"]["de"])
+    for sh in manifest["shards"]:
+        with fs.open_output_stream(f"corpora/bad/{sh['file']}") as f:
+            f.write(b"not the shard" * 10)
+    with fs.open_output_stream("corpora/bad/manifest.json") as f:
+        f.write(json.dumps(manifest).encode())
+    with pytest.raises(DataError, match=r"s3://corpora/bad/train-00000.arrow: checksum does not match"):
+        DomainData.open("de", "s3://corpora/bad")
+    assert not list((tmp_path / "fresh-cache" / "shards").glob("*.arrow"))  # nothing half-fetched kept
+    with pytest.raises(DataError, match=r"s3://corpora/nothing/manifest.json: does not exist"):
+        DomainData.open("x", "s3://corpora/nothing")
+
+
+@pytest.mark.e2e
+def test_a_run_trains_on_domains_in_s3(tmp_path, synth, s3):
+    """A run reads its domains from S3 (ranks fetch shards into their node cache). The cursors name
+    the same data ids as the local copies, so every batch is the one a local run trains on (the
+    sampler tests show batches are a pure function of ids, cursors and weights)."""
+    from conftest import tiny_spec
+
+    for d in ("en", "de"):
+        out = cpt(tmp_path / "prep", "data", "prepare", str(synth["raw"][d]), "--domain", d, "--out",
+                  f"s3://corpora/run-{d}", "--tokenizer", str(synth["tokenizer"]), "--val-fraction", "0.2",
+                  env=s3["env"])
+        assert out.returncode == 0, out.stderr
+    spec = tiny_spec(synth)
+    spec["domains"] = {"en": "s3://corpora/run-en", "de": "s3://corpora/run-de"}
+    path = tmp_path / "s3.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    run = cpt(tmp_path / "home", "submit", str(path), "--quiet", "--json", env=s3["env"], timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    run_id = json.loads(run.stdout[run.stdout.index("{"):])["run_id"]
+    shown = json.loads(cpt(tmp_path / "home", "runs", "show", run_id, "--json").stdout)
+    assert [r["status"] for r in shown["rounds"]] == ["finished"] * 4
+    local = {d: SequenceSource.open(d, str(synth["domains"][d]), 32).data_id for d in ("en", "de")}
+    assert {d: c["data"] for d, c in shown["data"]["cursors"].items()} == local
+    first, last = shown["rounds"][0]["eval_losses"], shown["rounds"][-1]["eval_losses"]
+    assert last["de"] < first["de"] - 0.2
