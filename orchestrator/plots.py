@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestrator.spec import RunSpec
-from workers.schedules import stage_lrs
+from workers.schedules import lr_at, stage_lrs
+
+MAX_POINTS = 4000  # a plot samples the schedule: its memory never scales with a user's token budget
 
 
 def run_lrs(spec: RunSpec) -> list[float]:
@@ -14,6 +16,25 @@ def run_lrs(spec: RunSpec) -> list[float]:
     for i, st in enumerate(spec.stages):
         out += stage_lrs(st.schedule, spec.stage_steps(i))
     return out
+
+
+def sampled_lrs(spec: RunSpec, max_points: int = MAX_POINTS) -> tuple[list[int], list[float]]:
+    """(global step, LR) at no more than ~max_points steps: evenly spaced, plus each stage's first,
+    second and last step (where re-warming shows)."""
+    total = spec.total_steps()
+    starts = spec.stage_starts()
+    if total <= max_points:
+        picked = set(range(total))
+    else:
+        picked = {round(k * (total - 1) / (max_points - 1)) for k in range(max_points)}
+    for i, s in enumerate(starts):
+        picked |= {s, min(s + 1, total - 1), s + spec.stage_steps(i) - 1}
+    steps = sorted(picked)
+    out = []
+    for g in steps:
+        i = max(j for j, s in enumerate(starts) if s <= g)
+        out.append(lr_at(spec.stages[i].schedule, g - starts[i], spec.stage_steps(i)))
+    return steps, out
 
 
 def _plt():
@@ -36,9 +57,9 @@ def _save(fig, path: str | Path) -> Path:
 
 def plot_lr(spec: RunSpec, path: str | Path) -> Path:
     plt = _plt()
-    lrs = run_lrs(spec)
+    steps, lrs = sampled_lrs(spec)
     fig, ax = plt.subplots(figsize=(8, 3))
-    ax.plot(range(len(lrs)), lrs, lw=1.5)
+    ax.plot(steps, lrs, lw=1.5)
     for start, st in zip(spec.stage_starts(), spec.stages, strict=True):
         ax.axvline(start, color="grey", ls=":", lw=1)
         ax.text(start, max(lrs) * 1.02, f" {st.name} ({st.schedule.kind})", fontsize=8, va="bottom")

@@ -20,9 +20,12 @@ from store.errors import SpecError
 from workers.sample_weights import SampleLossSpec
 from workers.schedules import Cosine, ScheduleSpec
 
+MAX_STAGE_STEPS = 10_000_000  # a round's result holds a loss and an LR per step
+
 
 class _M(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    # NaN and inf are never valid numbers in a spec (pydantic would otherwise accept "nan" as a float)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False)
 
 
 class ModelSpec(_M):
@@ -31,15 +34,15 @@ class ModelSpec(_M):
     path: str | None = None
     """Local Hugging Face checkpoint folder (safetensors), or a cpt round checkpoint folder (then the
     sizes below must match it); None builds a new model from the sizes."""
-    hidden_size: int = Field(128, gt=0)
+    hidden_size: int = Field(128, gt=0, le=65536)
     """Width of the residual stream."""
-    num_layers: int = Field(2, gt=0)
+    num_layers: int = Field(2, gt=0, le=1024)
     """Transformer blocks."""
-    num_heads: int = Field(4, gt=0)
+    num_heads: int = Field(4, gt=0, le=1024)
     """Attention heads (hidden_size must divide by it)."""
-    num_kv_heads: int | None = Field(None, gt=0)
+    num_kv_heads: int | None = Field(None, gt=0, le=1024)
     """Key/value heads for grouped-query attention; None = num_heads."""
-    intermediate_size: int = Field(352, gt=0)
+    intermediate_size: int = Field(352, gt=0, le=1 << 20)
     """Hidden width of the SwiGLU MLP."""
     tie_embeddings: bool = True
     """Share input and output embeddings (saves parameters in tiny models)."""
@@ -58,7 +61,7 @@ class ModelSpec(_M):
 
 
 class BufferSpec(_M):
-    tokens: int = Field(gt=0)
+    tokens: int = Field(gt=0, le=10**13)
     """Token budget of each domain's replay buffer (bounded memory/disk)."""
     policy: Literal["reservoir", "fifo"] = "reservoir"
     """reservoir: a uniform sample of everything trained on; fifo: the most recent sequences."""
@@ -79,9 +82,9 @@ class StageSpec(_M):
     """Stage name (shown in the CLI and MLflow)."""
     domains: list[str] = Field(min_length=1)
     """Domains new in this stage (its training data besides replay)."""
-    tokens: int = Field(gt=0)
+    tokens: int = Field(gt=0, le=10**15)
     """Token budget of the stage (replay included): steps = tokens / (batch_size * seq_len)."""
-    rounds: int = Field(1, gt=0)
+    rounds: int = Field(1, gt=0, le=100_000)
     """Rounds the stage is split into; the mixer re-weights between rounds."""
     schedule: ScheduleSpec = Field(default_factory=Cosine)
     """LR schedule over the stage: re-warm at its start, re-decay within it."""
@@ -117,12 +120,19 @@ class StageSpec(_M):
 
 class OptimizerSpec(_M):
     betas: tuple[float, float] = (0.9, 0.95)
-    """AdamW betas."""
-    weight_decay: float = Field(0.1, ge=0)
+    """AdamW betas, each in [0, 1)."""
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"each beta must be in [0, 1), got {list(v)}")
+        return v
+    weight_decay: float = Field(0.1, ge=0, le=1)
     """AdamW decoupled weight decay."""
-    grad_clip: float = Field(1.0, ge=0)
+    grad_clip: float = Field(1.0, ge=0, le=1e6)
     """Gradient norm clip (0 disables)."""
-    eps: float = Field(1e-8, gt=0)
+    eps: float = Field(1e-8, gt=0, le=1)
     """AdamW epsilon."""
 
 
@@ -131,9 +141,9 @@ class ResourceSpec(_M):
 
     workers: int = Field(1, ge=1, le=4096)
     """Ranks of the data-parallel worker group (one process each, on any nodes of the cluster)."""
-    cpus_per_worker: float = Field(1, gt=0)
+    cpus_per_worker: float = Field(1, gt=0, le=1024)
     """CPUs per rank (Ray resources; also the rank's torch thread count)."""
-    gpus_per_worker: float = Field(0, ge=0)
+    gpus_per_worker: float = Field(0, ge=0, le=64)
     """GPUs per rank; 0 trains on CPU (gloo), >0 on GPU (NCCL)."""
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """ddp: every rank holds the whole model; fsdp: parameters, gradients and optimizer state sharded."""
@@ -143,7 +153,7 @@ class ResourceSpec(_M):
     """Recompute each decoder layer's activations in backward: much less memory, ~30% more compute."""
     compile: bool = False
     """torch.compile the model (in place; checkpoints unchanged): faster steps after a compile warm-up."""
-    max_attempts: int = Field(3, ge=1)
+    max_attempts: int = Field(3, ge=1, le=100)
     """Attempts per round before the run fails (a retried round restarts from its plan on a new group)."""
 
     @model_validator(mode="before")
@@ -169,7 +179,7 @@ class ResourceSpec(_M):
 class CheckpointSpec(_M):
     """Which round checkpoints stay on disk (the store keeps every round's record either way)."""
 
-    keep_last: int | None = Field(3, ge=1)
+    keep_last: int | None = Field(3, ge=1, le=1_000_000)
     """Keep the last K finished rounds' checkpoints (resume needs only the last); None keeps all."""
     keep_stage_ends: bool = True
     """Also keep each stage's last round (the model after each stage: what CPT users compare and export)."""
@@ -187,7 +197,7 @@ class RunSpec(_M):
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     """Run name (letters, digits, . _ -)."""
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1)
     """Seed for model init and data order."""
     model: ModelSpec = Field(default_factory=ModelSpec)
     """The model to train."""
@@ -195,9 +205,9 @@ class RunSpec(_M):
     """Path of the tokenizers JSON every domain was prepared with."""
     seq_len: int = Field(128, ge=8, le=32768)
     """Tokens per training sequence."""
-    batch_size: int = Field(16, gt=0)
+    batch_size: int = Field(16, gt=0, le=1 << 20)
     """Sequences per optimizer step: the global batch, the same for any number of workers."""
-    micro_batch_size: int | None = Field(None, gt=0)
+    micro_batch_size: int | None = Field(None, gt=0, le=1 << 20)
     """Sequences per rank per forward/backward (gradient accumulation when the rank's share of the
     global batch does not fit); None = the whole share at once."""
     domains: dict[str, str] = Field(min_length=1)
@@ -206,7 +216,7 @@ class RunSpec(_M):
     """Stages in order."""
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     """AdamW settings shared by all stages."""
-    eval_batches: int = Field(4, gt=0)
+    eval_batches: int = Field(4, gt=0, le=10_000)
     """Validation batches per domain after each round."""
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
     """The worker group on Ray (ranks, CPUs/GPUs per rank, strategy, precision)."""
@@ -234,6 +244,10 @@ class RunSpec(_M):
                     raise SpecError(f"stages.{i}.replay.sources: unknown domain {d!r}; "
                                     f"defined: {sorted(self.domains)}")
             steps = self.stage_steps(i)
+            if steps > MAX_STAGE_STEPS:
+                raise SpecError(f"stages.{i}.tokens: {st.tokens:,} tokens are {steps:,} steps of "
+                                f"{self.tokens_per_step():,} tokens; at most {MAX_STAGE_STEPS:,} steps per stage "
+                                f"(raise batch_size or seq_len, or split the stage)")
             if st.rounds > steps:
                 raise SpecError(f"stages.{i}.rounds: {st.rounds} rounds but only {steps} steps "
                                 f"({st.tokens} tokens / {self.batch_size * self.seq_len} per step)")
@@ -312,8 +326,13 @@ class RunSpec(_M):
 
 def _format_error(exc: ValidationError) -> str:
     lines = []
+    from workers.schedules import SCHEDULES
+
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        parts = list(err["loc"])
+        # pydantic puts the union tag in the location (stages.0.schedule.cosine.peak_lr): not a field
+        parts = [p for k, p in enumerate(parts) if not (k and parts[k - 1] == "schedule" and p in SCHEDULES)]
+        loc = ".".join(str(p) for p in parts) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"

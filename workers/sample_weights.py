@@ -17,12 +17,12 @@ STRATEGIES = ("uniform", "linupper", "quadratic", "extremes")
 
 
 class SampleLossSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False)
 
     kind: Literal["uniform", "linupper", "quadratic", "extremes"] = "uniform"
     """uniform (plain mean), linupper (down-weight easy samples; recommended), quadratic (favour
     medium losses), extremes (favour both tails)."""
-    r: float = Field(1.0, gt=0)
+    r: float = Field(1.0, gt=0, le=1e6)
     """Softmax temperature: large r approaches uniform weights."""
     burn_in: int = Field(0, ge=0)
     """Stage steps of plain mean loss before re-weighting starts."""

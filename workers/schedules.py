@@ -18,9 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Sched(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True, allow_inf_nan=False)
 
-    peak_lr: float = Field(3e-3, gt=0)
+    peak_lr: float = Field(3e-3, gt=0, le=1)
     """LR at the end of warmup (the re-warm target)."""
     warmup: float = Field(0.01, ge=0, lt=1)
     """Warmup length as a fraction of the stage's steps."""

@@ -86,3 +86,17 @@ def test_report_embeds_the_redacted_spec(tmp_path):
     run_id = _record(store, spec, [(0, {"a": 3.0, "b": 6.0}, {"a": 8.0, "b": 8.0})])
     page = write_report(store, run_id, tmp_path / "r.html").read_text()
     assert "s3cret" not in page and "alice:***@mlflow.example" in page and "tokens: 4096" in page
+
+
+def test_lr_plot_samples_the_schedule_whatever_the_token_budget(tmp_path, synth):
+    from orchestrator.plots import plot_lr, run_lrs, sampled_lrs
+    from orchestrator.spec import parse_spec
+    from tests_helpers import dump
+
+    spec = parse_spec(dump(synth))
+    steps, lrs = sampled_lrs(spec)
+    assert steps == list(range(spec.total_steps())) and lrs == run_lrs(spec)  # small runs: every step
+    big = parse_spec(dump(synth, stages=[{"name": "s1", "domains": ["en"], "tokens": 32 * 4 * 9_000_000}]))
+    steps, lrs = sampled_lrs(big)
+    assert len(steps) <= 4005 and steps[0] == 0 and steps[-1] == big.total_steps() - 1
+    assert plot_lr(big, tmp_path / "lr.png").stat().st_size > 0

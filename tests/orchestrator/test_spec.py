@@ -43,7 +43,7 @@ def test_examples_parse(example, monkeypatch, tmp_path):
      r"not trained in this stage"),
     (lambda s: s["stages"][0].update(rounds=100), r"stages\.0\.rounds: 100 rounds but only 8 steps"),
     (lambda s: s["stages"][0].update(schedule={"kind": "zigzag"}), r"stages\.0\.schedule"),
-    (lambda s: s["stages"][0]["schedule"].update(peak_lr=-1), r"stages\.0\.schedule\.cosine\.peak_lr"),
+    (lambda s: s["stages"][0]["schedule"].update(peak_lr=-1), r"stages\.0\.schedule\.peak_lr"),
     (lambda s: s["model"].update(hidden_size=33), r"model: .*divisible"),
     (lambda s: s["stages"][1]["replay"].update(fraction=1.5), r"stages\.1\.replay\.fraction"),
     (lambda s: s.update(name="bad name!"), r"name: "),

@@ -49,3 +49,48 @@ def test_arbitrary_text_never_raises_anything_but_cpt_errors(text):
         parse_spec(text)
     except CptError as exc:
         assert str(exc).strip()
+
+
+NUMBERS = [("seed",), ("seq_len",), ("batch_size",), ("micro_batch_size",), ("eval_batches",),
+           ("model", "hidden_size"), ("model", "num_layers"), ("stages", 0, "tokens"), ("stages", 0, "rounds"),
+           ("stages", 0, "schedule", "peak_lr"), ("stages", 0, "schedule", "min_lr"),
+           ("stages", 0, "schedule", "warmup"), ("stages", 1, "replay", "fraction"), ("optimizer", "eps"),
+           ("optimizer", "weight_decay"), ("optimizer", "grad_clip"), ("resources", "cpus"),
+           ("resources", "workers"), ("resources", "max_attempts"), ("stages", 1, "sample_loss", "r")]
+BAD = st.sampled_from([float("nan"), float("inf"), float("-inf"), 1e300, -1e300, -1, 10**30])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(NUMBERS), value=BAD)
+def test_bad_numbers_are_rejected_naming_the_field(synth, path, value):
+    from store.errors import SpecError
+
+    doc = tiny_spec(synth)
+    doc["stages"][1]["sample_loss"] = {"kind": "linupper"}
+    target = doc
+    for key in path[:-1]:
+        target = target[key] if isinstance(key, int) else target.setdefault(key, {})
+    target[path[-1]] = value
+    try:
+        parse_spec(yaml.safe_dump(doc))
+    except SpecError as exc:
+        # the field is named: its full path, or its parent's path and its own name (a cross-field check)
+        parent, name = ".".join(str(p) for p in path[:-1]), str(path[-1]).replace("cpus", "cpus_per_worker")
+        assert f"{parent}.{name}" in str(exc) or (parent in str(exc) and name in str(exc)), str(exc)
+    else:
+        raise AssertionError(f"{path} = {value!r} was accepted")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(weights=st.lists(st.sampled_from([float("nan"), float("inf"), -0.5, 2.0]), min_size=2, max_size=2))
+def test_bad_mixer_weights_are_rejected(synth, weights):
+    from store.errors import SpecError
+
+    doc = tiny_spec(synth)
+    doc["stages"][1]["mixer"] = {"kind": "static", "weights": {"de": weights[0], "en": weights[1]}}
+    try:
+        parse_spec(yaml.safe_dump(doc))
+    except SpecError as exc:
+        assert "stages.1.mixer" in str(exc)
+    else:
+        raise AssertionError(f"weights {weights} accepted")
