@@ -108,9 +108,10 @@ def _domain_folder(domain: str, run_id: str | None) -> tuple[Path, str | None]:
         if domain not in paths:
             raise InputError(f"{domain!r}: run {run_id} has domains {sorted(paths)}")
         return Path(paths[domain]), run.spec_json["tokenizer"]
-    by_name = state.home().data / domain
-    if "/" not in domain and by_name.is_dir():
-        return by_name, None
+    from store.names import inside, is_name
+
+    if is_name(domain) and (state.home().data / domain).is_dir():
+        return inside(state.home().data, domain), None
     if Path(domain).is_dir():
         return Path(domain), None
     raise InputError(f"{domain!r}: no prepared domain of that name in {state.home().data} and no such folder")

@@ -35,9 +35,11 @@ def prepare(src: list[Path] = typer.Argument(..., help="Text files/folders, JSON
     from cli.output import console, print_json
     from corpus.ingest import prepare_domain
     from store.errors import InputError
+    from store.names import check_name, inside
 
     home = state.home()
-    out = out or str(home.data / domain)
+    check_name(domain, "--domain")
+    out = out or str(inside(home.data, domain))
     if doc_sep is not None:
         doc_sep = codecs.decode(doc_sep, "unicode_escape")
         if not doc_sep:

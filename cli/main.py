@@ -180,6 +180,19 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except (*aborts, KeyboardInterrupt):
         sys.exit(130)
+    except Exception as exc:
+        if not type(exc).__module__.startswith("sqlalchemy"):
+            raise
+        # a driver error that reached the top (a store that went away or broke mid-command): one
+        # redacted line, exit 2, no traceback full of SQL
+        from rich.markup import escape
+
+        from cli.output import console
+        from store.secrets import redact
+
+        first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        console(stderr=True).print(f"[red]error[/red]: run store: {escape(redact(first))} ({type(exc).__name__})")
+        sys.exit(2)
     sys.exit(rc if isinstance(rc, int) else 0)
 
 

@@ -188,7 +188,9 @@ class Controller:
         return done[-1].eval_losses
 
     def _buffer_folder(self, domain: str) -> Path:
-        return self.workdir / "replay" / domain
+        from store.names import inside
+
+        return inside(self.workdir / "replay", domain)
 
     def _fill_replay_buffers(self, i: int) -> None:
         """After stage i, add what it trained on to the buffers of domains later stages replay."""

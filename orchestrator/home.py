@@ -7,10 +7,17 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
+
+
+def sqlite_url(path: str | Path) -> str:
+    """A SQLite URL for a filesystem path, percent-encoded: a CPT_HOME with `?`, `#` or `%` is a
+    path, never a query string or an escape (SQLAlchemy and MLflow unquote the database part)."""
+    return "sqlite:///" + quote(str(path))
 
 
 def _default_store_url(root: Path) -> str:
-    return f"sqlite:///{root / 'store.db'}"
+    return sqlite_url(root / "store.db")
 
 
 def _read_secret(path: str | None) -> str | None:
@@ -59,7 +66,7 @@ class Home:
 
     @property
     def mlflow_uri(self) -> str:
-        return f"sqlite:///{self.root / 'mlflow.db'}"
+        return sqlite_url(self.root / "mlflow.db")
 
     @property
     def ray_temp(self) -> Path:

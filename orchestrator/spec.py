@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from corpus.fs import is_uri
 from corpus.names import buffer_name
 from store.errors import SpecError
+from store.names import NAME_PATTERN, NAME_RULE, is_name
 from workers.sample_weights import SampleLossSpec
 from workers.schedules import Cosine, ScheduleSpec
 
@@ -78,8 +79,8 @@ class ReplaySpec(_M):
 
 
 class StageSpec(_M):
-    name: str = Field(min_length=1, max_length=100)
-    """Stage name (shown in the CLI and MLflow)."""
+    name: str = Field(pattern=NAME_PATTERN)
+    """Stage name (shown in the CLI and MLflow); the name grammar of store/names.py."""
     domains: list[str] = Field(min_length=1)
     """Domains new in this stage (its training data besides replay)."""
     tokens: int = Field(gt=0, le=10**15)
@@ -188,15 +189,15 @@ class CheckpointSpec(_M):
 class TrackingSpec(_M):
     mlflow_uri: str | None = None
     """MLflow tracking URI; None = a local SQLite store in CPT_HOME."""
-    experiment: str = "cpt"
-    """MLflow experiment name."""
+    experiment: str = Field("cpt", pattern=NAME_PATTERN)
+    """MLflow experiment name (the name grammar of store/names.py)."""
 
 
 class RunSpec(_M):
     """A continual pre-training run: stages of rounds over domains of token shards."""
 
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    """Run name (letters, digits, . _ -)."""
+    name: str = Field(pattern=NAME_PATTERN)
+    """Run name: 1-64 letters, digits, `.`, `_`, `-`, starting with a letter or digit (store/names.py)."""
     seed: int = Field(0, ge=0, le=2**63 - 1)
     """Seed for model init and data order."""
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -211,7 +212,16 @@ class RunSpec(_M):
     """Sequences per rank per forward/backward (gradient accumulation when the rank's share of the
     global batch does not fit); None = the whole share at once."""
     domains: dict[str, str] = Field(min_length=1)
-    """Domain name -> shard folder (made by `cpt data prepare`)."""
+    """Domain name -> shard folder or URI (made by `cpt data prepare`). Names follow the name
+    grammar of store/names.py (`replay/<domain>` is how a domain's replay buffer is named)."""
+
+    @field_validator("domains")
+    @classmethod
+    def _domain_names(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [d for d in v if not is_name(d)]
+        if bad:
+            raise ValueError(f"domain name(s) {bad} are not valid names ({NAME_RULE})")
+        return v
     stages: list[StageSpec] = Field(min_length=1)
     """Stages in order."""
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
@@ -336,6 +346,8 @@ def _format_error(exc: ValidationError) -> str:
         msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
+        elif err["type"] == "string_pattern_mismatch":
+            msg = f"{err.get('input')!r} is not a valid name ({NAME_RULE})"
         lines.append(f"{loc}: {msg}")
     return "invalid run spec:\n  " + "\n  ".join(lines)
 

@@ -5,13 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 
-from store.errors import StoreError, StoreUnreachable
+from store.errors import StoreBusy, StoreError, StoreUnreachable
 from store.secrets import redact
 
 # alembic/ sits at the repository root (the project's fixed layout); packages are installed editable.
 ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
+
+
+def store_timeout_s() -> float:
+    """How long a store operation waits for a lock held by another process (CPT_STORE_TIMEOUT_S)."""
+    import os
+
+    try:
+        value = float(os.environ.get("CPT_STORE_TIMEOUT_S", "30"))
+    except ValueError:
+        raise StoreUnreachable(f"CPT_STORE_TIMEOUT_S={os.environ['CPT_STORE_TIMEOUT_S']!r}: not a number") \
+            from None
+    if not 0 < value <= 86400:
+        raise StoreUnreachable(f"CPT_STORE_TIMEOUT_S={value}: must be in (0, 86400] seconds")
+    return value
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -19,7 +33,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # WAL lets readers (cpt runs list) proceed while a controller writes; busy_timeout makes
     # concurrent writers wait instead of failing with "database is locked".
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={int(store_timeout_s() * 1000)}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
@@ -29,10 +43,12 @@ def make_engine(url: str) -> Engine:
     """Open an engine and check the database answers; StoreUnreachable names the URL if not."""
     try:
         if url.startswith("sqlite:///"):
-            path = Path(url.removeprefix("sqlite:///"))
-            if str(path) not in ("", ":memory:"):
+            from sqlalchemy.engine import make_url
+
+            path = Path(make_url(url).database or "")
+            if str(path) not in ("", ".", ":memory:"):
                 path.parent.mkdir(parents=True, exist_ok=True)
-            engine = create_engine(url, connect_args={"timeout": 30})
+            engine = create_engine(url, connect_args={"timeout": store_timeout_s()})
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
             engine = create_engine(url, pool_pre_ping=True)
@@ -41,7 +57,16 @@ def make_engine(url: str) -> Engine:
     except ImportError as exc:
         raise StoreUnreachable(f"cannot open run store {redact(url)!r}: database driver not installed "
                                f"({exc.name})") from None
-    except (ArgumentError, NoSuchModuleError, OperationalError, OSError) as exc:
+    except OperationalError as exc:
+        if "locked" in str(exc):
+            raise StoreBusy(f"run store {redact(url)!r} is locked by another process (waited "
+                            f"{store_timeout_s():g} s; CPT_STORE_TIMEOUT_S sets how long)") from None
+        raise StoreUnreachable(f"cannot open run store {redact(url)!r}: {exc.__class__.__name__}: "
+                               f"{redact(str(exc).splitlines()[0])}") from None
+    except DatabaseError as exc:  # "file is not a database": a corrupt or foreign file
+        raise StoreBusy(f"run store {redact(url)!r} is corrupt or not a cpt store ({redact(str(exc.orig))})") \
+            from None
+    except (ArgumentError, NoSuchModuleError, OSError) as exc:
         raise StoreUnreachable(f"cannot open run store {redact(url)!r}: {exc.__class__.__name__}: "
                                f"{redact(str(exc).splitlines()[0])}") from None
     return engine

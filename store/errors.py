@@ -45,6 +45,12 @@ class StoreUnreachable(StoreError):
     exit_code = 2
 
 
+class StoreBusy(StoreError):
+    """The store stayed locked by another process for longer than CPT_STORE_TIMEOUT_S, or is corrupt."""
+
+    exit_code = 2
+
+
 class NotFound(StoreError):
     """A run, stage or round id that is not in the store."""
 

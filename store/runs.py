@@ -8,6 +8,7 @@ State machines (persisted before the side effect they announce):
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,11 +19,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.db import ensure_schema, make_engine
-from store.errors import InvalidTransition, NotFound
+from store.db import ensure_schema, make_engine, store_timeout_s
+from store.errors import InvalidTransition, NotFound, StoreBusy
 from store.lease import lease_state
 from store.models import Event, Round, Run, Stage, Transition
 from store.records import RoundPlan, RoundResult
+from store.secrets import redact
 
 RUN_TRANSITIONS = {
     "pending": {"running", "cancelled", "failed"},
@@ -73,15 +75,20 @@ class RunStore:
         with self._sessions.begin() as session:
             yield session
 
-    def _retry(self, fn: Callable[[], T], tries: int = 8) -> T:
-        # busy_timeout covers most contention; this covers the rest (e.g. WAL checkpoints).
-        for i in range(tries):
+    def _retry(self, fn: Callable[[], T]) -> T:
+        # busy_timeout covers most contention; this covers the rest (e.g. WAL checkpoints), within
+        # the same bound: a store locked for longer is a clear StoreBusy (exit 2), not a traceback.
+        deadline = time.monotonic() + store_timeout_s()
+        for i in itertools.count():
             try:
                 return fn()
             except OperationalError as exc:
-                if "locked" not in str(exc) or i == tries - 1:
+                if "locked" not in str(exc):
                     raise
-                time.sleep(0.05 * 2**i)
+                if time.monotonic() >= deadline:
+                    raise StoreBusy(f"run store {redact(self.url)!r} is locked by another process (waited "
+                                    f"{store_timeout_s():g} s; CPT_STORE_TIMEOUT_S sets how long)") from None
+                time.sleep(min(0.05 * 2**i, 1.0))
         raise AssertionError("unreachable")
 
     # ---- runs -------------------------------------------------------------------------------
