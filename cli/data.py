@@ -109,12 +109,15 @@ def list_domains(folder: Path = typer.Argument(None, help="Folder of domains (de
 
 
 @data_app.command("verify")
-def verify(folder: str = typer.Argument(..., help="Domain folder or URI.")) -> None:
-    """Check a domain's manifest, shards and checksums (reads every byte)."""
+def verify(folder: str = typer.Argument(..., help="Domain folder or URI."),
+           tokenizer: Path = typer.Option(None, "--tokenizer", help="Check against this tokenizer.json "
+                                          "(default: the one the manifest names, if it still exists).")) -> None:
+    """Check a domain end to end: manifest schema and totals, checksums, token ids within the
+    vocabulary, tokenizer hash and size (reads every byte)."""
     from cli.output import console
     from corpus.shards import verify_domain
 
-    m = verify_domain(folder)
+    m = verify_domain(folder, tokenizer)
     console().print(f"{folder}: ok ({len(m['shards'])} shards, {sum(m['tokens'].values()):,} tokens)")
 
 

@@ -118,7 +118,31 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     for key in ("tokenizer_hash", "vocab_size", "eos_id", "shards", "tokens"):
         if key not in manifest:
             raise DataError(f"{path}: field {key!r} is missing")
+    _check_schema(manifest, path)
     return manifest
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_schema(m: dict[str, Any], path: Any) -> None:
+    """Types, ranges and totals a manifest must have (cheap: no shard is read)."""
+    if not _int(m["vocab_size"]) or not 0 < m["vocab_size"] <= 1 << 24:
+        raise DataError(f"{path}: vocab_size must be an integer in (0, {1 << 24}], got {m['vocab_size']!r}")
+    if m["eos_id"] is not None and (not _int(m["eos_id"]) or not 0 <= m["eos_id"] < m["vocab_size"]):
+        raise DataError(f"{path}: eos_id {m['eos_id']!r} is not a token id below vocab_size {m['vocab_size']}")
+    if not isinstance(m["shards"], list) or not isinstance(m["tokens"], dict):
+        raise DataError(f"{path}: shards must be a list and tokens a mapping")
+    totals = {"train": 0, "val": 0}
+    for i, sh in enumerate(m["shards"]):
+        if not isinstance(sh, dict) or sh.get("split") not in totals or not _int(sh.get("tokens")) \
+                or sh["tokens"] < 0 or not isinstance(sh.get("file"), str) or not isinstance(sh.get("sha256"), str):
+            raise DataError(f"{path}: shards[{i}] must have file, split (train|val), tokens >= 0 and sha256")
+        totals[sh["split"]] += sh["tokens"]
+    for split, total in totals.items():
+        if m["tokens"].get(split, 0) != total:
+            raise DataError(f"{path}: tokens.{split} says {m['tokens'].get(split)!r}, its shards hold {total}")
 
 
 @dataclass
@@ -194,13 +218,30 @@ def _shard_path(folder: Path | str, shard: dict[str, Any]) -> Path:
     return Path(folder) / name
 
 
-def verify_domain(folder: str | Path) -> dict[str, Any]:
-    """Full check including checksums (reads every byte)."""
+def verify_domain(folder: str | Path, tokenizer: str | Path | None = None) -> dict[str, Any]:
+    """End to end (reads every byte): manifest schema and totals, each shard's checksum, length and
+    token ids (all below vocab_size), and the tokenizer (`tokenizer`, else the manifest's own
+    `tokenizer` path when it still exists): its hash and vocabulary size must be the manifest's."""
+    from corpus.tokenizer import load_tokenizer, tokenizer_hash
+
     folder = str(folder) if fs.is_remote(folder) else fs.local_path(folder)
     manifest = read_manifest(folder)
+    vocab = manifest["vocab_size"]
     for shard in manifest["shards"]:
         path = _shard_path(folder, shard)
-        _map_shard(path, shard["tokens"])
+        arrays, _ = _map_shard(path, shard["tokens"])
         if file_sha256(path) != shard["sha256"]:
             raise DataError(f"{path}: checksum does not match manifest.json")
+        for a in arrays:
+            if len(a) and (int(a.min()) < 0 or int(a.max()) >= vocab):
+                raise DataError(f"{path}: token id {int(a.max()) if int(a.max()) >= vocab else int(a.min())} "
+                                f"outside the vocabulary [0, {vocab})")
+    tok = tokenizer or manifest.get("tokenizer")
+    if tok and (tokenizer or Path(tok).is_file()):
+        if tokenizer_hash(tok) != manifest["tokenizer_hash"]:
+            raise DataError(f"{tok}: tokenizer hash {tokenizer_hash(tok)} is not the manifest's "
+                            f"{manifest['tokenizer_hash']} (the shards were made with another tokenizer)")
+        size = load_tokenizer(tok).get_vocab_size()
+        if size != vocab:
+            raise DataError(f"{tok}: vocabulary of {size} tokens, the manifest says {vocab}")
     return manifest

@@ -12,19 +12,30 @@ from pathlib import Path
 from store.errors import DataError
 
 EOS = "<|endoftext|>"
+MAX_TOKENIZER_BYTES = 256 << 20
 
 
 def tokenizer_hash(path: str | Path) -> str:
     """Identity of a tokenizer: hash of its vocabulary, merges and special tokens."""
+    import stat
+
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise DataError(f"{path}: not a regular file; give a tokenizer.json")
+        if info.st_size > MAX_TOKENIZER_BYTES:
+            raise DataError(f"{path}: {info.st_size:,} bytes, more than a tokenizer file may have "
+                            f"({MAX_TOKENIZER_BYTES:,})")
+        data = json.loads(path.read_bytes())
         ident = {"model": data["model"], "added": data.get("added_tokens"), "pre": data.get("pre_tokenizer")}
     except FileNotFoundError:
         raise DataError(f"{path}: tokenizer file does not exist (train one with `cpt tokenizer train`)") \
             from None
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a tokenizers JSON file ({exc})") from None
+    except PermissionError:
+        raise DataError(f"{path}: cannot read the tokenizer file (permission denied)") from None
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:
+        raise DataError(f"{path}: not a tokenizers JSON file ({type(exc).__name__}: {str(exc)[:200]})") from None
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 

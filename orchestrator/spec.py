@@ -369,10 +369,38 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     return raw
 
 
+MAX_SPEC_BYTES = 1 << 20
+MAX_DEPTH = 32
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load without aliases (a billion-laughs document is small as YAML and enormous once
+    anything walks it) and with a nesting limit."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):  # noqa: ANN001 (PyYAML's signature)
+        from yaml.composer import ComposerError
+
+        if self.check_event(yaml.AliasEvent):
+            raise ComposerError(None, None, "aliases (*name) are not allowed in a run spec",
+                                self.peek_event().start_mark)
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                    self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
 def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> RunSpec:
     """Parse YAML text into a RunSpec; relative paths resolve against `base` ($VARS expand)."""
+    if len(text) > MAX_SPEC_BYTES:
+        raise SpecError(f"{source}: {len(text):,} characters; a run spec may have at most {MAX_SPEC_BYTES:,}")
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -388,22 +416,38 @@ def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> R
 
 def load_spec(path: str | Path) -> tuple[RunSpec, str]:
     """Load a YAML spec file; returns the spec and the YAML text (stored with the run)."""
+    import stat
+
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (a device, pipe or socket)"
+            raise SpecError(f"{path}: is {kind}; give a YAML file")
+        if info.st_size > MAX_SPEC_BYTES:
+            raise SpecError(f"{path}: {info.st_size:,} bytes; a run spec may have at most {MAX_SPEC_BYTES:,}")
+        with open(path, "rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
     except FileNotFoundError:
         raise SpecError(f"{path}: spec file does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path}: cannot read spec ({exc})") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read spec ({exc.strerror or exc})") from None
+    if b"\x00" in data:
+        raise SpecError(f"{path}: is a binary file, not a YAML run spec")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte {exc.start}); a run spec is a YAML file") from None
     return parse_spec(text, str(path), path.resolve().parent), text
 
 
 def check_data(spec: RunSpec) -> dict[str, dict[str, Any]]:
     """Check tokenizer, domain manifests and shards against the spec; returns manifests by domain."""
     from corpus.shards import DomainData
-    from corpus.tokenizer import tokenizer_hash
+    from corpus.tokenizer import load_tokenizer, tokenizer_hash
 
     tok_hash = tokenizer_hash(spec.tokenizer)
+    tok_vocab = load_tokenizer(spec.tokenizer).get_vocab_size()
     manifests, sources = {}, {}
     for name, folder in spec.domains.items():
         data = DomainData.open(name, folder, tokenizer_hash=tok_hash)
@@ -412,6 +456,11 @@ def check_data(spec: RunSpec) -> dict[str, dict[str, Any]]:
 
             raise DataError(f"{folder}: domain {name!r} has fewer tokens than seq_len + 1 in a split "
                             f"(train {data.tokens('train')}, val {data.tokens('val')})")
+        if data.manifest["vocab_size"] != tok_vocab:
+            from store.errors import DataError
+
+            raise DataError(f"{folder}: manifest says vocab_size {data.manifest['vocab_size']}, the run's "
+                            f"tokenizer {spec.tokenizer} has {tok_vocab}")
         manifests[name] = data.manifest
         sources[name] = data
     _check_epochs(spec, sources)

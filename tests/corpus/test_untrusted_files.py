@@ -1,0 +1,100 @@
+"""Files from outside: bounded, typed, and checked end to end; one clear message naming the file."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from corpus.shards import DomainData, file_sha256, verify_domain
+from corpus.tokenizer import tokenizer_hash
+from orchestrator.spec import load_spec, parse_spec
+from store.errors import DataError, SpecError
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda p: p.mkdir(), "is a directory"),
+    (lambda p: p.write_bytes(b"name: x\x00\x01\x02"), "binary file"),
+    (lambda p: p.write_bytes(b"name: \xff\xfe"), "not UTF-8"),
+    (lambda p: p.write_text("x: " + "a" * (2 << 20)), "at most"),
+])
+def test_spec_files_that_are_not_yaml_text(tmp_path, make, match):
+    path = tmp_path / "spec.yaml"
+    make(path)
+    with pytest.raises(SpecError, match=match):
+        load_spec(path)
+
+
+def test_device_files_are_refused_without_reading():
+    with pytest.raises(SpecError, match="not a regular file"):
+        load_spec("/dev/zero")
+    with pytest.raises(DataError, match="not a regular file"):
+        tokenizer_hash("/dev/zero")
+
+
+def test_yaml_aliases_and_deep_nesting_are_refused():
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b]\n"
+    with pytest.raises(SpecError, match=r"line 2, column \d+: aliases \(\*name\) are not allowed"):
+        parse_spec(bomb)
+    with pytest.raises(SpecError, match="nested deeper than 32"):
+        parse_spec("a: " + "[" * 40 + "]" * 40)
+
+
+def _copy(synth, tmp_path, name="en"):
+    out = tmp_path / name
+    shutil.copytree(synth["domains"][name], out)
+    return out
+
+
+def _rewrite(folder, edit):
+    m = json.loads((folder / "manifest.json").read_text())
+    edit(m)
+    (folder / "manifest.json").write_text(json.dumps(m))
+
+
+def test_a_manifest_that_lies_about_totals_fails_on_open(tmp_path, synth):
+    folder = _copy(synth, tmp_path)
+    _rewrite(folder, lambda m: m["tokens"].update(train=m["tokens"]["train"] + 1000))
+    with pytest.raises(DataError, match=r"manifest.json: tokens.train says \d+, its shards hold \d+"):
+        DomainData.open("en", folder)
+    folder = _copy(synth, tmp_path, "de")
+    _rewrite(folder, lambda m: m.update(vocab_size="many"))
+    with pytest.raises(DataError, match="vocab_size must be an integer"):
+        DomainData.open("de", folder)
+
+
+def test_verify_finds_ids_outside_the_vocabulary_and_a_foreign_tokenizer(tmp_path, synth):
+    folder = _copy(synth, tmp_path)
+    assert verify_domain(folder)["domain"] == "en"  # the honest copy passes, tokenizer included
+    _rewrite(folder, lambda m: m.update(vocab_size=50))  # a lie: ids go up to ~400
+    with pytest.raises(DataError, match=r"token id \d+ outside the vocabulary \[0, 50\)"):
+        verify_domain(folder)
+
+    folder = _copy(synth, tmp_path, "de")
+    shard = next(p for p in folder.iterdir() if p.name.startswith("train-"))
+    ids = np.full(100, 10**6, dtype=np.int32)  # a rewritten shard with consistent checksum and totals
+    table = pa.Table.from_arrays([pa.array(ids)], names=["tokens"])
+    with pa.OSFile(str(shard), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+
+    def fix(m):
+        for sh in m["shards"]:
+            if sh["file"] == shard.name:
+                sh["tokens"], sh["sha256"] = 100, file_sha256(shard)
+        m["tokens"]["train"] = sum(sh["tokens"] for sh in m["shards"] if sh["split"] == "train")
+
+    _rewrite(folder, fix)
+    DomainData.open("de", folder)  # the cheap checks cannot see it...
+    with pytest.raises(DataError, match="outside the vocabulary"):
+        verify_domain(folder)  # ...the full one does
+
+    other = tmp_path / "other.json"
+    from corpus.ingest import iter_documents
+    from corpus.tokenizer import train_tokenizer
+
+    train_tokenizer(iter_documents(synth["raw"]["code"]), other, vocab_size=310)
+    with pytest.raises(DataError, match="is not the manifest's"):
+        verify_domain(_copy(synth, tmp_path, "code"), tokenizer=other)
+    os.remove(other)
