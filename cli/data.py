@@ -50,7 +50,7 @@ def prepare(src: list[Path] = typer.Argument(..., help="Text files/folders, JSON
         rate = t / max(time.perf_counter() - t0, 1e-9)
         progress.update(task, description=f"{domain}: {n:,} docs, {t:,} tokens, {rate:,.0f} tokens/s")
 
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+    with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn(),
                   console=console(stderr=True), transient=True) as progress:
         task = progress.add_task(f"tokenizing {domain}", total=None)
         manifest = prepare_domain(

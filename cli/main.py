@@ -69,7 +69,7 @@ def validate(spec: Path = typer.Argument(..., help="Run spec YAML."),
     c.print(yaml.safe_dump(resolved, sort_keys=False), end="")
     steps = [run_spec.stage_steps(i) for i in range(len(run_spec.stages))]
     c.print(f"[green]ok[/green]: {len(steps)} stage(s), steps per stage {steps}, "
-            f"{run_spec.tokens_per_step():,} tokens/step")
+            f"{run_spec.tokens_per_step():,} tokens/step", markup=True)
 
 
 @app.command()
@@ -171,7 +171,7 @@ def main() -> None:
 
         from cli.output import console
 
-        console(stderr=True).print(f"[red]error[/red]: {escape(str(exc))}")
+        console(stderr=True).print(f"[red]error[/red]: {escape(str(exc))}", markup=True)
         sys.exit(exc.exit_code)
     except exits as exc:
         sys.exit(getattr(exc, "exit_code", 0))
@@ -191,7 +191,8 @@ def main() -> None:
         from store.secrets import redact
 
         first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        console(stderr=True).print(f"[red]error[/red]: run store: {escape(redact(first))} ({type(exc).__name__})")
+        console(stderr=True).print(f"[red]error[/red]: run store: {escape(redact(first))} ({type(exc).__name__})",
+                                   markup=True)
         sys.exit(2)
     sys.exit(rc if isinstance(rc, int) else 0)
 

@@ -8,12 +8,15 @@ from typing import Any
 
 
 def console(stderr: bool = False):
+    """A rich console that prints text as given: markup is off, because most of what cpt prints
+    (paths, names, errors, documents) comes from users; `[bold]`-style markup is opted into per
+    call with `markup=True`, with user parts passed through `rich.markup.escape`."""
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
     # Piped output keeps whole rows (rich would wrap tables at 80 columns).
     width = None if stream.isatty() else 200
-    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width, markup=False)
 
 
 def print_json(obj: Any) -> None:
@@ -22,12 +25,13 @@ def print_json(obj: Any) -> None:
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
     from rich.table import Table
+    from rich.text import Text
 
-    t = Table(title=title, show_lines=False)
+    t = Table(title=None if title is None else Text(title), show_lines=False)
     for c in columns:
-        t.add_column(c, overflow="fold")
-    for r in rows:
-        t.add_row(*("" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)) for v in r))
+        t.add_column(Text(c), overflow="fold")
+    for r in rows:  # Text: a cell is shown as written, never parsed as markup
+        t.add_row(*(Text("" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))) for v in r))
     console().print(t)
 
 

@@ -20,6 +20,11 @@ def compare(run_ids: list[str] = typer.Argument(..., help="Runs to compare."),
     if as_json:
         print_json(rows)
         return
+    from cli.output import console
+
+    for r in rows:
+        if not r["rounds"]:
+            console(stderr=True).print(f"run {r['run_id']} ({r['status']}) has no finished round yet")
     doms = list(rows[0]["final"]) if rows else []
     table("comparison", ["run", "name", *doms, "average", "forgetting", "tokens", "wall s"],
           [[r["run_id"], r["name"], *[r["final"][d] for d in doms], r["average"],

@@ -24,8 +24,8 @@ class LiveReporter:
 
         self.c = console()
         self.quiet = quiet
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.c,
+        self.bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}", markup=False), TimeElapsedColumn(), console=self.c,
                                  disable=quiet)
         self.task = self.bar.add_task("starting", total=total, info="")
 
@@ -40,7 +40,7 @@ class LiveReporter:
         w = " ".join(f"{d}={v:.2f}" for d, v in sorted(plan.weights.items()))
         self.bar.update(self.task, description=f"{stage} r{plan.round_index}", completed=plan.global_step_start)
         if not self.quiet:
-            self.bar.console.print(f"[bold]{stage}[/bold] round {plan.round_index} (attempt {plan.attempt}): "
+            self.bar.console.print(f"{stage} round {plan.round_index} (attempt {plan.attempt}): "
                                         f"{plan.num_steps} steps, weights {w}")
 
     def progress(self, step: int, total: int, loss: float, lr: float) -> None:
@@ -188,7 +188,7 @@ def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, 
                     "summary": stage_summary(store, run_id)})
         return
     c = console()
-    c.print(f"[bold]{run.id}[/bold] ({run.name}): {run.status}" + (f" - {run.error}" if run.error else ""))
+    c.print(f"{run.id} ({run.name}): {run.status}" + (f" - {run.error}" if run.error else ""))
     perf = [_throughput(x) for x in rounds]
     table("rounds", ["stage", "round", "try", "status", "steps", "weights", "train loss", "eval", "ranks", "tok/s",
                      "MFU", "overhead s"],

@@ -47,12 +47,15 @@ def _plt():
 
 
 def _save(fig, path: str | Path) -> Path:
+    from store.files import output_file
+
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    _plt().close(fig)
-    return path
+    try:
+        with output_file(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        _plt().close(fig)
+    return Path(path)
 
 
 def plot_lr(spec: RunSpec, path: str | Path) -> Path:

@@ -57,8 +57,9 @@ def summary(store: RunStore, run_id: str, domains: list[str] | None = None) -> d
 
 def _restrict(final: dict[str, float], doms: list[str]) -> dict[str, Any]:
     """The final losses over `doms` and their average (over the domains the run measured)."""
+    measured = [final[d] for d in doms if d in final]
     return {"final": {d: final.get(d) for d in doms},
-            "average": sum(final[d] for d in doms if d in final) / max(1, sum(d in final for d in doms))}
+            "average": sum(measured) / len(measured) if measured else None}  # None: nothing measured yet
 
 
 def compare(store: RunStore, run_ids: list[str], domains: list[str] | None = None) -> list[dict[str, Any]]:
@@ -103,10 +104,14 @@ def plot_curves(series: dict[str, list[dict[str, Any]]], domains: list[str], pat
 def write_report(store: RunStore, run_id: str, out: Path) -> Path:
     """A self-contained HTML report: summary, per-round table, loss curves, LR and mixture plots."""
     from orchestrator.plots import _plt
+    from store.errors import InputError
+    from store.files import output_file
 
     plt = _plt()
     s = summary(store, run_id)
     done = store.rounds(run_id, status="finished")
+    if not done:
+        raise InputError(f"run {run_id} ({s['status']}) has no finished round yet: nothing to report")
     pts = curve(store, run_id)
     doms = sorted(s["final"])
     imgs = {"validation loss over tokens": _png(plot_curves({s["name"]: pts}, doms))}
@@ -150,10 +155,9 @@ Average final validation loss {s['average']:.4f}.</p>
 <h2>rounds</h2><table><tr><th>stage</th><th>round</th><th>try</th><th>steps</th><th>weights</th><th>train loss</th>
 <th>eval loss</th><th>tok/s</th></tr>{rows}</table>{figures}
 <h2>spec</h2><pre>{esc(redacted_yaml(store.get_run(run_id).spec_json))}</pre></body></html>"""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page)
-    return out
+    with output_file(out) as tmp:
+        tmp.write_text(page)
+    return Path(out)
 
 
 def stage_summary(store: RunStore, run_id: str) -> list[dict[str, Any]]:

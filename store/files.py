@@ -1,0 +1,30 @@
+"""Writing an output file the user named (-o): atomically, and with one clear error if it cannot be."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from store.errors import InputError
+
+
+@contextmanager
+def output_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside `path` to write; on success it is renamed onto `path`, on any
+    failure removed. A folder that cannot be created or written is InputError (exit 2) naming it."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; give a file path")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
