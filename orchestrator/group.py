@@ -215,6 +215,6 @@ def check_fits(res: dict[str, Any]) -> None:
     for key, field in (("CPU", "cpus_per_worker"), ("GPU", "gpus_per_worker")):
         need = n * res[field]
         if need > have.get(key, 0) + 1e-9:
-            raise ClusterError(f"resources: {n} worker(s) x {field} {res[field]} = {need:g} {key}s, but the Ray "
+            raise ClusterError(f"resources: {n} worker(s) x {field} {res[field]:g} = {need:g} {key}s, but the Ray "
                                f"cluster has {have.get(key, 0):g}; lower resources.workers or resources.{field}, "
                                f"or add nodes")
