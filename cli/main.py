@@ -160,6 +160,17 @@ def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...
     return tuple(errors), tuple(exits), tuple(aborts)
 
 
+def _internal_error(exc: BaseException) -> None:
+    """A bug or an unexpected library error: the traceback is printed (it is what a bug report
+    needs) but with every URL credential and secret query parameter masked; exit 1."""
+    import traceback
+
+    from store.secrets import redact
+
+    sys.stderr.write(redact("".join(traceback.format_exception(exc))))
+    sys.exit(1)
+
+
 def main() -> None:
     from store.errors import CptError
 
@@ -170,8 +181,9 @@ def main() -> None:
         from rich.markup import escape
 
         from cli.output import console
+        from store.secrets import redact
 
-        console(stderr=True).print(f"[red]error[/red]: {escape(str(exc))}", markup=True)
+        console(stderr=True).print(f"[red]error[/red]: {escape(redact(str(exc)))}", markup=True)
         sys.exit(exc.exit_code)
     except exits as exc:
         sys.exit(getattr(exc, "exit_code", 0))
@@ -182,7 +194,7 @@ def main() -> None:
         sys.exit(130)
     except Exception as exc:
         if not type(exc).__module__.startswith("sqlalchemy"):
-            raise
+            _internal_error(exc)
         # a driver error that reached the top (a store that went away or broke mid-command): one
         # redacted line, exit 2, no traceback full of SQL
         from rich.markup import escape

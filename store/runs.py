@@ -123,8 +123,8 @@ class RunStore:
         def do() -> None:
             with self._tx() as s:
                 run = self._get(s, Run, run_id, "run")
-                self._move(s, run, RUN_TRANSITIONS, status, "run", message or error)
-                run.error = error
+                self._move(s, run, RUN_TRANSITIONS, status, "run", redact(message or error or "") or None)
+                run.error = None if error is None else redact(error)
                 if status == "running":
                     run.cancel_requested = False
 
@@ -245,6 +245,7 @@ class RunStore:
             return list(s.scalars(q))
 
     def fail_round(self, round_id: int, error: str, status: str = "failed") -> None:
+        error = redact(error)  # stored errors are shown by `cpt runs show` and may go anywhere
         self._round_transition(round_id, status, message=error[:500], error=error)
 
     def set_round_mlflow(self, round_id: int, mlflow_run_id: str) -> None:

@@ -20,9 +20,14 @@ SECRET_KEYS = frozenset({
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@", re.I)
 
 
+_QUERY_SECRETS = re.compile(r"(?P<key>[?&;](?P<name>[A-Za-z0-9_.-]+)=)(?P<value>[^&;#\s'\"]+)")
+
+
 def redact(text: str) -> str:
-    """`text` with the password of every URL in it masked (`user:***@`)."""
-    return _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+    """`text` with the password of every URL in it masked (`user:***@`), and the value of every
+    secret-named query parameter (`?secret_key=...`, `&token=...`)."""
+    text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+    return _QUERY_SECRETS.sub(lambda m: f"{m['key']}{MASK}" if is_secret_key(m["name"]) else m[0], text)
 
 
 def is_secret_key(key: str) -> bool:

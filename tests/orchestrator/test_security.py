@@ -60,3 +60,29 @@ def test_spec_artifact_carries_no_secret(synth):
     spec = tiny_spec(synth, tracking={"mlflow_uri": "https://alice:s3cret@mlflow.example/", "experiment": "e"})
     text = redacted_yaml(parse_spec(yaml.safe_dump(spec)).model_dump(mode="json"))
     assert "s3cret" not in text and "alice:***@mlflow.example" in text and "tokens: 1024" in text
+
+
+def test_secrets_in_query_strings_stored_errors_and_tracebacks_are_masked(tmp_path, capsys):
+    import pytest
+
+    from cli.main import _internal_error
+    from orchestrator.home import Home
+    from store.runs import RunStore
+    from store.secrets import redact
+
+    assert redact("s3://b/x?endpoint_override=h:9&secret_key=abc&token=t1&region=eu") == \
+        "s3://b/x?endpoint_override=h:9&secret_key=***&token=***&region=eu"
+    assert redact("https://h/p?tokens=5&tokenizer=x") == "https://h/p?tokens=5&tokenizer=x"  # not secrets
+    store = RunStore(Home.from_env(tmp_path / "home").store_url)
+    run_id = store.create_run("r", "name: r", {"stages": []}, str(tmp_path / "runs"), [("s", 0, 4, 1)])
+    store.set_run_status(run_id, "running")
+    store.set_run_status(run_id, "failed", error="cannot reach postgresql://bob:hunter2@db/x")
+    assert "hunter2" not in store.get_run(run_id).error and "bob:***@" in store.get_run(run_id).error
+    assert all("hunter2" not in (e.message or "") for e in store.events(run_id))
+    try:
+        raise RuntimeError("boom at https://alice:s3cret@mlflow.example/ and ?api_key=k123")
+    except RuntimeError as exc:
+        with pytest.raises(SystemExit) as stop:
+            _internal_error(exc)
+    err = capsys.readouterr().err
+    assert stop.value.code == 1 and "Traceback" in err and "s3cret" not in err and "k123" not in err
