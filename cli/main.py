@@ -126,7 +126,6 @@ def ui(port: int = typer.Option(5000, help="MLflow UI port."),
        host: str = typer.Option("127.0.0.1", help="Bind address (keep 127.0.0.1 unless you mean it).")) -> None:
     """Start the MLflow UI on the run's tracking store; print the Ray dashboard URL."""
     import os
-    import subprocess
 
     from cli.output import console
 
@@ -140,7 +139,35 @@ def ui(port: int = typer.Option(5000, help="MLflow UI port."),
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", home.mlflow_uri,
            "--default-artifact-root", (home.root / "mlartifacts").as_uri(), "--host", host, "--port", str(port),
            "--workers", "1"]
-    raise typer.Exit(subprocess.call(cmd, env=env))
+    raise typer.Exit(_serve(cmd, env))
+
+
+def _serve(cmd: list[str], env: dict[str, str]) -> int:
+    """Run a server in its own process group and stop the whole group (its workers too) when cpt
+    is stopped: Ctrl-C, SIGTERM or SIGHUP never leave an orphaned server holding the port."""
+    import os
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+
+    def stop(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:

@@ -103,10 +103,31 @@ def submit(spec: Path = typer.Argument(..., help="Run spec YAML."),
             console().print(f"submitted run {run_id} as Ray job {run_id_job}; follow with `cpt runs show {run_id}`")
         return
     console().print(f"run {run_id} recorded")
-    status = _drive(run_id, quiet or as_json)
+    try:
+        status = _drive(run_id, quiet or as_json)
+    except BaseException as exc:
+        _not_left_pending(store, run_id, exc)
+        raise
     if as_json:
         print_json({"run_id": run_id, "status": status})
     _exit_for(status)
+
+
+def _not_left_pending(store, run_id: str, exc: BaseException) -> None:
+    """A submit stopped before its controller took the run (Ctrl-C, a crash, a bad cluster) must
+    not leave a `pending` row that looks like queued work: cancel or fail it, with the reason."""
+    from store.errors import Cancelled
+
+    try:
+        if store.get_run(run_id).status != "pending":
+            return
+        if isinstance(exc, KeyboardInterrupt | Cancelled):
+            store.set_run_status(run_id, "cancelled", message="Ctrl-C before the run started")
+        else:
+            store.set_run_status(run_id, "failed", error=f"submit stopped before the run started: "
+                                                         f"{type(exc).__name__}: {exc}"[:4000])
+    except Exception:  # the store itself may be what failed; the original error is what matters
+        pass
 
 
 def _exit_for(status: str) -> None:

@@ -120,7 +120,12 @@ class Controller:
 
         if self.store.get_run(self.run_id).status == "finished":  # checked under the lease: no race
             raise InputError(f"run {self.run_id} is already finished")
-        manifests = check_data(self.spec)
+        try:
+            manifests = check_data(self.spec)  # the data may have changed since the run was submitted
+        except CptError as exc:
+            if self.store.get_run(self.run_id).status == "pending":  # never leave it looking queued
+                self.store.set_run_status(self.run_id, "failed", error=str(exc)[:4000])
+            raise
         self._tok = {"hash": next(iter(manifests.values()))["tokenizer_hash"],
                      "vocab": next(iter(manifests.values()))["vocab_size"]}
         self._domain_tokens = {d: m["tokens"]["train"] for d, m in manifests.items()}

@@ -134,3 +134,19 @@ def test_max_epochs_exceeded_at_run_time_fails_before_training(tmp_path, synth, 
     with pytest.raises(DataError, match=r"stages.0.max_epochs.en: round 0.0 would read domain 'en' into epoch 2"):
         Controller(store, home, run_id, tracking=False).run()
     assert store.get_run(run_id).status == "failed" and store.rounds(run_id) == []
+
+
+def test_a_run_whose_data_vanished_before_it_started_is_failed_not_pending(tmp_path, synth):
+    import shutil
+
+    from conftest import recorded_run, tiny_spec
+    from orchestrator.controller import Controller
+
+    spec = tiny_spec(synth)
+    spec["domains"]["en"] = str(shutil.copytree(synth["domains"]["en"], tmp_path / "en"))
+    home, store, run_id = recorded_run(tmp_path / "home", spec)
+    shutil.rmtree(tmp_path / "en")
+    with pytest.raises(DataError, match="shard folder does not exist"):
+        Controller(store, home, run_id, tracking=False).run()
+    run = store.get_run(run_id)
+    assert run.status == "failed" and "does not exist" in run.error
