@@ -14,6 +14,7 @@ from cli import data as data_cmds
 from cli import export as export_cmds
 from cli import reports as report_cmds
 from cli import runs as runs_cmds
+from cli import watch as watch_cmds
 from cli.state import state
 
 app = typer.Typer(help="Continual pre-training orchestration: stages, rounds, replay and data mixing.",
@@ -22,6 +23,7 @@ app.add_typer(data_cmds.data_app, name="data")
 app.add_typer(data_cmds.tokenizer_app, name="tokenizer")
 app.add_typer(runs_cmds.runs_app, name="runs")
 runs_cmds.runs_app.command("samples")(audit_cmds.samples)
+runs_cmds.runs_app.command("watch")(watch_cmds.watch)
 data_cmds.data_app.command("show")(audit_cmds.show_sequence)
 app.add_typer(agent_cmds.agent_app, name="agent")
 db_app = typer.Typer(help="Run store database.", no_args_is_help=True)

@@ -195,6 +195,9 @@ def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, 
     run = store.get_run(run_id)
     rounds = store.rounds(run_id)
     cursors, rollovers = cursor_rows(rounds)
+    from cli.watch import progress_line, render
+
+    live = progress_line(run, rounds)
     if as_json:
         print_json({"id": run.id, "name": run.name, "status": run.status, "error": run.error,
                     "mlflow_run_id": run.mlflow_run_id, "workdir": run.workdir,
@@ -205,11 +208,11 @@ def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, 
                                 "eval_losses": x.eval_losses, "train_loss": x.train_loss,
                                 "tokens_per_s": x.tokens_per_s, **_throughput(x), "checkpoint": x.checkpoint_uri,
                                 "error": x.error} for x in rounds],
-                    "data": {"cursors": cursors, "epoch_rollovers": rollovers},
+                    "data": {"cursors": cursors, "epoch_rollovers": rollovers}, "progress": live,
                     "summary": stage_summary(store, run_id)})
         return
     c = console()
-    c.print(f"{run.id} ({run.name}): {run.status}" + (f" - {run.error}" if run.error else ""))
+    c.print(render(run, live) + (f" - {run.error}" if run.error else ""))
     perf = [_throughput(x) for x in rounds]
     table("rounds", ["stage", "round", "try", "status", "steps", "weights", "train loss", "eval", "ranks", "tok/s",
                      "MFU", "overhead s"],

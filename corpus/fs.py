@@ -89,10 +89,13 @@ def read_bytes(uri: str, limit: int = MAX_MANIFEST_BYTES) -> bytes:
         raise DataError(f"{_shown(uri)}: cannot read ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
 
 
+def cache_root() -> Path:
+    return Path(os.environ.get("CPT_CACHE") or (Path(os.environ["CPT_HOME"]) / "cache" if "CPT_HOME" in os.environ
+                                                else Path.home() / ".cache" / "cpt"))
+
+
 def cache_dir() -> Path:
-    root = os.environ.get("CPT_CACHE") or (Path(os.environ["CPT_HOME"]) / "cache" if "CPT_HOME" in os.environ
-                                           else Path.home() / ".cache" / "cpt")
-    return Path(root) / "shards"
+    return cache_root() / "shards"
 
 
 def fetch_shard(uri: str, sha256: str) -> Path:
@@ -126,17 +129,62 @@ def fetch_shard(uri: str, sha256: str) -> Path:
     return target
 
 
-def upload_folder(local: Path, uri: str) -> None:
-    """Copy a finished local domain folder to a URI: shards first, manifest.json last (a reader
-    that sees the manifest sees every shard it lists)."""
+def upload_folder(local: Path, uri: str, last: str = "manifest.json") -> None:
+    """Copy a finished local folder to a URI with `last` (its manifest or metadata) written last:
+    a reader that sees that file sees every file it describes."""
     fs, base = _filesystem(uri)
-    files = sorted(p for p in local.iterdir() if p.is_file() and p.name != "manifest.json")
+    files = sorted(p for p in local.iterdir() if p.is_file() and p.name != last)
     try:
         fs.create_dir(base, recursive=True)
-        for p in [*files, local / "manifest.json"]:
+        for p in [*files, *([local / last] if (local / last).is_file() else [])]:
             with open(p, "rb") as src, fs.open_output_stream(f"{base.rstrip('/')}/{p.name}") as dst:
                 while chunk := src.read(8 << 20):
                     dst.write(chunk)
     except Exception as exc:
         raise DataError(f"{_shown(uri)}: upload failed ({type(exc).__name__}: {str(exc).splitlines()[0]})") \
+            from None
+
+
+def local_copy(uri: str, kind: str = "checkpoints") -> Path:
+    """A local copy of a remote folder (a checkpoint), downloaded once per node into the cache:
+    fetched into a temp folder and renamed, so a copy that exists is complete."""
+    import shutil
+
+    target = cache_root() / kind / hashlib.sha256(uri.encode()).hexdigest()[:24]
+    if target.is_dir():
+        return target
+    fs, base = _filesystem(uri)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.mkdir(parents=True)
+    try:
+        import pyarrow.fs as pafs
+
+        infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        files = [i for i in infos if i.type == pafs.FileType.File]
+        if not files:
+            raise DataError(f"{_shown(uri)}: no such folder, or it is empty")
+        for info in files:
+            with fs.open_input_stream(info.path) as src, open(tmp / info.base_name, "wb") as dst:
+                while chunk := src.read(8 << 20):
+                    dst.write(chunk)
+        os.replace(tmp, target)
+    except DataError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"{_shown(uri)}: cannot download ({type(exc).__name__}: {str(exc).splitlines()[0]})") \
+            from None
+    return target
+
+
+def delete_folder(uri: str) -> None:
+    """Remove a remote folder (retention); a folder already gone is fine."""
+    fs, base = _filesystem(uri)
+    try:
+        fs.delete_dir(base)
+    except FileNotFoundError:
+        pass
+    except Exception as exc:
+        raise DataError(f"{_shown(uri)}: cannot delete ({type(exc).__name__}: {str(exc).splitlines()[0]})") \
             from None

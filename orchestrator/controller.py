@@ -98,6 +98,9 @@ class Controller:
         self.mlflow_id: str | None = run.mlflow_run_id
         self._signals: dict[str, bool] = {}
         self.group: WorkerGroup | None = None
+        self.live = None  # LiveLogger: MLflow metrics while rounds run (orchestrator/live.py)
+        self._unlogged: list[int] = []  # finished rounds MLflow could not take yet (retried later)
+        self._progress_at = 0.0
         self.persistent_group = True  # False restarts the group every round (benchmarks/scale.py's baseline)
 
     # ---- the loop ---------------------------------------------------------------------------
@@ -281,6 +284,7 @@ class Controller:
             self._drop_group(kill=False)
         self._prune_checkpoints()
         self.reporter.round_finished(plan, result)
+        self._log_unlogged()  # earlier rounds first, so the parent's curves fill in order
         self._log_round(round_id, i, r, weights, result, plan.global_step_start)
 
     def _group(self) -> WorkerGroup:
@@ -300,6 +304,7 @@ class Controller:
         try:  # from here on every way out (a signal included) records the attempt's end
             self.reporter.round_started(plan, stage_name)
             t0 = time.perf_counter()
+            self._progress_at = 0.0  # a round's first live record always reaches the store
             group = self._group()
             group.submit(plan)
             while True:
@@ -307,6 +312,8 @@ class Controller:
                 for p in records:
                     step = plan.global_step_start - plan.stage_step_start + p["step"]
                     self.reporter.progress(step, self.spec.total_steps(), p["loss"], p["lr"])
+                if records:
+                    self._on_progress(round_id, plan, records)
                 if result is not None:
                     return dataclasses.replace(result, round_s=time.perf_counter() - t0)
                 self._check_control("mid-round")
@@ -346,11 +353,29 @@ class Controller:
                                 f"or raise max_epochs")
         return cursors
 
+    def _on_progress(self, round_id: int, plan: RoundPlan, records: list[dict[str, Any]]) -> None:
+        """Live records: to MLflow through the background logger (never blocks), and the latest one
+        to the store at most once a second (what `cpt runs show` / `watch` read mid-round)."""
+        if self.live is not None:
+            from orchestrator.live import record_metrics
+
+            everyone = {d: plan.weights.get(d, 0.0) for d in self._domain_paths()}
+            for p in records:
+                self.live.log(record_metrics(p, plan.global_step_start, plan.stage_step_start, everyone))
+        now = time.monotonic()
+        if now - self._progress_at >= 1.0:
+            last = records[-1]
+            self.store.set_round_progress(round_id, {
+                **{k: last[k] for k in ("step", "loss", "lr", "tokens_per_s", "grad_norm", "t")},
+                "stage_steps": plan.stage_steps, "round_first": plan.stage_step_start, "round_steps": plan.num_steps,
+                "global_step": plan.global_step_start - plan.stage_step_start + last["step"]})
+            self._progress_at = now
+
     def _plan(self, i: int, r: int, weights: dict[str, float], attempt: int) -> RoundPlan:
         spec, st = self.spec, self.spec.stages[i]
         first, n = spec.round_bounds(i)[r]
         prev = self._latest_checkpoint()
-        ckpt = self.workdir / "checkpoints" / f"s{i}-r{r}-a{attempt}"
+        ckpt = self._checkpoint_location(f"s{i}-r{r}-a{attempt}")
         return RoundPlan(
             run_id=self.run_id, stage_index=i, round_index=r, attempt=attempt, seed=spec.seed, weights=weights,
             domain_paths=self._domain_paths(), eval_domains=sorted(spec.domains), stage_step_start=first,
@@ -361,8 +386,16 @@ class Controller:
             load_optimizer=prev is not None and not (r == 0 and st.reset_optimizer),
             checkpoint_dir=str(ckpt), eval_batches=spec.eval_batches,
             eval_before=(i == 0 and r == 0), micro_batch_size=spec.micro_batch_size,
-            cursors=self._cursors(i, r, weights, n),
+            cursors=self._cursors(i, r, weights, n), log_every=spec.tracking.log_every,
             sample_loss=st.sample_loss.model_dump() if st.sample_loss.kind != "uniform" else {})
+
+    def _checkpoint_location(self, name: str) -> str:
+        from corpus import fs
+
+        base = self.spec.checkpoints.uri
+        if base is None:
+            return str(self.workdir / "checkpoints" / name)
+        return fs.join(fs.join(base, self.run_id), name)
 
     def _prune_checkpoints(self) -> None:
         """Retention: delete round checkpoints beyond the last K and the stages' last rounds.
@@ -377,9 +410,20 @@ class Controller:
         kept = {r.checkpoint_uri for r in done[-keep.keep_last:]}
         if keep.keep_stage_ends:
             kept |= {r.checkpoint_uri for r in done if r.round_index == self.spec.stages[r.stage_index].rounds - 1}
+        from corpus import fs
+
         for r in done:
+            if r.checkpoint_uri in kept:
+                continue
+            if fs.is_remote(r.checkpoint_uri):
+                if r.checkpoint_uri.startswith(self._checkpoint_location("")):  # only this run's own
+                    try:
+                        fs.delete_folder(r.checkpoint_uri)
+                    except CptError as exc:  # retention must not fail a run
+                        self.reporter.message(f"checkpoint retention: {exc}")
+                continue
             path = Path(r.checkpoint_uri)
-            if r.checkpoint_uri not in kept and path.is_dir() and path.parent == self.workdir / "checkpoints":
+            if path.is_dir() and path.parent == self.workdir / "checkpoints":
                 shutil.rmtree(path, ignore_errors=True)
 
     def _remove_partial_checkpoints(self) -> None:
@@ -403,10 +447,13 @@ class Controller:
         from orchestrator.tracking import Tracker
 
         t = self.spec.tracking
+        from orchestrator.live import LiveLogger
+
         self.tracker = Tracker(t.mlflow_uri or self.home.mlflow_uri, t.experiment, self.home.root / "mlartifacts")
         fresh = self.mlflow_id is None
         self.mlflow_id = self.tracker.start_run(self.run_id, self.spec.name, self.spec.model_dump(mode="json"),
                                                 self.mlflow_id)
+        self.live = LiveLogger(self.tracker.client, self.mlflow_id)
         if fresh:
             self.store.update_run(self.run_id, mlflow_run_id=self.mlflow_id)
             spec_path = self.workdir / "spec.yaml"  # resolved and redacted: no secret goes to MLflow
@@ -416,19 +463,50 @@ class Controller:
 
     def _log_round(self, round_id: int, i: int, r: int, weights: dict[str, float], result: RoundResult,
                    step_start: int) -> None:
+        """Log a finished round; an MLflow outage never stops training: the round stays without an
+        MLflow id and is logged at a later round boundary (or on resume)."""
         if self.tracker is None:
             return
         from dataclasses import asdict
 
-        cid = self.tracker.log_round(self.mlflow_id, self.spec.name, self.spec.stages[i].name, i, r, weights,
-                                     asdict(result), step_start)
+        everyone = {d: weights.get(d, 0.0) for d in self._domain_paths()}
+        try:
+            cid = self.tracker.log_round(self.mlflow_id, self.spec.name, self.spec.stages[i].name, i, r, everyone,
+                                         asdict(result), step_start)
+        except Exception as exc:
+            from store.secrets import redact
+
+            if round_id not in self._unlogged:
+                self._unlogged.append(round_id)
+            self.reporter.message(f"MLflow unavailable ({redact(type(exc).__name__)}): round {i}.{r} will be "
+                                  f"logged when it is back")
+            return
         self.store.set_round_mlflow(round_id, cid)
+        if round_id in self._unlogged:
+            self._unlogged.remove(round_id)
+
+    def _log_unlogged(self) -> None:
+        """Retry rounds MLflow could not take earlier, oldest first; stop at the first failure."""
+        rows = {x.id: x for x in self.store.rounds(self.run_id, status="finished")}
+        for round_id in list(self._unlogged):
+            row = rows.get(round_id)
+            if row is None or row.mlflow_run_id is not None:
+                self._unlogged.remove(round_id)
+                continue
+            self._log_round(row.id, row.stage_index, row.round_index, row.weights,
+                            RoundResult.from_json(row.result_json), row.step_start)
+            if round_id in self._unlogged:  # still down
+                return
 
     def _end_tracking(self, status: str) -> None:
         if self.tracker is None or self.mlflow_id is None:
             return
         from orchestrator.plots import plot_mixture
 
+        if self.live is not None and not self.live.close(timeout=30):
+            self.reporter.message(f"MLflow: {self.live.backlog} live metric(s) could not be delivered "
+                                  f"({self.live.last_error}); the round records in the store are complete")
+        self._log_unlogged()
         try:
             rounds = [{"label": f"s{x.stage_index}r{x.round_index}", "weights": x.weights}
                       for x in self.store.rounds(self.run_id, status="finished")]

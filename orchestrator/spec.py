@@ -184,6 +184,9 @@ class CheckpointSpec(_M):
     """Keep the last K finished rounds' checkpoints (resume needs only the last); None keeps all."""
     keep_stage_ends: bool = True
     """Also keep each stage's last round (the model after each stage: what CPT users compare and export)."""
+    uri: str | None = None
+    """Where round checkpoints go: None = the run's folder under CPT_HOME; or a folder or a URI
+    (`s3://bucket/prefix`, `gs://...`) shared by every node (each run writes under RUN_ID/)."""
 
 
 class TrackingSpec(_M):
@@ -191,6 +194,9 @@ class TrackingSpec(_M):
     """MLflow tracking URI; None = a local SQLite store in CPT_HOME."""
     experiment: str = Field("cpt", pattern=NAME_PATTERN)
     """MLflow experiment name (the name grammar of store/names.py)."""
+    log_every: int = Field(5, ge=1, le=100_000)
+    """Steps between live metrics while a round runs (loss, LR, grad norm, per-domain loss,
+    tokens/s, with each step's real time), logged to MLflow off the training loop."""
 
 
 class RunSpec(_M):
@@ -366,6 +372,8 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         raw["domains"] = {k: fix(v) for k, v in raw["domains"].items()}
     if isinstance(raw.get("model"), dict) and raw["model"].get("path"):
         raw["model"] = {**raw["model"], "path": fix(raw["model"]["path"])}
+    if isinstance(raw.get("checkpoints"), dict) and raw["checkpoints"].get("uri"):
+        raw["checkpoints"] = {**raw["checkpoints"], "uri": fix(raw["checkpoints"]["uri"])}
     return raw
 
 

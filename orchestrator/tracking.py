@@ -35,6 +35,10 @@ class Tracker:
 
         os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        # cpt retries failed logging itself (orchestrator/live.py, and rounds at the next boundary):
+        # the client's own retries would block for minutes on a server that is down
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         from mlflow.tracking import MlflowClient
 
         for name in ("mlflow", "alembic"):  # mlflow sets its loggers up on import
@@ -70,37 +74,54 @@ class Tracker:
 
     def log_round(self, parent: str, run_name: str, stage: str, stage_index: int, round_index: int,
                   weights: dict[str, float], result: dict[str, Any], step_start: int) -> str:
-        """Log a finished round's metrics to the parent and to a new nested run; returns its id."""
+        """Log a finished round to the parent and to a new nested run; returns the nested run's id.
+
+        Every per-step point carries its step's real time (the points logged live during the
+        round are the same rows, which MLflow keeps once). `weights` has every domain of the run
+        (0 for those the round did not train): the mixture is a step function with a point at
+        the round's first and last step, the same kind (a metric) on the parent and the round."""
         import time
 
         from mlflow.entities import Metric, Param
 
         now = int(time.time() * 1000)
-        end = step_start + len(result["train_losses"])
-        metrics = [Metric("train_loss", loss, now, step_start + i + 1) for i, loss in enumerate(result["train_losses"])]
-        metrics += [Metric("lr", lr, now, step_start + i) for i, lr in enumerate(result["lrs"])]
-        metrics += [Metric("tokens_per_s", result["tokens_per_s"], now, end)]
-        metrics += [Metric(k, float(result[k]), now, end) for k in ("mfu", "fit_s", "round_s", "workers")
+        n = len(result["train_losses"])
+        end = step_start + n
+        times = [int(t * 1000) for t in result.get("step_times") or []] or [now] * n
+        ts_end = int(result["ended_at"] * 1000) if result.get("ended_at") else now
+        steps = [Metric("train_loss", v, times[i], step_start + i + 1) for i, v in enumerate(result["train_losses"])]
+        steps += [Metric("lr", v, times[i], step_start + i) for i, v in enumerate(result["lrs"])]
+        steps += [Metric("grad_norm", v, times[i], step_start + i + 1)
+                  for i, v in enumerate(result.get("grad_norms", []))]
+        steps += [Metric(f"train_loss.{d}", v, times[i], step_start + i + 1)
+                  for d, trace in result.get("domain_loss_trace", {}).items() for i, v in enumerate(trace)
+                  if v is not None]
+        mixture = [Metric(f"weight.{d}", w, t, s) for d, w in sorted(weights.items())
+                   for t, s in ((times[0], step_start), (times[-1], end))]
+        summary = [Metric("tokens_per_s", result["tokens_per_s"], ts_end, end)]
+        summary += [Metric(k, float(result[k]), ts_end, end) for k in ("mfu", "fit_s", "round_s", "workers")
                     if result.get(k) is not None]
-        metrics += [Metric(f"eval_loss.{d}", v, now, end) for d, v in result["eval_losses"].items()]
-        metrics += [Metric(f"weight.{d}", w, now, step_start) for d, w in weights.items()]
-        metrics += [Metric(f"train_loss.{d}", v, now, end) for d, v in result.get("domain_train_losses", {}).items()]
+        summary += [Metric(f"eval_loss.{d}", v, ts_end, end) for d, v in result["eval_losses"].items()]
+        summary += [Metric(f"train_loss_mean.{d}", v, ts_end, end)
+                    for d, v in result.get("domain_train_losses", {}).items()]
         if result.get("eval_before"):
-            metrics += [Metric(f"eval_loss.{d}", v, now, step_start) for d, v in result["eval_before"].items()]
-        for i in range(0, len(metrics), 1000):
-            self.client.log_batch(parent, metrics=metrics[i:i + 1000])
+            start_ts = int(result["started_at"] * 1000) if result.get("started_at") else times[0]
+            summary += [Metric(f"eval_loss.{d}", v, start_ts, step_start) for d, v in result["eval_before"].items()]
+        self._batched(parent, steps + mixture + summary)
+        start_ms = int(result["started_at"] * 1000) if result.get("started_at") else None
         child = self.client.create_run(
-            self.experiment_id, run_name=f"{run_name}/{stage}/r{round_index}",
+            self.experiment_id, run_name=f"{run_name}-s{stage_index}r{round_index}-{stage}", start_time=start_ms,
             tags={"mlflow.parentRunId": parent, "cpt.stage": stage, "cpt.round": str(round_index)})
         cid = child.info.run_id
-        self.client.log_batch(
-            cid, params=[Param(f"weight.{d}", f"{w:.6f}") for d, w in weights.items()]
-            + [Param("stage_index", str(stage_index)), Param("round_index", str(round_index))],
-            metrics=[Metric(f"eval_loss.{d}", v, now, end) for d, v in result["eval_losses"].items()]
-            + [Metric("tokens_per_s", result["tokens_per_s"], now, end),
-               Metric("train_loss", sum(result["train_losses"]) / len(result["train_losses"]), now, end)])
-        self.client.set_terminated(cid, "FINISHED")
+        self.client.log_batch(cid, params=[Param("stage_index", str(stage_index)),
+                                           Param("round_index", str(round_index))])
+        self._batched(cid, steps + mixture + summary)
+        self.client.set_terminated(cid, "FINISHED", end_time=ts_end)
         return cid
+
+    def _batched(self, run_id: str, metrics: list) -> None:
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
 
     def log_artifact(self, mlflow_run_id: str, path: Path) -> None:
         self.client.log_artifact(mlflow_run_id, str(path))

@@ -89,6 +89,8 @@ class Round(Base):
     """Mixer state after proposing this round's weights (restored on resume)."""
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    progress: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    """Latest live record while the round runs: step, loss, LR, tokens/s, grad norm, time."""
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 

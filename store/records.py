@@ -69,6 +69,8 @@ class RoundPlan:
     cursors: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per domain `{epoch, pos, data}`: where the round starts reading it (corpus.order). Every
     domain the run has read so far, so the result's cursors carry the ones this round skips."""
+    log_every: int = 5
+    """Steps between live metric reports while the round runs (tracking.log_every)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -117,6 +119,14 @@ class RoundResult:
     """Model FLOPs utilisation of the fit (6 * params * tokens/s over the devices' peak); None on CPU."""
     cursors: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per domain `{epoch, pos, data}` after the round: the next round's start cursors."""
+    grad_norms: list[float] = field(default_factory=list)
+    """Global gradient norm at each step (before clipping)."""
+    step_times: list[float] = field(default_factory=list)
+    """Wall-clock time (Unix seconds) at the end of each step: the timestamps of its metrics."""
+    started_at: float | None = None
+    """Unix time the round started on the workers."""
+    ended_at: float | None = None
+    """Unix time the round's checkpoint was written."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

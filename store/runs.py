@@ -248,6 +248,14 @@ class RunStore:
         error = redact(error)  # stored errors are shown by `cpt runs show` and may go anywhere
         self._round_transition(round_id, status, message=error[:500], error=error)
 
+    def set_round_progress(self, round_id: int, progress: dict) -> None:
+        """The latest live record of a running round (no event: progress is not a state change)."""
+        def do() -> None:
+            with self._tx() as s:
+                self._get(s, Round, round_id, "round").progress = progress
+
+        self._retry(do)
+
     def set_round_mlflow(self, round_id: int, mlflow_run_id: str) -> None:
         def do() -> None:
             with self._tx() as s:

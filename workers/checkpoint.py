@@ -3,6 +3,10 @@
 Written into a hidden temp folder, files and folder fsynced, then renamed and the parent fsynced:
 a checkpoint folder that exists is complete. The format does not depend on how the model was
 trained (one process, DDP or FSDP): full tensors keyed by parameter name. Nothing here unpickles.
+
+A checkpoint folder may also be a URI (`checkpoints.uri: s3://...`): it is written locally as
+above, then uploaded with meta.json last, and read back through a node-local cached copy
+(corpus.fs). The store only ever points at a checkpoint after its upload finished.
 """
 
 from __future__ import annotations
@@ -34,9 +38,27 @@ def save_checkpoint(folder: str | Path, model, optimizer, meta: dict[str, Any]) 
     return save_state(folder, state, tensors, steps, meta, getattr(model.config, "tie_word_embeddings", False))
 
 
+def _local(folder: str | Path) -> Path:
+    """A local folder to read a checkpoint from: the folder itself, or a cached copy of a URI."""
+    from corpus import fs
+
+    return fs.local_copy(str(folder)) if fs.is_remote(folder) else Path(folder)
+
+
 def save_state(folder: str | Path, model_state: dict, opt_tensors: dict, opt_steps: dict[str, float],
-               meta: dict[str, Any], tied: bool) -> Path:
-    """Write full (gathered) model and optimizer state atomically."""
+               meta: dict[str, Any], tied: bool) -> Path | str:
+    """Write full (gathered) model and optimizer state atomically (to a folder or a URI)."""
+    from corpus import fs
+
+    if fs.is_remote(folder):
+        import tempfile
+
+        staging = fs.cache_root() / "staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=staging) as tmp:
+            local = save_state(Path(tmp) / "ckpt", model_state, opt_tensors, opt_steps, meta, tied)
+            fs.upload_folder(local, str(folder), last=META_FILE)
+        return folder
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -139,7 +161,7 @@ def _unwrap(model, optimizer):
 
 
 def read_meta(folder: str | Path, expect_signature: str | None = None) -> dict:
-    folder = Path(folder)
+    folder = _local(folder)
     try:
         meta = json.loads((folder / META_FILE).read_text())
     except FileNotFoundError:
@@ -157,7 +179,7 @@ def read_checkpoint(folder: str | Path, expect_signature: str | None, with_optim
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    folder = Path(folder)
+    folder = _local(folder)
     meta = read_meta(folder, expect_signature)
     try:
         state = load_file(str(folder / MODEL_FILE))
@@ -171,7 +193,7 @@ def read_checkpoint(folder: str | Path, expect_signature: str | None, with_optim
 
 def load_checkpoint(folder: str | Path, model, expect_signature: str | None = None) -> dict:
     """Load weights from a checkpoint folder into a plain `model`; returns its metadata."""
-    folder = Path(folder)
+    folder = _local(folder)
     meta = read_meta(folder, expect_signature)
     state, _ = read_checkpoint(folder, None, with_optimizer=False)
     missing, unexpected = model.load_state_dict(state, strict=False)

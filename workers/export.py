@@ -27,7 +27,11 @@ def export_hf(checkpoint: str | Path, out: str | Path, tokenizer_json: str | Pat
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    checkpoint, out = Path(checkpoint), Path(out)
+    from corpus import fs
+
+    # a checkpoint URI (checkpoints.uri) is read through a local cached copy
+    checkpoint = fs.local_copy(str(checkpoint)) if fs.is_remote(checkpoint) else Path(checkpoint)
+    out = Path(out)
     meta = read_meta(checkpoint)
     config = dict(meta.get("model_config") or {})
     if not config.get("model_type"):

@@ -29,7 +29,6 @@ from workers.sample_weights import sample_weights
 from workers.schedules import SCHEDULES, lr_at
 
 FRESH = "<fresh>"
-PROGRESS_EVERY = 5
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
 
 
@@ -69,7 +68,7 @@ class RoundRunner:
 
     # ---- the round ----------------------------------------------------------------------------
     def run(self, plan: RoundPlan) -> RoundResult:
-        t0 = time.perf_counter()
+        t0, started_at = time.perf_counter(), time.time()
         self._restore(plan)
         names = sorted(set(plan.weights) | set(plan.eval_domains))
         domains = {n: DomainData.open(n, plan.domain_paths[n], plan.tokenizer_hash) for n in names}
@@ -90,7 +89,8 @@ class RoundRunner:
             domain_tokens=fit["domain_tokens"], tokens_per_s=tokens / max(fit_s, 1e-9),
             wall_s=time.perf_counter() - t0, domain_loss_trace=fit["trace"], workers=self.world, fit_s=fit_s,
             eval_s=t_save - t_eval, save_s=save_s, mfu=self._mfu(tokens / max(fit_s, 1e-9)),
-            cursors=fit["cursors"])
+            cursors=fit["cursors"], grad_norms=fit["grad_norms"], step_times=fit["step_times"],
+            started_at=started_at, ended_at=time.time())
 
     def fit(self, plan: RoundPlan, sources: dict[str, SequenceSource]) -> dict[str, Any]:
         """Train the round's steps; returns globally reduced per-step and per-domain statistics."""
@@ -107,7 +107,11 @@ class RoundRunner:
         sums = torch.zeros(steps, dtype=torch.float64)
         dsum = torch.zeros(steps, D, dtype=torch.float64)
         dcnt = torch.zeros(steps, D, dtype=torch.float64)
-        lrs = []
+        lrs, grad_norms, step_times = [], [], []
+        live: dict[int, torch.Tensor] = {}  # steps reduced early for live metrics (their values are final)
+        every = max(1, plan.log_every)
+        clip = plan.optimizer.get("grad_clip") or float("inf")  # inf: measure the norm, change nothing
+        t_last, k_last = time.perf_counter(), -1
         model.train()
         for k in range(steps):
             step = plan.stage_step_start + k
@@ -132,26 +136,46 @@ class RoundRunner:
                     sums[k] += d.sum()
                     dsum[k].index_add_(0, dom[rows], d)
                     dcnt[k].index_add_(0, dom[rows], torch.ones_like(d))
-            if plan.optimizer.get("grad_clip"):
-                fabric.clip_gradients(model, opt, max_norm=plan.optimizer["grad_clip"])
+            grad_norms.append(float(fabric.clip_gradients(model, opt, max_norm=clip)))
             opt.step()
             opt.zero_grad(set_to_none=True)
-            if self.rank == 0 and (k % PROGRESS_EVERY == 0 or k == steps - 1):
-                self.mailbox.progress.remote({"step": step + 1, "loss": float(sums[k]) / per_rank, "lr": lr,
-                                              "t": time.time()})
+            step_times.append(time.time())
+            if k % every == every - 1 or k == steps - 1:  # the same steps on every rank: a collective
+                row = torch.cat([sums[k:k + 1], dsum[k], dcnt[k]]).to(fabric.device)
+                live[k] = fabric.all_reduce(row, reduce_op="sum").cpu().double()
+                if self.rank == 0:
+                    now = time.perf_counter()
+                    self.mailbox.progress.remote(self._live_record(plan, k, live[k], sampler.names, lr,
+                                                                   grad_norms[-1], step_times[-1],
+                                                                   (k - k_last) / max(now - t_last, 1e-9)))
+                    t_last, k_last = now, k
         packed = fabric.all_reduce(torch.cat([sums[:, None], dsum, dcnt], 1).to(fabric.device), reduce_op="sum")
         packed = packed.cpu().double()
+        for k, row in live.items():  # a live point and the round's final record agree to the last bit
+            packed[k] = row
         sums, dsum, dcnt = packed[:, 0], packed[:, 1:1 + D], packed[:, 1 + D:]
         losses = (sums / B).tolist()
         if not all(map(_finite, losses)):  # every rank sees the same reduced numbers: all raise together
             raise TrainingError(f"training loss became non-finite at stage {plan.stage_index} "
                                 f"round {plan.round_index}")
         names, total, count = sampler.names, dsum.sum(0), dcnt.sum(0)
-        return {"losses": losses, "lrs": lrs, "cursors": sampler.end_cursors(),
+        return {"losses": losses, "lrs": lrs, "cursors": sampler.end_cursors(), "grad_norms": grad_norms,
+                "step_times": step_times,
                 "trace": {n: [float(dsum[k, i] / dcnt[k, i]) if dcnt[k, i] else None for k in range(steps)]
                           for i, n in enumerate(names)},
                 "domain_losses": {n: float(total[i] / count[i]) for i, n in enumerate(names) if count[i]},
                 "domain_tokens": {n: int(count[i]) * plan.seq_len for i, n in enumerate(names) if count[i]}}
+
+    @staticmethod
+    def _live_record(plan: RoundPlan, k: int, row: torch.Tensor, names: list[str], lr: float, grad_norm: float,
+                     t: float, steps_per_s: float) -> dict[str, Any]:
+        """What the controller logs while the round runs: round step k's global loss (the value the
+        round's result will carry), LR, grad norm, per-domain loss, throughput, real time."""
+        D = len(names)
+        return {"k": k, "step": plan.stage_step_start + k + 1, "loss": float(row[0]) / plan.batch_size, "lr": lr,
+                "grad_norm": grad_norm, "t": t, "tokens_per_s": steps_per_s * plan.batch_size * plan.seq_len,
+                "domain_losses": {n: float(row[1 + i] / row[1 + D + i]) for i, n in enumerate(names)
+                                  if row[1 + D + i] > 0}}
 
     def _global_weights(self, ids: torch.Tensor, micro: int, spec: dict) -> torch.Tensor:
         """Sample weights over the whole global batch (not per rank): a no-grad pass, gathered."""

@@ -104,7 +104,7 @@ def test_a_run_trains_on_domains_in_s3(tmp_path, synth, s3):
                   f"s3://corpora/run-{d}", "--tokenizer", str(synth["tokenizer"]), "--val-fraction", "0.2",
                   env=s3["env"])
         assert out.returncode == 0, out.stderr
-    spec = tiny_spec(synth)
+    spec = tiny_spec(synth, checkpoints={"keep_last": 1, "uri": "s3://corpora/ckpts"})
     spec["domains"] = {"en": "s3://corpora/run-en", "de": "s3://corpora/run-de"}
     path = tmp_path / "s3.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -117,3 +117,30 @@ def test_a_run_trains_on_domains_in_s3(tmp_path, synth, s3):
     assert {d: c["data"] for d, c in shown["data"]["cursors"].items()} == local
     first, last = shown["rounds"][0]["eval_losses"], shown["rounds"][-1]["eval_losses"]
     assert last["de"] < first["de"] - 0.2
+    # checkpoints went to S3 under the run's id; retention kept the last round and the stage ends
+    ckpts = [r["checkpoint"] for r in shown["rounds"]]
+    assert all(c.startswith(f"s3://corpora/ckpts/{run_id}/s") for c in ckpts)
+    import pyarrow.fs as pafs
+
+    listed = s3["fs"].get_file_info(pafs.FileSelector(f"corpora/ckpts/{run_id}", recursive=True))
+    folders = sorted({i.path.split("/")[3] for i in listed if i.type == pafs.FileType.File})
+    assert folders == ["s0-r1-a1", "s1-r1-a1"]
+    out = cpt(tmp_path / "home", "export", run_id, "-o", str(tmp_path / "hf"), env=s3["env"])
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+def test_a_checkpoint_round_trips_through_s3(tmp_path, s3):
+    import torch
+
+    from workers.checkpoint import read_checkpoint, read_meta, save_state
+
+    model = {"w": torch.randn(4, 3), "b": torch.randn(3)}
+    opt = {"w::exp_avg": torch.randn(4, 3)}
+    uri = "s3://corpora/unit/ckpt-a"
+    save_state(uri, model, opt, {"w": 3.0}, {"model_signature": "sig"}, tied=False)
+    state, (tensors, steps) = read_checkpoint(uri, "sig", with_optimizer=True)
+    assert torch.equal(state["w"], model["w"]) and torch.equal(tensors["w::exp_avg"], opt["w::exp_avg"])
+    assert steps == {"w": 3.0} and read_meta(uri)["model_signature"] == "sig"
+    with pytest.raises(DataError, match="no such folder"):
+        read_meta("s3://corpora/unit/nothing-here")

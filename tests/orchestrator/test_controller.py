@@ -61,8 +61,16 @@ def test_two_stage_run_trains_and_records_everything(tmp_path, synth, ray_local)
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 4
-    assert sorted(c.data.params["weight.de"] for c in children if "weight.de" in c.data.params) == \
-        ["0.750000", "0.750000"]
+    # the mixture is a metric everywhere, for every domain of the run (0 where a round did not train it)
+    assert sorted(c.data.metrics["weight.de"] for c in children) == [0.0, 0.0, 0.75, 0.75]
+    assert {m.value for m in client.get_metric_history(parent.info.run_id, "weight.code")} == {0.0}
+    # per-step points carry their step's real time; rounds carry their real start and end
+    losses = client.get_metric_history(parent.info.run_id, "train_loss")
+    assert len({m.timestamp for m in losses}) > 8 and len(client.get_metric_history(
+        parent.info.run_id, "grad_norm")) == 16
+    spans = sorted((c.info.start_time, c.info.end_time) for c in children)
+    assert all(a < b for a, b in spans) and all(spans[i][1] <= spans[i + 1][0] + 1000 for i in range(3))
+    assert all(len(client.get_metric_history(c.info.run_id, "train_loss")) == 4 for c in children)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"spec.yaml", "lr_schedule.png", "mixture.png"} <= artifacts
     _check_data_accounting(home.root, run_id, plans, [RoundResult.from_json(r.result_json) for r in rounds],
@@ -100,6 +108,8 @@ def _check_data_accounting(home, run_id, plans, results, tokenizer_path):
     assert shown["text"] == load_tokenizer(tokenizer_path).decode(row.tolist(), skip_special_tokens=False)
     shown_run = json.loads(cpt(home, "runs", "show", run_id, "--json").stdout)
     assert shown_run["data"]["cursors"]["de"]["pos"] == 24 and shown_run["data"]["epoch_rollovers"] == []
+    watched = cpt(home, "runs", "watch", run_id, "--json")  # a finished run: one line, then exit
+    assert watched.returncode == 0 and json.loads(watched.stdout) == {"progress": None, "status": "finished"}
 
 
 def test_cancel_mid_round_stops_cleanly(tmp_path, synth, ray_local):

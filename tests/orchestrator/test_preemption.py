@@ -1,5 +1,6 @@
 """One controller per run, SIGTERM and Ctrl-C: real CLI subprocesses on a real local Ray."""
 
+import json
 import os
 import signal
 import time
@@ -26,13 +27,22 @@ def test_second_controller_refused_sigterm_interrupts_ctrl_c_cancels_and_resume_
     # a second controller of the live run is refused, naming the owner, and changes nothing
     # (the first is paused meanwhile so that it cannot finish first: its process, and so its lease, live on)
     owner = store.get_run(run_id).lease_owner
+    deadline = time.time() + 60  # the running round's first live record reaches the store
+    while not any(r.status == "running" and r.progress for r in store.rounds(run_id)):
+        assert time.time() < deadline, "no progress in the store while a round runs"
+        time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGSTOP)
     try:
         out = cpt(home, "runs", "resume", run_id, "--quiet")
+        # meanwhile, any terminal sees where the running round stands (read from the store)
+        shown = json.loads(cpt(home, "runs", "show", run_id, "--json").stdout)
     finally:
         os.killpg(proc.pid, signal.SIGCONT)
     assert out.returncode == 2 and owner in out.stderr and "Traceback" not in out.stderr
     assert store.get_run(run_id).lease_owner == owner and store.get_run(run_id).status == "running"
+    p = shown["progress"]
+    assert p["round_steps"] == 30 and 0 < p["round_step"] <= 30 and p["loss"] > 0 and p["tokens_per_s"] > 0
+    assert p["total_steps"] == 120 and p["eta_s"] is not None
 
     # SIGTERM (a spot node going away): bounded stop, recorded resumable, exit 143
     t0 = time.time()
