@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from corpus import order
+from corpus import fs, order
 from corpus.names import buffer_name
 from corpus.sampler import SequenceSource
 from corpus.shards import (
@@ -39,7 +39,9 @@ class ReplayBuffer:
                  source: dict[str, Any] | None = None):
         if policy not in ("reservoir", "fifo"):
             raise DataError(f"replay buffer policy must be reservoir or fifo, got {policy!r}")
-        self.folder, self.policy, self.seq_tokens = Path(folder), policy, seq_tokens
+        # a local folder, or a URI (the run's shared storage, checkpoints.uri)
+        self.folder = str(folder) if fs.is_remote(folder) else Path(folder)
+        self.policy, self.seq_tokens = policy, seq_tokens
         self.capacity = max(1, capacity_tokens // seq_tokens)
         self.seqs = np.zeros((0, seq_tokens), dtype=np.int32)
         self.seen = 0
@@ -83,7 +85,19 @@ class ReplayBuffer:
         return int(self.seqs.size)
 
     def save(self, name: str) -> None:
-        """Write atomically (temp folder + rename)."""
+        """Write atomically (temp folder + rename; to a URI: built locally, uploaded manifest last)."""
+        if isinstance(self.folder, str):
+            import tempfile
+
+            remote = self.folder
+            with tempfile.TemporaryDirectory(prefix="cpt-buffer-") as staging:
+                self.folder = Path(staging) / "buffer"
+                try:
+                    self.save(name)
+                    fs.upload_folder(self.folder, remote)
+                finally:
+                    self.folder = remote
+            return
         self.folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.folder.with_name(f".{self.folder.name}.tmp-{uuid.uuid4().hex[:8]}")
         tmp.mkdir()
@@ -120,10 +134,18 @@ def stage_stream(source: SequenceSource, start: dict[str, Any] | None, end: dict
         cur = order.advance(cur, k, n)
 
 
-def fill_buffer(folder: Path, name: str, source_folder: str, spec_buffer: dict[str, Any], seq_len: int,
+def _exists(folder: str | Path) -> bool:
+    try:
+        read_manifest(folder)
+        return True
+    except DataError:
+        return False
+
+
+def fill_buffer(folder: str | Path, name: str, source_folder: str, spec_buffer: dict[str, Any], seq_len: int,
                 stream: Iterable[np.ndarray], seed: int, stage: int, tag: str) -> ReplayBuffer:
     """Add a stage's stream to the buffer at `folder` (created if needed); idempotent per `tag`."""
-    if (folder / "manifest.json").exists():
+    if _exists(folder):
         buf = ReplayBuffer.load(folder)
         if tag in buf.filled_from:
             return buf

@@ -195,9 +195,14 @@ class Controller:
             raise InputError(f"mixer.reference_run: run {ref!r} has no finished rounds")
         return done[-1].eval_losses
 
-    def _buffer_folder(self, domain: str) -> Path:
-        from store.names import inside
+    def _buffer_folder(self, domain: str) -> Path | str:
+        """A domain's replay buffer: in the run's folder, or in its shared storage (checkpoints.uri)."""
+        from corpus import fs
+        from store.names import check_name, inside
 
+        base = self.spec.checkpoints.uri
+        if base is not None and fs.is_remote(base):
+            return fs.join(fs.join(fs.join(base, self.run_id), "replay"), check_name(domain, "domain"))
         return inside(self.workdir / "replay", domain)
 
     def _fill_replay_buffers(self, i: int) -> None:

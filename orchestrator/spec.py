@@ -186,7 +186,8 @@ class CheckpointSpec(_M):
     """Also keep each stage's last round (the model after each stage: what CPT users compare and export)."""
     uri: str | None = None
     """Where round checkpoints go: None = the run's folder under CPT_HOME; or a folder or a URI
-    (`s3://bucket/prefix`, `gs://...`) shared by every node (each run writes under RUN_ID/)."""
+    (`s3://bucket/prefix`, `gs://...`) shared by every node (each run writes under RUN_ID/; with a
+    URI the run's replay buffers go there too, under RUN_ID/replay/)."""
 
 
 class TrackingSpec(_M):
