@@ -6,6 +6,8 @@
 2. sampler_vs_train: batches/s the sampler serves (RoundSampler.batch, the example spec's
    16 x 129 tokens) over optimizer steps/s of the example model (demo.yaml's 2M-parameter model)
    in a bare loop on the same batches. Target >= 50.
+   Also the peak RSS of a process that prepares the same file (streaming: it should not grow
+   with the file; the file is read a line or a 1 MB block at a time).
 3. rss_mb: peak RSS of a fresh process that samples 1,000 batches from synthetic domains of 10M,
    100M and 1B tokens. Target: flat, within 1.2x from the smallest to the largest. The large
    domains are 5M-token shards hard-linked many times (one file on disk): the sampler's own state
@@ -72,9 +74,28 @@ def bench_prepare(work: Path, chars: int) -> dict:
     cpt_s = time.perf_counter() - t0
     cpt_tokens = m["tokens"]["train"] + m["tokens"]["val"] - m["documents"]["train"] - m["documents"]["val"]
     assert cpt_tokens == base_tokens, (cpt_tokens, base_tokens)  # same documents, EOS excluded
+    small = corpus_text(work / "quarter.txt", chars // 4)
+    rss = {}
+    for f in (small, src):
+        proc = subprocess.run([sys.executable, "-c", PREPARE_PROBE.format(
+            root=str(ROOT), src=str(f), out=str(work / f"probe-{f.stem}"), tok=str(tok_path))],
+            capture_output=True, text=True, check=True)
+        rss[f"{f.stat().st_size / 1e6:.0f}MB"] = json.loads(proc.stdout.strip())
     return {"mb": round(src.stat().st_size / 1e6, 1), "documents": len(docs), "tokens": base_tokens,
             "tokenizers_tokens_per_s": base_tokens / base_s, "cpt_tokens_per_s": cpt_tokens / cpt_s,
-            "ratio": (cpt_tokens / cpt_s) / (base_tokens / base_s)}
+            "ratio": (cpt_tokens / cpt_s) / (base_tokens / base_s), "prepare_rss": rss}
+
+
+PREPARE_PROBE = """
+import json, sys
+sys.path.insert(0, {root!r})
+from corpus.ingest import prepare_domain
+def kb(key):
+    return int(dict(l.split(":", 1) for l in open("/proc/self/status"))[key].split()[0])
+before = kb("VmRSS")
+prepare_domain({src!r}, "probe", {out!r}, {tok!r})
+print(json.dumps({{"prepare_rss_before_mb": before / 1024, "prepare_peak_rss_mb": kb("VmHWM") / 1024}}))
+"""
 
 
 def bench_sampler(work: Path, n_batches: int, train_steps: int) -> dict:
@@ -176,6 +197,7 @@ def main() -> None:
         "date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "quick": args.quick, "prepare_vs_tokenizers": prepare["ratio"], "sampler_vs_train": sampler["ratio"],
         "rss_mb": {k: v["peak_rss_mb"] for k, v in rss.items()}, "rss_growth": max(peaks) / min(peaks),
+        "prepare_peak_rss_mb": {k: v["prepare_peak_rss_mb"] for k, v in prepare["prepare_rss"].items()},
         "details": {"prepare": prepare, "sampler": sampler, "rss": rss},
     }
     out = ROOT / "benchmarks" / "results" / ("data-quick.json" if args.quick else "data.json")

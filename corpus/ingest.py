@@ -34,9 +34,16 @@ def _files(src: Path) -> list[Path]:
         raise DataError(f"{src}: source does not exist")
     if src.is_file():
         return [src]
-    files = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = sorted(p for p in src.rglob("*") if p.is_file() and not any(x.startswith(".") for x in
+                                                                        p.relative_to(src).parts))
     if not files:
         raise DataError(f"{src}: folder has no files")
+    # a dataset folder (Hugging Face layout: data/*.parquet beside README.md, dataset_info.json) is
+    # its data files only; the card and metadata are not documents
+    for kind in (".parquet", JSONL_SUFFIXES):
+        data = [p for p in files if p.name.lower().endswith(kind)]
+        if data:
+            return data
     return files
 
 

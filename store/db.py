@@ -7,7 +7,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 
-from store.errors import StoreBusy, StoreError, StoreUnreachable
+from store.errors import StoreBehind, StoreBusy, StoreError, StoreUnreachable
 from store.secrets import redact
 
 # alembic/ sits at the repository root (the project's fixed layout); packages are installed editable.
@@ -109,7 +109,9 @@ def head_revision() -> str:
 
 
 def ensure_schema(engine: Engine, url: str) -> None:
-    """Migrate a fresh or older database to head; refuse one newer than this code."""
+    """Check the schema is this code's; refuse one newer than this code. A SQLite store (one user's,
+    under CPT_HOME) is migrated in place; a shared database is never migrated behind its users'
+    backs: `cpt db upgrade` does that, and until then opening it is exit 2 saying so."""
     rev = current_revision(engine)
     head = head_revision()
     if rev == head:
@@ -119,4 +121,7 @@ def ensure_schema(engine: Engine, url: str) -> None:
     known = {s.revision for s in ScriptDirectory.from_config(alembic_config(url)).walk_revisions()}
     if rev is not None and rev not in known:
         raise StoreError(f"run store {redact(url)!r} is at revision {rev}, unknown to this cpt version")
+    if engine.dialect.name != "sqlite":
+        raise StoreBehind(f"run store {redact(url)!r} is at schema revision {rev or 'none (empty)'}, this cpt needs "
+                          f"{head}: run `cpt --store URL db upgrade` to migrate it")
     upgrade(url)

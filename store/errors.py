@@ -51,6 +51,12 @@ class StoreBusy(StoreError):
     exit_code = 2
 
 
+class StoreBehind(StoreError):
+    """A shared (non-SQLite) store whose schema is older than this cpt: `cpt db upgrade` migrates it."""
+
+    exit_code = 2
+
+
 class NotFound(StoreError):
     """A run, stage or round id that is not in the store."""
 

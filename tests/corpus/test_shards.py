@@ -152,3 +152,16 @@ def test_shards_have_a_fixed_size(tmp_path, synth):
     a, b = DomainData.open("en", tmp_path / "out"), DomainData.open("en", tmp_path / "one")
     assert np.array_equal(np.concatenate(a.train), np.concatenate(b.train))
     assert one["tokens"] == m["tokens"]
+
+
+def test_a_hugging_face_dataset_folder_reads_only_its_data_files(tmp_path, synth):
+    root = tmp_path / "hf-dataset"
+    (root / "data").mkdir(parents=True)
+    (root / ".cache").mkdir()
+    texts = [f"row {i} " * 6 for i in range(20)]
+    pq.write_table(pa.table({"content": texts[:10]}), root / "data" / "train-00000-of-00002.parquet")
+    pq.write_table(pa.table({"content": texts[10:]}), root / "data" / "train-00001-of-00002.parquet")
+    (root / "README.md").write_text("---\nlicense: mit\n---\n# a dataset card, not a document\n")
+    (root / "dataset_info.json").write_text("{}")
+    (root / ".cache" / "junk.txt").write_text("hidden")
+    assert list(iter_documents(root, text_field="content")) == texts

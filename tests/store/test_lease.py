@@ -12,8 +12,8 @@ from store.runs import RunStore
 
 
 @pytest.fixture
-def run(tmp_path):
-    store = RunStore(f"sqlite:///{tmp_path}/s.db")
+def run(store_url):
+    store = RunStore(store_url)
     return store, store.create_run("r", "name: r", {"stages": []}, "/w", [("s", 0, 4, 1)])
 
 

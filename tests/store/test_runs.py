@@ -21,8 +21,8 @@ def _result() -> RoundResult:
 
 
 @pytest.fixture
-def store(tmp_path) -> RunStore:
-    return RunStore(f"sqlite:///{tmp_path}/store.db")
+def store(store_url) -> RunStore:
+    return RunStore(store_url)
 
 
 def _run(store: RunStore) -> str:
@@ -112,11 +112,11 @@ def test_not_found_and_unreachable(store, tmp_path):
         RunStore(f"sqlite:///{blocker}/sub/store.db")
 
 
-def test_concurrent_writers_lose_nothing(tmp_path):
-    """Several processes hammer one SQLite store: WAL + busy timeout + retries keep every write."""
+def test_concurrent_writers_lose_nothing(store_url):
+    """Several processes hammer one store (SQLite: WAL + busy timeout + retries; Postgres: MVCC)."""
     import multiprocessing as mp
 
-    url = f"sqlite:///{tmp_path}/store.db"
+    url = store_url
     RunStore(url)
     ctx = mp.get_context("spawn")
     with ctx.Pool(4) as pool:
@@ -137,3 +137,21 @@ def _create_many(args):
         store.set_run_status(run_id, "finished")
         out.append(run_id)
     return out
+
+
+@pytest.mark.postgres
+def test_a_shared_store_is_migrated_by_db_upgrade_only(pg_server, tmp_path):
+    import pgserver
+    from store.db import current_revision, head_revision, make_engine
+    from store.errors import StoreBehind
+    from tests_helpers import cpt
+
+    url = pgserver.fresh_database(pg_server, "behind")
+    with pytest.raises(StoreBehind, match="cpt --store URL db upgrade"):
+        RunStore(url)  # opening does not migrate a shared database
+    assert current_revision(make_engine(url)) is None
+    out = cpt(tmp_path, "--store", url, "runs", "list")
+    assert out.returncode == 2 and "db upgrade" in out.stderr
+    assert cpt(tmp_path, "--store", url, "db", "upgrade").returncode == 0
+    assert current_revision(make_engine(url)) == head_revision()
+    assert cpt(tmp_path, "--store", url, "runs", "list", "--json").stdout.strip() == "[]"
