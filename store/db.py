@@ -10,8 +10,22 @@ from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, Oper
 from store.errors import StoreBehind, StoreBusy, StoreError, StoreUnreachable
 from store.secrets import redact
 
-# alembic/ sits at the repository root (the project's fixed layout); packages are installed editable.
-ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
+
+def _migrations_dir() -> Path:
+    """The migrations folder: alembic/ beside the packages (a checkout, an editable install), or
+    the `cpt_migrations` package a wheel installs it as."""
+    beside = Path(__file__).resolve().parent.parent / "alembic"
+    if (beside / "env.py").is_file():
+        return beside
+    import importlib.util
+
+    spec = importlib.util.find_spec("cpt_migrations")
+    if spec is None or not spec.submodule_search_locations:
+        raise StoreError("cpt's migrations are not installed (no alembic/ and no cpt_migrations package)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+ALEMBIC_DIR = _migrations_dir()
 
 
 def store_timeout_s() -> float:
