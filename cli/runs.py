@@ -93,6 +93,7 @@ def submit(spec: Path = typer.Argument(..., help="Run spec YAML."),
     home = state.home()
     run_spec, text = load_spec(spec)
     check_data(run_spec)
+    _detach_target(home, detach)  # before anything is recorded
     store = state.store()
     run_id = create_run(store, home, run_spec, text)
     if detach:
@@ -134,6 +135,14 @@ def _exit_for(status: str) -> None:
     """A run that did not finish: cancelled exits 130 (like Ctrl-C), anything else 1."""
     if status != "finished":
         raise typer.Exit(130 if status == "cancelled" else 1)
+
+
+def _detach_target(home, detach: bool) -> None:
+    from store.errors import InputError
+
+    if detach and not home.ray_address:
+        raise InputError("--detach needs a Ray cluster: pass --address or set RAY_ADDRESS "
+                         "(the job server URL, e.g. http://127.0.0.1:8265)")
 
 
 def _detach(run_id: str) -> str:

@@ -113,18 +113,22 @@ def _check_data_accounting(home, run_id, plans, results, tokenizer_path):
 
 
 def test_cancel_mid_round_stops_cleanly(tmp_path, synth, ray_local):
-    home, store, run_id = _setup(tmp_path, synth)
+    home, store, run_id = recorded_run(tmp_path / "home", long_spec(synth))  # rounds of 30 steps
+    seen = []
 
-    class CancelAtSecondRound(SilentReporter):
+    class CancelInsideSecondRound(SilentReporter):
         def round_started(self, plan, stage):
-            if plan.round_index == 1:
+            seen.append(plan.round_index)
+
+        def progress(self, step, total, loss, lr):  # the second round has begun training
+            if seen == [0, 1] and step < 60:
                 store.request_cancel(run_id)
 
-    assert Controller(store, home, run_id, CancelAtSecondRound(), tracking=False).run() == "cancelled"
+    ctl = Controller(store, home, run_id, CancelInsideSecondRound(), tracking=False, poll_s=0.05)
+    assert ctl.run() == "cancelled"
     assert store.get_run(run_id).status == "cancelled"
-    statuses = [r.status for r in store.rounds(run_id)]
-    # a round that completes before the controller notices is still committed; nothing is left open
-    assert statuses in (["finished", "cancelled"], ["finished", "finished"])
+    # the round in flight is stopped and recorded cancelled (its group killed), nothing left open
+    assert [r.status for r in store.rounds(run_id)] == ["finished", "cancelled"]
     # and it can be resumed to the end
     assert Controller(store, home, run_id, tracking=False).run() == "finished"
     assert len(store.rounds(run_id, status="finished")) == 4
