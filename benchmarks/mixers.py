@@ -41,8 +41,12 @@ def spec(name, root: Path, stages, model=None, seed=0, path=None, domains=(SRC, 
 
 
 def stage2(tokens: int, mixer: dict, replay: float = 0.25, target: str = TGT, **extra) -> list[dict]:
+    from mixers.base import build_mixer
+
+    # replay.fraction only where the mixer reads it (the others set the replay share themselves)
+    fraction = replay if build_mixer(mixer).reads_replay_fraction() else 0.0
     return [{"name": "continue", "domains": [target], "tokens": tokens, "rounds": 6, "schedule": COSINE,
-             "replay": {"fraction": replay, "sources": [SRC]}, "mixer": mixer, **extra}]
+             "replay": {"fraction": fraction, "sources": [SRC]}, "mixer": mixer, **extra}]
 
 
 def run(store, home, raw: dict) -> str:

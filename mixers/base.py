@@ -83,6 +83,12 @@ class Mixer:
     def propose(self, obs: Observation) -> dict[str, float]:
         raise NotImplementedError
 
+    def reads_replay_fraction(self) -> bool:
+        """Whether the stage's `replay.fraction` sets this mixer's replay share. It means one thing
+        everywhere (the expected share of each batch drawn from replay domains); a mixer that sets
+        every weight itself does not read it, and the spec then rejects a non-zero fraction."""
+        return False
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

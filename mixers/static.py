@@ -45,6 +45,9 @@ class FixedReplay(Mixer):
     name = "fixed_replay"
     Config = FixedReplayConfig
 
+    def reads_replay_fraction(self) -> bool:
+        return self.config.fraction is None
+
     def propose(self, obs: Observation) -> dict[str, float]:
         f = obs.replay_fraction if self.config.fraction is None else self.config.fraction
         return with_replay({d: 1.0 for d in obs.stage_domains}, {d: 1.0 for d in obs.replay_domains}, f)
@@ -69,6 +72,9 @@ class Temperature(Mixer):
     def _by_size(self, domains: list[str], obs: Observation) -> dict[str, float]:
         raw = {d: max(obs.domain_tokens.get(d, 0), 1) ** (1.0 / self.config.temperature) for d in domains}
         return _normalise(raw) if raw else {}
+
+    def reads_replay_fraction(self) -> bool:
+        return not self.config.pool and self.config.fraction is None
 
     def propose(self, obs: Observation) -> dict[str, float]:
         if self.config.pool:

@@ -209,11 +209,13 @@ class Controller:
         """After stage i, add what it trained on to the buffers of domains later stages replay."""
         from corpus.replay import fill_from_stage
 
-        wanted = [d for d in self.spec.stages[i].domains if d in self.spec.buffered_domains()]
+        later = [j for j in range(i + 1, len(self.spec.stages)) if self.spec.stages[j].replay.buffer is not None]
+        # only what a later stage replays from a buffer (the last stage, or a domain trained again
+        # last, fills nothing)
+        wanted = [d for d in self.spec.stages[i].domains if any(d in self.spec.replay_sources(j) for j in later)]
         if not wanted:
             return
-        buf_spec = next(st.replay.buffer for j, st in enumerate(self.spec.stages)
-                        if j > i and st.replay.buffer is not None)
+        buf_spec = self.spec.stages[later[0]].replay.buffer
         done = [r for r in self.store.rounds(self.run_id, status="finished") if r.stage_index == i]
         before = RoundPlan.from_json(done[0].plan_json).cursors  # where the stage started reading
         after = RoundResult.from_json(done[-1].result_json).cursors

@@ -25,6 +25,8 @@ def trajectory_specs(spec: RunSpec, n: int, concentration: float, seed_offset: i
         raw["name"] = f"{spec.name[:40]}-explore{k}"
         raw["seed"] = spec.seed + seed_offset + k
         raw["stages"][-1]["mixer"] = {"kind": "dirichlet", "concentration": concentration, "seed": k}
+        # the random mixture sets the replay share itself (replay.fraction would be ignored)
+        raw["stages"][-1].setdefault("replay", {})["fraction"] = 0.0
         raw["tracking"] = {**raw["tracking"], "experiment": f"{raw['tracking']['experiment']}-explore"}
         out.append(yaml.safe_dump(raw, sort_keys=False))
     return out

@@ -260,6 +260,10 @@ class RunSpec(_M):
                 if d not in self.domains:
                     raise SpecError(f"stages.{i}.replay.sources: unknown domain {d!r}; "
                                     f"defined: {sorted(self.domains)}")
+                if st.replay.buffer is not None and d not in seen:
+                    raise SpecError(f"stages.{i}.replay.sources: {d!r} is replayed from a buffer but no earlier "
+                                    f"stage trains it, so its buffer would stay empty; trained before: "
+                                    f"{sorted(seen)}")
             steps = self.stage_steps(i)
             if steps > MAX_STAGE_STEPS:
                 raise SpecError(f"stages.{i}.tokens: {st.tokens:,} tokens are {steps:,} steps of "
@@ -268,13 +272,18 @@ class RunSpec(_M):
             if st.rounds > steps:
                 raise SpecError(f"stages.{i}.rounds: {st.rounds} rounds but only {steps} steps "
                                 f"({st.tokens} tokens / {self.batch_size * self.seq_len} per step)")
-            build_mixer(st.mixer, where=f"stages.{i}.mixer")
+            mixer = build_mixer(st.mixer, where=f"stages.{i}.mixer")
             if st.mixer["kind"] == "static":
                 known = [*st.domains, *self.replay_domains(i)]
                 unknown = sorted(set(st.mixer.get("weights", {})) - set(known))
                 if unknown:
                     raise SpecError(f"stages.{i}.mixer.weights: domain(s) {unknown} are not trained in "
                                     f"this stage; valid: {known}")
+            if st.replay.fraction > 0 and not mixer.reads_replay_fraction():
+                raise SpecError(f"stages.{i}.replay.fraction: {st.replay.fraction} would be ignored: mixer "
+                                f"{st.mixer['kind']!r} (as configured) sets the replay share itself; remove "
+                                f"replay.fraction, or use fixed_replay / temperature / proportional without their "
+                                f"own fraction or pool")
             known = [*st.domains, *self.replay_domains(i)]
             for d in st.max_epochs:
                 if d not in known:

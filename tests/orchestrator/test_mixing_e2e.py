@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 
 def _mixing_spec(synth, **stage2):
     spec = tiny_spec(synth)
-    spec["stages"][1].update({"replay": {"fraction": 0.25, "buffer": {"tokens": 33 * 8}},
+    spec["stages"][1].update({"replay": {"buffer": {"tokens": 33 * 8}},  # DoReMi sets the replay share
                               "mixer": {"kind": "doremi", "reference": {"en": 3.0, "de": 3.0}, "smoothing": 0.1},
                               "sample_loss": {"kind": "linupper", "r": 0.5}}, **stage2)
     return spec
@@ -90,6 +90,7 @@ def test_explore_train_and_run_the_agent(tmp_path, synth, ray_local):
     policy, meta = train_agent(two, 2, epochs=50)
     agent = save_agent(policy, tmp_path / "agent.safetensors", meta)
     spec["stages"][1]["mixer"] = {"kind": "agent", "path": str(agent)}
+    spec["stages"][1]["replay"]["fraction"] = 0.0  # the agent sets the replay share itself
     spec["name"] = "with-agent"
     text = yaml.safe_dump(spec)
     run_id = create_run(store, home, parse_spec(text), text)
@@ -97,3 +98,16 @@ def test_explore_train_and_run_the_agent(tmp_path, synth, ray_local):
     used = [r.weights for r in store.rounds(run_id, status="finished") if r.stage_index == 1]
     assert all(set(w) == {"de", "en"} and sum(w.values()) == pytest.approx(1) for w in used)
     assert {t.mixer for t in store.transitions() if t.run_id == run_id and t.stage_index == 1} == {"agent"}
+
+
+def test_a_buffered_domain_trained_again_last_finishes(tmp_path, synth, ray_local):
+    """en is pretrained, replayed from its buffer while de trains, then trained again in the last
+    stage: no buffer is filled after the last stage (there used to be a crash there)."""
+    spec = tiny_spec(synth)
+    spec["stages"][1]["replay"] = {"fraction": 0.25, "buffer": {"tokens": 33 * 8}}
+    spec["stages"].append({"name": "s3", "domains": ["en"], "tokens": 32 * 4 * 4, "rounds": 1})
+    home, store, run_id = _create(tmp_path / "home", spec)
+    assert Controller(store, home, run_id, tracking=False).run() == "finished"
+    rounds = store.rounds(run_id, status="finished")
+    assert [r.stage_index for r in rounds] == [0, 0, 1, 1, 2]
+    assert rounds[2].weights == pytest.approx({"de": 0.75, "replay/en": 0.25})

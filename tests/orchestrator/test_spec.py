@@ -150,3 +150,44 @@ def test_a_run_whose_data_vanished_before_it_started_is_failed_not_pending(tmp_p
         Controller(store, home, run_id, tracking=False).run()
     run = store.get_run(run_id)
     assert run.status == "failed" and "does not exist" in run.error
+
+
+@pytest.mark.parametrize("mixer", [
+    {"kind": "doremi", "reference": {"en": 3.0, "de": 3.0}},
+    {"kind": "static", "weights": {"de": 0.75, "en": 0.25}},
+    {"kind": "fixed_replay", "fraction": 0.1},
+    {"kind": "temperature", "pool": True},
+    {"kind": "dirichlet"},
+])
+def test_a_replay_fraction_a_mixer_would_ignore_is_rejected(synth, mixer):
+    from conftest import tiny_spec
+
+    spec = tiny_spec(synth)
+    spec["stages"][1]["mixer"] = mixer  # stage 2 has replay.fraction 0.25
+    with pytest.raises(SpecError, match=r"stages.1.replay.fraction: 0.25 would be ignored"):
+        parse_spec(yaml.safe_dump(spec))
+    spec["stages"][1]["replay"]["fraction"] = 0.0
+    parse_spec(yaml.safe_dump(spec))
+
+
+def test_the_mixers_that_read_the_replay_fraction_give_it_to_replay(synth):
+    from conftest import tiny_spec
+
+    for mixer in ({"kind": "fixed_replay"}, {"kind": "temperature"}, {"kind": "proportional"}):
+        spec = tiny_spec(synth)
+        spec["stages"][1]["mixer"] = mixer
+        run_spec = parse_spec(yaml.safe_dump(spec))
+        from mixers.base import Observation, build_mixer
+
+        obs = Observation(stage_index=1, round_index=0, num_rounds=2, stage_domains=["de"], replay_domains=["en"],
+                          replay_fraction=run_spec.stages[1].replay.fraction, domain_tokens={"de": 10, "en": 30})
+        assert build_mixer(mixer).propose(obs)["en"] == pytest.approx(0.25)
+
+
+def test_a_buffer_of_a_domain_no_earlier_stage_trains_is_rejected(synth):
+    from conftest import tiny_spec
+
+    spec = tiny_spec(synth)
+    spec["stages"][1]["replay"] = {"fraction": 0.25, "sources": ["code"], "buffer": {"tokens": 10_000}}
+    with pytest.raises(SpecError, match=r"stages.1.replay.sources: 'code' is replayed from a buffer but no earlier"):
+        parse_spec(yaml.safe_dump(spec))
