@@ -10,6 +10,7 @@ import typer
 
 from cli import agent as agent_cmds
 from cli import audit as audit_cmds
+from cli import cluster as cluster_cmds
 from cli import data as data_cmds
 from cli import export as export_cmds
 from cli import reports as report_cmds
@@ -22,6 +23,7 @@ app = typer.Typer(help="Continual pre-training orchestration: stages, rounds, re
 app.add_typer(data_cmds.data_app, name="data")
 app.add_typer(data_cmds.tokenizer_app, name="tokenizer")
 app.add_typer(runs_cmds.runs_app, name="runs")
+app.add_typer(cluster_cmds.cluster_app, name="cluster")
 runs_cmds.runs_app.command("samples")(audit_cmds.samples)
 runs_cmds.runs_app.command("watch")(watch_cmds.watch)
 data_cmds.data_app.command("show")(audit_cmds.show_sequence)
@@ -134,9 +136,11 @@ def ui(port: int = typer.Option(5000, help="MLflow UI port."),
     home = state.home()
     c = console()
     c.print(f"MLflow UI: http://{host}:{port}  (store {home.mlflow_uri})")
-    c.print("Ray dashboard: "
-            + (f"{home.ray_address} (cluster)" if home.ray_address else
-               "http://127.0.0.1:8265 while a local cluster started with `ray start --head` runs"))
+    from orchestrator.local_cluster import read_state
+
+    local = read_state(home.root)
+    c.print("Ray dashboard: " + (local["dashboard"] if local else f"{home.ray_address} (cluster)" if home.ray_address
+                                 else "start one with `cpt cluster up` (runs then join it)"))
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", home.mlflow_uri,
            "--default-artifact-root", (home.root / "mlartifacts").as_uri(), "--host", host, "--port", str(port),

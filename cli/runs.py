@@ -165,8 +165,12 @@ def _detach(run_id: str) -> str:
         # The store URL may hold a password: the job reads it from a file only this user can read,
         # never from its command line or environment, which `ray job list` and the dashboard show.
         env["CPT_STORE_URL_FILE"] = str(home.write_secret(f"store-url-{run_id}", home.store_url))
+    from orchestrator.local_cluster import read_state
+
+    local = read_state(home.root)
+    target = local["dashboard"] if local and local["gcs"] == home.ray_address else home.ray_address
     try:
-        return submit_job(home.ray_address, entry, env)
+        return submit_job(target, entry, env)
     except Exception as exc:  # unreachable job server, no agent, version mismatch: the run never started
         state.store().set_run_status(run_id, "failed", error=f"job submission failed: {redact(str(exc))[:300]}")
         raise ClusterError(f"--address {redact(home.ray_address)}: cannot submit a Ray job ({type(exc).__name__}: "

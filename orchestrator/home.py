@@ -36,7 +36,15 @@ class Home:
         root = Path(root or os.environ.get("CPT_HOME") or "cpt-home").expanduser().resolve()
         os.environ["CPT_HOME"] = str(root)  # specs may refer to ${CPT_HOME}
         url = store_url or os.environ.get("CPT_STORE_URL") or _read_secret(os.environ.get("CPT_STORE_URL_FILE"))
-        return cls(root, url or _default_store_url(root), ray_address or os.environ.get("RAY_ADDRESS") or None)
+        address = ray_address or os.environ.get("RAY_ADDRESS") or None
+        if address is None:  # `cpt cluster up` of this CPT_HOME: join it instead of starting a Ray
+            from orchestrator.local_cluster import join_env
+
+            joined = join_env(root)
+            if joined:
+                os.environ.setdefault("RAY_AUTH_TOKEN", joined["RAY_AUTH_TOKEN"])
+                address = joined["RAY_ADDRESS"]
+        return cls(root, url or _default_store_url(root), address)
 
     @property
     def default_store_url(self) -> str:
