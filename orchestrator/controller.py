@@ -293,6 +293,7 @@ class Controller:
         self.reporter.round_finished(plan, result)
         self._log_unlogged()  # earlier rounds first, so the parent's curves fill in order
         self._log_round(round_id, i, r, weights, result, plan.global_step_start)
+        self._draw_artifacts()
 
     def _group(self) -> WorkerGroup:
         """The run's worker group, started at its first round and kept across rounds and stages."""
@@ -505,20 +506,41 @@ class Controller:
             if round_id in self._unlogged:  # still down
                 return
 
+    def _draw_artifacts(self) -> None:
+        """mixture.png and the per-domain validation curves, redrawn after every round on the
+        logging thread (the round loop never waits on matplotlib or the artifact store)."""
+        if self.live is None:
+            return
+        from orchestrator.reports import _curve
+
+        done = self.store.rounds(self.run_id, status="finished")
+        rounds = [{"label": f"s{x.stage_index}r{x.round_index}", "weights": x.weights} for x in done]
+        points, tracker, mlflow_id, folder = _curve(done), self.tracker, self.mlflow_id, self.workdir
+
+        def draw() -> None:
+            from orchestrator.plots import _plt, plot_mixture
+            from orchestrator.reports import plot_curves
+
+            if not rounds:
+                return
+            tracker.log_artifact(mlflow_id, plot_mixture(rounds, folder / "mixture.png"))
+            domains = sorted({d for p in points for d in p["losses"]})
+            if domains:
+                fig = plot_curves({"validation": points}, domains, folder / "loss_curves.png")
+                _plt().close(fig)
+                tracker.log_artifact(mlflow_id, folder / "loss_curves.png")
+
+        self.live.submit(draw)
+
     def _end_tracking(self, status: str) -> None:
         if self.tracker is None or self.mlflow_id is None:
             return
-        from orchestrator.plots import plot_mixture
-
+        self._draw_artifacts()
         if self.live is not None and not self.live.close(timeout=30):
             self.reporter.message(f"MLflow: {self.live.backlog} live metric(s) could not be delivered "
                                   f"({self.live.last_error}); the round records in the store are complete")
         self._log_unlogged()
         try:
-            rounds = [{"label": f"s{x.stage_index}r{x.round_index}", "weights": x.weights}
-                      for x in self.store.rounds(self.run_id, status="finished")]
-            if rounds:
-                self.tracker.log_artifact(self.mlflow_id, plot_mixture(rounds, self.workdir / "mixture.png"))
             self.tracker.end(self.mlflow_id, status)
         except Exception as exc:  # tracking must not mask the run's own outcome
             self.reporter.message(f"MLflow: could not finish tracking ({exc})")

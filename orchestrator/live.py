@@ -41,8 +41,10 @@ class LiveLogger:
         self.client, self.run_id = client, mlflow_run_id
         self.retry_s, self.max_retry_s = retry_s, max_retry_s
         self.queue: deque = deque()
+        self.jobs: deque = deque()  # plots and artifacts: drawn and uploaded off the round loop too
         self.cond = threading.Condition()
         self.closed = False
+        self.busy = False
         self.sent = 0
         self.last_error: str | None = None
         self.thread = threading.Thread(target=self._loop, name="cpt-live-metrics", daemon=True)
@@ -55,6 +57,14 @@ class LiveLogger:
                 self.queue.extend(metrics)
                 self.cond.notify_all()
 
+    def submit(self, job) -> None:
+        """Run `job()` on the logging thread once the metrics queued before it are sent. Latest wins:
+        a job not yet started is replaced (each redraws everything); a failure is kept in last_error."""
+        with self.cond:
+            self.jobs.clear()
+            self.jobs.append(job)
+            self.cond.notify_all()
+
     @property
     def backlog(self) -> int:
         with self.cond:
@@ -64,7 +74,7 @@ class LiveLogger:
         """Wait up to `timeout` s for everything queued to be delivered; True if it was."""
         deadline = time.monotonic() + timeout
         with self.cond:
-            while self.queue:
+            while self.queue or self.jobs or self.busy:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -84,11 +94,26 @@ class LiveLogger:
         delay = self.retry_s
         while True:
             with self.cond:
-                while not self.queue and not self.closed:
+                while not self.queue and not self.jobs and not self.closed:
                     self.cond.wait()
                 if self.closed:
                     return
-                batch = [self.queue[i] for i in range(min(BATCH, len(self.queue)))]
+                if not self.queue:
+                    job, self.busy = self.jobs.popleft(), True
+                else:
+                    job = None
+                    batch = [self.queue[i] for i in range(min(BATCH, len(self.queue)))]
+            if job is not None:
+                try:
+                    job()
+                except Exception as exc:
+                    from store.secrets import redact
+
+                    self.last_error = redact(f"{type(exc).__name__}: {str(exc)[:300]}")
+                with self.cond:
+                    self.busy = False
+                    self.cond.notify_all()
+                continue
             try:
                 self.client.log_batch(self.run_id, metrics=batch)
             except Exception as exc:  # any outage: keep the batch, wait, retry the same rows

@@ -72,7 +72,7 @@ def test_two_stage_run_trains_and_records_everything(tmp_path, synth, ray_local)
     assert all(a < b for a, b in spans) and all(spans[i][1] <= spans[i + 1][0] + 1000 for i in range(3))
     assert all(len(client.get_metric_history(c.info.run_id, "train_loss")) == 4 for c in children)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"spec.yaml", "lr_schedule.png", "mixture.png"} <= artifacts
+    assert {"spec.yaml", "lr_schedule.png", "mixture.png", "loss_curves.png"} <= artifacts
     _check_data_accounting(home.root, run_id, plans, [RoundResult.from_json(r.result_json) for r in rounds],
                            run.spec_json["tokenizer"])
 
