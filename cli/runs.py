@@ -222,10 +222,14 @@ def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, 
                                 "tokens_per_s": x.tokens_per_s, **_throughput(x), "checkpoint": x.checkpoint_uri,
                                 "error": x.error} for x in rounds],
                     "data": {"cursors": cursors, "epoch_rollovers": rollovers}, "progress": live,
+                    "mlflow_url": _mlflow_url(run),
                     "summary": stage_summary(store, run_id)})
         return
     c = console()
     c.print(render(run, live) + (f" - {run.error}" if run.error else ""))
+    if _mlflow_url(run):
+        c.print(f"MLflow: {_mlflow_url(run)}" + ("  (`cpt ui` serves it)" if "127.0.0.1:5000" in _mlflow_url(run)
+                                                 else ""))
     perf = [_throughput(x) for x in rounds]
     table("rounds", ["stage", "round", "try", "status", "steps", "weights", "train loss", "eval", "ranks", "tok/s",
                      "MFU", "overhead s"],
@@ -243,6 +247,14 @@ def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, 
     rows = stage_summary(store, run_id)
     if rows:
         loss_table("validation loss per domain", rows)
+
+
+def _mlflow_url(run) -> str | None:
+    """The run's page in the MLflow UI, as the controller recorded it (None before tracking began)."""
+    try:
+        return json.loads((Path(run.workdir) / "mlflow.json").read_text())["url"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _throughput(x) -> dict:

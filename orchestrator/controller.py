@@ -30,7 +30,7 @@ from store.errors import Cancelled, CptError, DataError, InputError, LeaseLost, 
 from store.lease import RunLease
 from store.records import RoundPlan, RoundResult
 from store.runs import RunStore
-from store.secrets import redacted_yaml
+from store.secrets import redact, redacted_yaml
 
 
 @contextmanager
@@ -462,6 +462,10 @@ class Controller:
         self.mlflow_id = self.tracker.start_run(self.run_id, self.spec.name, self.spec.model_dump(mode="json"),
                                                 self.mlflow_id)
         self.live = LiveLogger(self.tracker.client, self.mlflow_id)
+        ui = t.mlflow_uri if (t.mlflow_uri or "").startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+        (self.workdir / "mlflow.json").write_text(json.dumps({  # what `cpt runs show` links to
+            "url": redact(f"{ui.rstrip('/')}/#/experiments/{self.tracker.experiment_id}/runs/{self.mlflow_id}"),
+            "experiment_id": self.tracker.experiment_id, "run_id": self.mlflow_id}))
         if fresh:
             self.store.update_run(self.run_id, mlflow_run_id=self.mlflow_id)
             spec_path = self.workdir / "spec.yaml"  # resolved and redacted: no secret goes to MLflow

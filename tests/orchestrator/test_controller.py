@@ -108,6 +108,8 @@ def _check_data_accounting(home, run_id, plans, results, tokenizer_path):
     assert shown["text"] == load_tokenizer(tokenizer_path).decode(row.tolist(), skip_special_tokens=False)
     shown_run = json.loads(cpt(home, "runs", "show", run_id, "--json").stdout)
     assert shown_run["data"]["cursors"]["de"]["pos"] == 24 and shown_run["data"]["epoch_rollovers"] == []
+    assert shown_run["mlflow_url"].startswith("http://127.0.0.1:5000/#/experiments/")
+    assert shown_run["mlflow_url"].endswith(f"/runs/{shown_run['mlflow_run_id']}")
     watched = cpt(home, "runs", "watch", run_id, "--json")  # a finished run: one line, then exit
     assert watched.returncode == 0 and json.loads(watched.stdout) == {"progress": None, "status": "finished"}
 
