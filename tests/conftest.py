@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+import pgserver
 from synth import make_domains  # noqa: E402
 
 
@@ -111,3 +113,33 @@ def recorded_run(root: Path, spec: dict):
     store = RunStore(home.store_url)
     text = yaml.safe_dump(spec)
     return home, store, create_run(store, home, parse_spec(text), text)
+
+
+# ---- the store suite runs against SQLite and a real PostgreSQL server this session starts ----
+@pytest.fixture(scope="session")
+def pg_server():
+    url, data = pgserver.start()
+    try:
+        yield url
+    finally:
+        pgserver.stop(data)
+
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_store_url(request, tmp_path) -> str:
+    """A URL of an empty database, on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/s.db"
+    return pgserver.fresh_database(request.getfixturevalue("pg_server"), f"t{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def store_url(empty_store_url) -> str:
+    """A migrated store on each backend (a shared database is migrated by `cpt db upgrade`, as here)."""
+    from store.db import upgrade
+
+    upgrade(empty_store_url)
+    return empty_store_url
