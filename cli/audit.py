@@ -97,17 +97,19 @@ def show_sequence(domain: str = typer.Argument(..., help="Domain name (CPT_HOME/
         console().print(text, markup=False, highlight=False)
 
 
-def _domain_folder(domain: str, run_id: str | None) -> tuple[Path, str | None]:
+def _domain_folder(domain: str, run_id: str | None) -> tuple[Path | str, str | None]:
     from store.errors import InputError
+    from store.records import RoundPlan
 
     if run_id:
-        run = state.store().get_run(run_id)
-        paths = dict(run.spec_json["domains"])
-        for d in list(paths):
-            paths[f"replay/{d}"] = str(Path(run.workdir) / "replay" / d)
+        store = state.store()
+        run = store.get_run(run_id)
+        # where the controller itself said the data was (replay buffers included, local or a URI)
+        rounds = store.rounds(run_id)
+        paths = RoundPlan.from_json(rounds[-1].plan_json).domain_paths if rounds else dict(run.spec_json["domains"])
         if domain not in paths:
             raise InputError(f"{domain!r}: run {run_id} has domains {sorted(paths)}")
-        return Path(paths[domain]), run.spec_json["tokenizer"]
+        return paths[domain], run.spec_json["tokenizer"]
     from store.names import inside, is_name
 
     if is_name(domain) and (state.home().data / domain).is_dir():
