@@ -42,6 +42,12 @@ def store_timeout_s() -> float:
     return value
 
 
+def locked(url: str) -> StoreBusy:
+    """The error for a store another process kept locked longer than CPT_STORE_TIMEOUT_S."""
+    return StoreBusy(f"run store {redact(url)!r} is locked by another process (waited "
+                     f"{store_timeout_s():g} s; CPT_STORE_TIMEOUT_S sets how long)")
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     # WAL lets readers (cpt runs list) proceed while a controller writes; busy_timeout makes
@@ -73,8 +79,7 @@ def make_engine(url: str) -> Engine:
                                f"({exc.name})") from None
     except OperationalError as exc:
         if "locked" in str(exc):
-            raise StoreBusy(f"run store {redact(url)!r} is locked by another process (waited "
-                            f"{store_timeout_s():g} s; CPT_STORE_TIMEOUT_S sets how long)") from None
+            raise locked(url) from None
         raise StoreUnreachable(f"cannot open run store {redact(url)!r}: {exc.__class__.__name__}: "
                                f"{redact(str(exc).splitlines()[0])}") from None
     except DatabaseError as exc:  # "file is not a database": a corrupt or foreign file

@@ -19,8 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.db import ensure_schema, make_engine, store_timeout_s
-from store.errors import InvalidTransition, NotFound, StoreBusy
+from store.db import ensure_schema, locked, make_engine, store_timeout_s
+from store.errors import InvalidTransition, NotFound
 from store.lease import lease_state
 from store.models import Event, Round, Run, Stage, Transition
 from store.records import RoundPlan, RoundResult
@@ -86,8 +86,7 @@ class RunStore:
                 if "locked" not in str(exc):
                     raise
                 if time.monotonic() >= deadline:
-                    raise StoreBusy(f"run store {redact(self.url)!r} is locked by another process (waited "
-                                    f"{store_timeout_s():g} s; CPT_STORE_TIMEOUT_S sets how long)") from None
+                    raise locked(self.url) from None
                 time.sleep(min(0.05 * 2**i, 1.0))
         raise AssertionError("unreachable")
 
