@@ -21,6 +21,7 @@ demo: setup
 	$(BIN)/cpt demo
 
 test: setup
+	bash .ci/sysdeps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 

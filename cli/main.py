@@ -136,6 +136,9 @@ def ui(port: int = typer.Option(5000, help="MLflow UI port."),
     home = state.home()
     c = console()
     c.print(f"MLflow UI: http://{host}:{port}  (store {home.mlflow_uri})")
+    latest = _latest_experiment_url(f"http://{host}:{port}")
+    if latest:
+        c.print(f"latest run's experiment: {latest}")
     from orchestrator.local_cluster import read_state
 
     local = read_state(home.root)
@@ -146,6 +149,20 @@ def ui(port: int = typer.Option(5000, help="MLflow UI port."),
            "--default-artifact-root", (home.root / "mlartifacts").as_uri(), "--host", host, "--port", str(port),
            "--workers", "1"]
     raise typer.Exit(_serve(cmd, env))
+
+
+def _latest_experiment_url(base: str) -> str | None:
+    """The runs table of the newest run's experiment on this UI (when it tracks to the local store)."""
+    import json
+
+    try:
+        runs = state.store().list_runs(1)
+        link = json.loads((Path(runs[0].workdir) / "mlflow.json").read_text()) if runs else {}
+    except Exception:  # noqa: BLE001 - the UI starts whatever state the run store is in
+        return None
+    if not link.get("local") or "experiment_url" not in link:
+        return None
+    return base + link["experiment_url"][link["experiment_url"].index("/#/"):]
 
 
 def _serve(cmd: list[str], env: dict[str, str]) -> int:

@@ -170,7 +170,7 @@ def _detach(run_id: str) -> str:
     local = read_state(home.root)
     target = local["dashboard"] if local and local["gcs"] == home.ray_address else home.ray_address
     try:
-        return submit_job(target, entry, env)
+        return submit_job(target, entry, env, run_id=run_id)
     except Exception as exc:  # unreachable job server, no agent, version mismatch: the run never started
         state.store().set_run_status(run_id, "failed", error=f"job submission failed: {redact(str(exc))[:300]}")
         raise ClusterError(f"--address {redact(home.ray_address)}: cannot submit a Ray job ({type(exc).__name__}: "
@@ -213,7 +213,7 @@ def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, 
     live = progress_line(run, rounds)
     if as_json:
         print_json({"id": run.id, "name": run.name, "status": run.status, "error": run.error,
-                    "mlflow_run_id": run.mlflow_run_id, "workdir": run.workdir,
+                    "mlflow_run_id": run.mlflow_run_id, "ray_job_id": run.ray_job_id, "workdir": run.workdir,
                     "stages": [{"index": s.index, "name": s.name, "status": s.status, "steps": s.total_steps,
                                 "rounds": s.num_rounds} for s in store.stages(run_id)],
                     "rounds": [{"stage": x.stage_index, "round": x.round_index, "attempt": x.attempt,
@@ -230,6 +230,8 @@ def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, 
     if _mlflow_url(run):
         c.print(f"MLflow: {_mlflow_url(run)}" + ("  (`cpt ui` serves it)" if "127.0.0.1:5000" in _mlflow_url(run)
                                                  else ""))
+    if run.ray_job_id:
+        c.print(f"Ray job: {run.ray_job_id} (the dashboard's Jobs page; metadata cpt_run_id={run.id})")
     perf = [_throughput(x) for x in rounds]
     table("rounds", ["stage", "round", "try", "status", "steps", "weights", "train loss", "eval", "ranks", "tok/s",
                      "MFU", "overhead s"],

@@ -39,23 +39,40 @@ def is_loopback(address: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def connect(home: Home, num_cpus: int | None = None, dashboard: bool = False) -> dict[str, Any]:
-    """Connect to RAY_ADDRESS/--address, or start a local Ray confined to CPT_HOME and 127.0.0.1. Idempotent."""
+def connect(home: Home, num_cpus: int | None = None, dashboard: bool = True,
+            run: dict[str, str] | None = None) -> dict[str, Any]:
+    """Connect to RAY_ADDRESS/--address, or start a local Ray confined to CPT_HOME and 127.0.0.1
+    (dashboard on, 127.0.0.1). Idempotent. `run` ({run_id, run_name}) goes into the Ray job's
+    metadata (`job_name` is the run id: the dashboard's Jobs page shows it as the job's name).
+    Returns the GCS address, the job id and the dashboard URL (None where unknown: a remote
+    cluster's dashboard is its operator's)."""
     secure_env()
     if not home.ray_address or is_loopback(home.ray_address):
         _loopback_only()
     import ray
 
     if ray.is_initialized():
-        return {"address": ray.get_runtime_context().gcs_address, "dashboard": None}
+        ctx = ray.get_runtime_context()
+        return {"address": ctx.gcs_address, "job_id": ctx.get_job_id(), "dashboard": None}
+    from ray.job_config import JobConfig
+
+    job_config = JobConfig(metadata={**({"job_name": run["run_id"]} if run else {}),
+                                     **{f"cpt_{k}": v for k, v in (run or {}).items()}})
     if home.ray_address:
-        ctx = ray.init(address=home.ray_address, namespace="cpt", log_to_driver=False)
+        ctx = ray.init(address=home.ray_address, namespace="cpt", log_to_driver=False, job_config=job_config)
+        from orchestrator.local_cluster import read_state
+
+        local = read_state(home.root)  # a `cpt cluster up` cluster: its dashboard is known
+        url = local["dashboard"] if local and local["gcs"] == home.ray_address else None
     else:
         home.ray_temp.mkdir(parents=True, exist_ok=True)
         ctx = ray.init(num_cpus=num_cpus or os.cpu_count(), object_store_memory=256 * 1024**2,
                        _temp_dir=str(home.ray_temp), _node_ip_address=LOOPBACK, include_dashboard=dashboard,
-                       dashboard_host=LOOPBACK, namespace="cpt", log_to_driver=False, configure_logging=False)
-    return {"address": ctx.address_info.get("gcs_address"), "dashboard": ctx.dashboard_url or None}
+                       dashboard_host=LOOPBACK, namespace="cpt", log_to_driver=False, configure_logging=False,
+                       job_config=job_config)
+        url = f"http://{ctx.dashboard_url}" if ctx.dashboard_url else None
+    return {"address": ctx.address_info.get("gcs_address"), "job_id": ray.get_runtime_context().get_job_id(),
+            "dashboard": url}
 
 
 def shutdown() -> None:
@@ -65,7 +82,7 @@ def shutdown() -> None:
         ray.shutdown()
 
 
-def submit_job(address: str, entrypoint: str, env: dict[str, str]) -> str:
+def submit_job(address: str, entrypoint: str, env: dict[str, str], run_id: str | None = None) -> str:
     """Submit a detached controller as a Ray Job (needs the cluster's dashboard/job server).
 
     The client authenticates with the cluster's token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
@@ -74,4 +91,5 @@ def submit_job(address: str, entrypoint: str, env: dict[str, str]) -> str:
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(address)
-    return client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": env})
+    return client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": env},
+                             metadata={"job_name": run_id, "cpt_run_id": run_id} if run_id else None)

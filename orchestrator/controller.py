@@ -69,6 +69,9 @@ class Reporter(Protocol):
     def message(self, text: str) -> None: ...
 
 
+ML_VIEW = "workflowType=machine_learning"
+
+
 class SilentReporter:
     def round_started(self, plan, stage): pass
     def progress(self, step, total, loss, lr): pass
@@ -141,7 +144,10 @@ class Controller:
         self._remove_partial_checkpoints()
         try:
             self._start_tracking()  # inside: an unreachable MLflow server fails the run, recorded
-            cluster.connect(self.home, num_cpus=None)
+            ray_info = cluster.connect(self.home, num_cpus=None, run={"run_id": self.run_id,
+                                                                       "run_name": self.spec.name})
+            self.store.update_run(self.run_id, ray_job_id=ray_info["job_id"])
+            self._announce(ray_info["dashboard"])
             with stop_signals(self._signals):  # after ray.init, which installs its own SIGTERM handler
                 for i in range(len(self.spec.stages)):
                     self._run_stage(i)
@@ -448,6 +454,17 @@ class Controller:
         return done[-1].checkpoint_uri if done else None
 
     # ---- tracking ---------------------------------------------------------------------------
+    def _announce(self, dashboard: str | None) -> None:
+        """Where to watch the run: the Ray dashboard (this run's job) and its MLflow page."""
+        lines = [f"Ray dashboard: {dashboard}" if dashboard else None]
+        try:
+            url = json.loads((self.workdir / "mlflow.json").read_text())["url"]
+            lines.append(f"MLflow: {url}" + ("  (`cpt ui` serves it)" if "127.0.0.1:5000" in url else ""))
+        except (OSError, ValueError, KeyError):  # tracking off
+            pass
+        for line in filter(None, lines):
+            self.reporter.message(line)
+
     def _start_tracking(self) -> None:
         if not self.tracking:
             return
@@ -463,9 +480,11 @@ class Controller:
                                                 self.mlflow_id)
         self.live = LiveLogger(self.tracker.client, self.mlflow_id)
         ui = t.mlflow_uri if (t.mlflow_uri or "").startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-        (self.workdir / "mlflow.json").write_text(json.dumps({  # what `cpt runs show` links to
-            "url": redact(f"{ui.rstrip('/')}/#/experiments/{self.tracker.experiment_id}/runs/{self.mlflow_id}"),
-            "experiment_id": self.tracker.experiment_id, "run_id": self.mlflow_id}))
+        exp = f"{ui.rstrip('/')}/#/experiments/{self.tracker.experiment_id}/runs"
+        (self.workdir / "mlflow.json").write_text(json.dumps({  # what `cpt runs show` and `cpt ui` link to
+            # MLflow 3's UI opens in its GenAI (traces) mode unless the link asks for model training
+            "url": redact(f"{exp}/{self.mlflow_id}?{ML_VIEW}"), "experiment_url": redact(f"{exp}?{ML_VIEW}"),
+            "experiment_id": self.tracker.experiment_id, "run_id": self.mlflow_id, "local": not t.mlflow_uri}))
         if fresh:
             self.store.update_run(self.run_id, mlflow_run_id=self.mlflow_id)
             spec_path = self.workdir / "spec.yaml"  # resolved and redacted: no secret goes to MLflow

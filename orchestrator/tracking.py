@@ -29,6 +29,9 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI: which page an experiment opens on
+
+
 class Tracker:
     def __init__(self, uri: str, experiment: str, artifact_root: Path):
         import logging
@@ -52,13 +55,16 @@ class Tracker:
         from mlflow.exceptions import MlflowException
 
         exp = self.client.get_experiment_by_name(name)
-        if exp is not None:
-            return exp.experiment_id
-        try:
-            artifact_root.mkdir(parents=True, exist_ok=True)
-            return self.client.create_experiment(name, artifact_location=(artifact_root / name).as_uri())
-        except MlflowException:  # another controller created it first
-            return self.client.get_experiment_by_name(name).experiment_id
+        if exp is None:
+            try:
+                artifact_root.mkdir(parents=True, exist_ok=True)
+                self.client.create_experiment(name, artifact_location=(artifact_root / name).as_uri())
+            except MlflowException:  # another controller created it first
+                pass
+            exp = self.client.get_experiment_by_name(name)
+        if KIND_TAG not in exp.tags:  # else MLflow 3's UI opens it as a GenAI (traces) experiment
+            self.client.set_experiment_tag(exp.experiment_id, KIND_TAG, "custom_model_development")
+        return exp.experiment_id
 
     def start_run(self, run_id: str, name: str, spec: dict[str, Any], existing: str | None) -> str:
         if existing:

@@ -35,6 +35,8 @@ class Run(Base):
     """Controller driving the run (host:pid:nonce); None when no controller holds it."""
     lease_heartbeat: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     """Last heartbeat of the lease owner (UTC); a lease older than the TTL may be taken over."""
+    ray_job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """Ray job of the controller that last drove the run (the dashboard's Jobs page lists it)."""
 
     stages: Mapped[list[Stage]] = relationship(back_populates="run", order_by="Stage.index")
 
