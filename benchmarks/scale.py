@@ -51,8 +51,8 @@ def cpt_rounds(home: Path, raw: dict, persistent: bool) -> list[dict]:
 
     from orchestrator.controller import Controller, create_run
     from orchestrator.spec import parse_spec
-    from store.records import RoundResult
     from store.runs import RunStore
+    from workers.plan import RoundResult
 
     store = RunStore(f"sqlite:///{home / 'store.db'}")
     text = yaml.safe_dump(raw)

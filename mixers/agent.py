@@ -27,7 +27,7 @@ from pydantic import Field
 from corpus.names import source_name
 from mixers.base import Mixer, MixerConfig, Observation, RoundRecord, register
 from store.errors import CheckpointError
-from store.records import RoundResult
+from workers.plan import RoundResult
 
 FEATURE_VERSION = "1"
 

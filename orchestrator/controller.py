@@ -28,9 +28,9 @@ from orchestrator.home import Home
 from orchestrator.spec import RunSpec, parse_spec
 from store.errors import Cancelled, CptError, DataError, InputError, LeaseLost, Preempted, TrainingError
 from store.lease import RunLease
-from store.records import RoundPlan, RoundResult
 from store.runs import RunStore
 from store.secrets import redact, redacted_yaml
+from workers.plan import RoundPlan, RoundResult
 
 
 @contextmanager
@@ -143,12 +143,13 @@ class Controller:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._remove_partial_checkpoints()
         try:
-            self._start_tracking()  # inside: an unreachable MLflow server fails the run, recorded
             ray_info = cluster.connect(self.home, num_cpus=None, run={"run_id": self.run_id,
                                                                        "run_name": self.spec.name})
             self.store.update_run(self.run_id, ray_job_id=ray_info["job_id"])
-            self._announce(ray_info["dashboard"])
             with stop_signals(self._signals):  # after ray.init, which installs its own SIGTERM handler
+                self._group()  # Ray Train starts the ranks (seconds) while MLflow is set up
+                self._start_tracking()  # inside: an unreachable MLflow server fails the run, recorded
+                self._announce(ray_info["dashboard"])
                 for i in range(len(self.spec.stages)):
                     self._run_stage(i)
         except LeaseLost:
@@ -302,7 +303,7 @@ class Controller:
         self._draw_artifacts()
 
     def _group(self) -> WorkerGroup:
-        """The run's worker group, started at its first round and kept across rounds and stages."""
+        """The run's worker group, started with the run and kept across rounds and stages."""
         if self.group is None:
             self.group = WorkerGroup(self.run_id, self.spec.resources.model_dump(), self.workdir / "ray-train")
             self.group.start()
@@ -394,14 +395,14 @@ class Controller:
             run_id=self.run_id, stage_index=i, round_index=r, attempt=attempt, seed=spec.seed, weights=weights,
             domain_paths=self._domain_paths(), eval_domains=sorted(spec.domains), stage_step_start=first,
             num_steps=n, stage_steps=spec.stage_steps(i), global_step_start=spec.stage_starts()[i] + first,
-            schedule=st.schedule.model_dump(), model=spec.model.model_dump(), tokenizer_hash=self._tok["hash"],
+            schedule=st.schedule, model=spec.model, tokenizer_hash=self._tok["hash"],
             vocab_size=self._tok["vocab"], seq_len=spec.seq_len, batch_size=spec.batch_size,
-            optimizer=spec.optimizer.model_dump(mode="json"), init_checkpoint=prev,
+            optimizer=spec.optimizer, init_checkpoint=prev,
             load_optimizer=prev is not None and not (r == 0 and st.reset_optimizer),
             checkpoint_dir=str(ckpt), eval_batches=spec.eval_batches,
             eval_before=(i == 0 and r == 0), micro_batch_size=spec.micro_batch_size,
             cursors=self._cursors(i, r, weights, n), log_every=spec.tracking.log_every,
-            sample_loss=st.sample_loss.model_dump() if st.sample_loss.kind != "uniform" else {})
+            sample_loss=st.sample_loss)
 
     def _checkpoint_location(self, name: str) -> str:
         from corpus import fs

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from store.errors import ClusterError, CptError
-from store.records import RoundPlan, RoundResult
+from workers.plan import RoundPlan, RoundResult
 
 
 class GroupFailed(Exception):

@@ -18,7 +18,7 @@ from corpus.fs import is_uri
 from corpus.names import buffer_name
 from store.errors import SpecError
 from store.names import NAME_PATTERN, NAME_RULE, is_name
-from workers.sample_weights import SampleLossSpec
+from workers.config import ModelConfig, OptimizerConfig, SampleLossConfig
 from workers.schedules import Cosine, ScheduleSpec
 
 MAX_STAGE_STEPS = 10_000_000  # a round's result holds a loss and an LR per step
@@ -27,38 +27,6 @@ MAX_STAGE_STEPS = 10_000_000  # a round's result holds a loss and an LR per step
 class _M(BaseModel):
     # NaN and inf are never valid numbers in a spec (pydantic would otherwise accept "nan" as a float)
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False)
-
-
-class ModelSpec(_M):
-    """A Llama-style causal LM: built from scratch from these sizes, or loaded from `path`."""
-
-    path: str | None = None
-    """Local Hugging Face checkpoint folder (safetensors), or a cpt round checkpoint folder (then the
-    sizes below must match it); None builds a new model from the sizes."""
-    hidden_size: int = Field(128, gt=0, le=65536)
-    """Width of the residual stream."""
-    num_layers: int = Field(2, gt=0, le=1024)
-    """Transformer blocks."""
-    num_heads: int = Field(4, gt=0, le=1024)
-    """Attention heads (hidden_size must divide by it)."""
-    num_kv_heads: int | None = Field(None, gt=0, le=1024)
-    """Key/value heads for grouped-query attention; None = num_heads."""
-    intermediate_size: int = Field(352, gt=0, le=1 << 20)
-    """Hidden width of the SwiGLU MLP."""
-    tie_embeddings: bool = True
-    """Share input and output embeddings (saves parameters in tiny models)."""
-    dtype: str = "float32"
-    """Training precision: float32 or bfloat16 (bf16-mixed on GPUs)."""
-
-    @model_validator(mode="after")
-    def _heads(self) -> ModelSpec:
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
-        if self.num_kv_heads and self.num_heads % self.num_kv_heads:
-            raise ValueError("num_heads must be divisible by num_kv_heads")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError("dtype must be float32 or bfloat16")
-        return self
 
 
 class BufferSpec(_M):
@@ -95,7 +63,7 @@ class StageSpec(_M):
     """Replay of earlier stages' data."""
     reset_optimizer: bool = True
     """Start the stage with fresh AdamW state (as in Ibrahim et al. 2024)."""
-    sample_loss: SampleLossSpec = Field(default_factory=SampleLossSpec)
+    sample_loss: SampleLossConfig = Field(default_factory=SampleLossConfig)
     """Instance-level loss re-weighting inside each batch (Sow et al. 2025); uniform = plain mean."""
     max_epochs: dict[str, int] = Field(default_factory=dict)
     """Per domain (or `replay/<domain>` buffer): how many epochs of it the run may have read by the
@@ -117,24 +85,6 @@ class StageSpec(_M):
         if "kind" not in v:
             raise ValueError("mixer needs a 'kind'")
         return v
-
-
-class OptimizerSpec(_M):
-    betas: tuple[float, float] = (0.9, 0.95)
-    """AdamW betas, each in [0, 1)."""
-
-    @field_validator("betas")
-    @classmethod
-    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not all(0 <= b < 1 for b in v):
-            raise ValueError(f"each beta must be in [0, 1), got {list(v)}")
-        return v
-    weight_decay: float = Field(0.1, ge=0, le=1)
-    """AdamW decoupled weight decay."""
-    grad_clip: float = Field(1.0, ge=0, le=1e6)
-    """Gradient norm clip (0 disables)."""
-    eps: float = Field(1e-8, gt=0, le=1)
-    """AdamW epsilon."""
 
 
 class ResourceSpec(_M):
@@ -207,7 +157,7 @@ class RunSpec(_M):
     """Run name: 1-64 letters, digits, `.`, `_`, `-`, starting with a letter or digit (store/names.py)."""
     seed: int = Field(0, ge=0, le=2**63 - 1)
     """Seed for model init and data order."""
-    model: ModelSpec = Field(default_factory=ModelSpec)
+    model: ModelConfig = Field(default_factory=ModelConfig)
     """The model to train."""
     tokenizer: str
     """Path of the tokenizers JSON every domain was prepared with."""
@@ -231,7 +181,7 @@ class RunSpec(_M):
         return v
     stages: list[StageSpec] = Field(min_length=1)
     """Stages in order."""
-    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     """AdamW settings shared by all stages."""
     eval_batches: int = Field(4, gt=0, le=10_000)
     """Validation batches per domain after each round."""

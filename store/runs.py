@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
@@ -23,8 +23,10 @@ from store.db import ensure_schema, locked, make_engine, store_timeout_s
 from store.errors import InvalidTransition, NotFound
 from store.lease import lease_state
 from store.models import Event, Round, Run, Stage, Transition
-from store.records import RoundPlan, RoundResult
 from store.secrets import redact
+
+if TYPE_CHECKING:  # the contract's types only: the store saves their JSON and depends on nothing above it
+    from workers.plan import RoundPlan, RoundResult
 
 RUN_TRANSITIONS = {
     "pending": {"running", "cancelled", "failed"},

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from workers.config import OptimizerConfig
+
 
 def make_fabric(resources: dict[str, Any]):
     """A launched Fabric for this rank. Ray Train already created the process group; Fabric reads
@@ -42,13 +44,14 @@ def prepare_model(raw, resources: dict[str, Any]):
     return raw
 
 
-def make_optimizer(model, opt: dict[str, Any]):
+def make_optimizer(model, opt: OptimizerConfig | dict[str, Any]):
     """AdamW with weight decay on matrices only (embeddings and norms' vectors excluded by rank)."""
     import torch
 
+    opt = OptimizerConfig.model_validate(opt)
     decay, no_decay = [], []
     for p in model.parameters():
         (decay if p.dim() >= 2 else no_decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": opt["weight_decay"]},
+    return torch.optim.AdamW([{"params": decay, "weight_decay": opt.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}],
-                             lr=0.0, betas=tuple(opt["betas"]), eps=opt["eps"])
+                             lr=0.0, betas=tuple(opt.betas), eps=opt.eps)

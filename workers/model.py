@@ -7,17 +7,18 @@ from pathlib import Path
 from typing import Any
 
 from store.errors import CheckpointError
+from workers.config import ModelConfig
 
 
-def llama_config(model: dict[str, Any], vocab_size: int, seq_len: int):
+def llama_config(model: ModelConfig | dict[str, Any], vocab_size: int, seq_len: int):
     from transformers import LlamaConfig
 
+    model = ModelConfig.model_validate(model)
     return LlamaConfig(
-        vocab_size=vocab_size, hidden_size=model["hidden_size"], num_hidden_layers=model["num_layers"],
-        num_attention_heads=model["num_heads"],
-        num_key_value_heads=model.get("num_kv_heads") or model["num_heads"],
-        intermediate_size=model["intermediate_size"], max_position_embeddings=seq_len,
-        tie_word_embeddings=model.get("tie_embeddings", True), attention_dropout=0.0,
+        vocab_size=vocab_size, hidden_size=model.hidden_size, num_hidden_layers=model.num_layers,
+        num_attention_heads=model.num_heads, num_key_value_heads=model.num_kv_heads or model.num_heads,
+        intermediate_size=model.intermediate_size, max_position_embeddings=seq_len,
+        tie_word_embeddings=model.tie_embeddings, attention_dropout=0.0,
         bos_token_id=None, eos_token_id=None, pad_token_id=None, attn_implementation="sdpa",
     )
 
@@ -48,23 +49,24 @@ def check_hf_checkpoint(path: str | Path, vocab_size: int | None = None, tokeniz
                               f"run's tokenizer ({vocab_size})")
 
 
-def build_model(model: dict[str, Any], vocab_size: int, seq_len: int, seed: int):
+def build_model(model: ModelConfig | dict[str, Any], vocab_size: int, seq_len: int, seed: int):
     """A fresh model (seeded init) or a local HF checkpoint loaded from safetensors only."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-    if model.get("path") and is_cpt_checkpoint(model["path"]):
+    model = ModelConfig.model_validate(model)
+    if model.path and is_cpt_checkpoint(model.path):
         # a round checkpoint of an earlier cpt run: same sizes, weights only (optimizer starts fresh)
         from workers.checkpoint import load_checkpoint
 
-        m = build_model({**model, "path": None}, vocab_size, seq_len, seed)
-        load_checkpoint(model["path"], m, expect_signature=model_signature(m))
+        m = build_model(model.model_copy(update={"path": None}), vocab_size, seq_len, seed)
+        load_checkpoint(model.path, m, expect_signature=model_signature(m))
         return m
-    if model.get("path"):
-        check_hf_checkpoint(model["path"])
-        m = AutoModelForCausalLM.from_pretrained(model["path"], use_safetensors=True, dtype=torch.float32)
+    if model.path:
+        check_hf_checkpoint(model.path)
+        m = AutoModelForCausalLM.from_pretrained(model.path, use_safetensors=True, dtype=torch.float32)
         if m.config.vocab_size != vocab_size:
-            raise CheckpointError(f"{model['path']}: vocab_size {m.config.vocab_size} does not match the "
+            raise CheckpointError(f"{model.path}: vocab_size {m.config.vocab_size} does not match the "
                                   f"run's tokenizer ({vocab_size})")
         return m
     with torch.random.fork_rng(devices=[]):

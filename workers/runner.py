@@ -21,12 +21,13 @@ import torch
 from corpus.sampler import RoundSampler, SequenceSource, val_batches
 from corpus.shards import DomainData
 from store.errors import TrainingError
-from store.records import RoundPlan, RoundResult
 from workers.checkpoint import full_state, read_checkpoint, restore_state, save_state
-from workers.fabric import make_fabric, make_optimizer, prepare_model
-from workers.model import build_model, model_signature, token_losses
+from workers.config import SampleLossConfig
+from workers.fabric import make_fabric, prepare_model
+from workers.model import model_signature, token_losses
+from workers.plan import RoundPlan, RoundResult
 from workers.sample_weights import sample_weights
-from workers.schedules import SCHEDULES, lr_at
+from workers.schedules import lr_at
 
 FRESH = "<fresh>"
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
@@ -43,12 +44,12 @@ class RoundRunner:
 
     # ---- setup --------------------------------------------------------------------------------
     def _build(self, plan: RoundPlan) -> None:
-        raw = build_model(plan.model, plan.vocab_size, plan.seq_len, plan.seed)
+        raw = plan.model.build(plan.vocab_size, plan.seq_len, plan.seed)
         self.signature = model_signature(raw)
         self.n_params = sum(p.numel() for p in raw.parameters())
         self.tied = bool(getattr(raw.config, "tie_word_embeddings", False))
         self.model = self.fabric.setup_module(prepare_model(raw, self.res))
-        self.optimizer = self.fabric.setup_optimizers(make_optimizer(self.model, plan.optimizer))
+        self.optimizer = self.fabric.setup_optimizers(plan.optimizer.build(self.model))
         self.at = FRESH
 
     def _restore(self, plan: RoundPlan) -> None:
@@ -57,7 +58,7 @@ class RoundRunner:
         target = plan.init_checkpoint or FRESH
         if target != self.at:  # a retry, a resume, or a group that never saw this checkpoint
             if target == FRESH:
-                fresh = build_model(plan.model, plan.vocab_size, plan.seq_len, plan.seed)
+                fresh = plan.model.build(plan.vocab_size, plan.seq_len, plan.seed)
                 restore_state(self.model, self.optimizer, fresh.state_dict(), None, self.tied)
             else:  # restore_state starts the optimizer empty, then loads its state only if asked
                 weights, opt_state = read_checkpoint(target, self.signature, plan.load_optimizer)
@@ -95,14 +96,13 @@ class RoundRunner:
     def fit(self, plan: RoundPlan, sources: dict[str, SequenceSource]) -> dict[str, Any]:
         """Train the round's steps; returns globally reduced per-step and per-domain statistics."""
         fabric, model, opt = self.fabric, self.model, self.optimizer
-        schedule = SCHEDULES[plan.schedule["kind"]](**plan.schedule)
-        lr_fn = partial(lr_at, schedule, total=plan.stage_steps)
+        lr_fn = partial(lr_at, plan.schedule, total=plan.stage_steps)
         sampler = RoundSampler(sources, plan.weights, plan.cursors, plan.batch_size, plan.num_steps, plan.seed,
                                plan.stage_index, plan.round_index)
         B, N = plan.batch_size, self.world
         per_rank = B // N
         micro = plan.micro_batch_size or per_rank
-        reweight = plan.sample_loss and plan.sample_loss.get("kind", "uniform") != "uniform"
+        reweight = plan.sample_loss.kind != "uniform"
         D, steps = len(sampler.names), plan.num_steps
         sums = torch.zeros(steps, dtype=torch.float64)
         dsum = torch.zeros(steps, D, dtype=torch.float64)
@@ -110,7 +110,7 @@ class RoundRunner:
         lrs, grad_norms, step_times = [], [], []
         live: dict[int, torch.Tensor] = {}  # steps reduced early for live metrics (their values are final)
         every = max(1, plan.log_every)
-        clip = plan.optimizer.get("grad_clip") or float("inf")  # inf: measure the norm, change nothing
+        clip = plan.optimizer.grad_clip or float("inf")  # inf: measure the norm, change nothing
         t_last, k_last = time.perf_counter(), -1
         model.train()
         for k in range(steps):
@@ -122,7 +122,7 @@ class RoundRunner:
                 group["lr"] = lr
             lrs.append(lr)
             w = torch.full((per_rank,), 1.0 / B, device=fabric.device)
-            if reweight and step >= plan.sample_loss.get("burn_in", 0):
+            if reweight and step >= plan.sample_loss.burn_in:
                 w = self._global_weights(ids, micro, plan.sample_loss)
             for m in range(0, per_rank, micro):
                 rows = slice(m, m + micro)
@@ -177,12 +177,12 @@ class RoundRunner:
                 "domain_losses": {n: float(row[1 + i] / row[1 + D + i]) for i, n in enumerate(names)
                                   if row[1 + D + i] > 0}}
 
-    def _global_weights(self, ids: torch.Tensor, micro: int, spec: dict) -> torch.Tensor:
+    def _global_weights(self, ids: torch.Tensor, micro: int, spec: SampleLossConfig) -> torch.Tensor:
         """Sample weights over the whole global batch (not per rank): a no-grad pass, gathered."""
         with torch.no_grad():
             local = torch.cat([token_losses(self.model, ids[m:m + micro]) for m in range(0, len(ids), micro)])
         everyone = self.fabric.all_gather(local.float()).reshape(-1)
-        w = sample_weights(everyone, spec["kind"], spec.get("r", 1.0))
+        w = sample_weights(everyone, spec.kind, spec.r)
         return w[self.rank * len(ids):(self.rank + 1) * len(ids)].to(ids.device)
 
     @torch.no_grad()

@@ -8,24 +8,9 @@ any mixer: mixers choose *which domains* are sampled, this chooses *how much eac
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 STRATEGIES = ("uniform", "linupper", "quadratic", "extremes")
-
-
-class SampleLossSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False)
-
-    kind: Literal["uniform", "linupper", "quadratic", "extremes"] = "uniform"
-    """uniform (plain mean), linupper (down-weight easy samples; recommended), quadratic (favour
-    medium losses), extremes (favour both tails)."""
-    r: float = Field(1.0, gt=0, le=1e6)
-    """Softmax temperature: large r approaches uniform weights."""
-    burn_in: int = Field(0, ge=0)
-    """Stage steps of plain mean loss before re-weighting starts."""
 
 
 def sample_weights(losses: torch.Tensor, kind: str, r: float = 1.0) -> torch.Tensor:

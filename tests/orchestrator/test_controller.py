@@ -12,8 +12,8 @@ import yaml
 from conftest import long_spec, recorded_run, tiny_spec
 from orchestrator.controller import Controller, SilentReporter
 from orchestrator.reports import stage_summary
-from store.records import RoundPlan, RoundResult
 from tests_helpers import cli_env, cpt, cpt_until_round_runs, final_losses
+from workers.plan import RoundPlan, RoundResult
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,7 +109,7 @@ def _check_data_accounting(home, run_id, plans, results, tokenizer_path):
     shown_run = json.loads(cpt(home, "runs", "show", run_id, "--json").stdout)
     assert shown_run["data"]["cursors"]["de"]["pos"] == 24 and shown_run["data"]["epoch_rollovers"] == []
     assert shown_run["mlflow_url"].startswith("http://127.0.0.1:5000/#/experiments/")
-    assert shown_run["mlflow_url"].endswith(f"/runs/{shown_run['mlflow_run_id']}")
+    assert shown_run["mlflow_url"].endswith(f"/runs/{shown_run['mlflow_run_id']}?workflowType=machine_learning")
     watched = cpt(home, "runs", "watch", run_id, "--json")  # a finished run: one line, then exit
     assert watched.returncode == 0 and json.loads(watched.stdout) == {"progress": None, "status": "finished"}
 

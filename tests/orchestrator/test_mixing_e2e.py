@@ -11,8 +11,8 @@ from orchestrator.controller import Controller, SilentReporter, create_run
 from orchestrator.explore import explore
 from orchestrator.home import Home
 from orchestrator.spec import parse_spec
-from store.records import RoundPlan
 from store.runs import RunStore
+from workers.plan import RoundPlan
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +43,7 @@ def test_replay_buffer_doremi_and_sample_reweighting_in_a_run(tmp_path, synth, r
     assert s2[0].weights["de"] > 0.5
     assert s2[1].weights != s2[0].weights  # and keeps moving with the measured excess loss
     plan = RoundPlan.from_json(s2[0].plan_json)
-    assert plan.sample_loss == {"kind": "linupper", "r": 0.5, "burn_in": 0}
+    assert plan.sample_loss.model_dump() == {"kind": "linupper", "r": 0.5, "burn_in": 0}
     assert plan.domain_paths["replay/en"] == str(buffer)
     result = json.loads(s2[0].result_json)
     assert result["domain_tokens"].get("replay/en", 0) > 0  # the buffer was actually trained on

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import long_spec, recorded_run
 from orchestrator.controller import Controller, SilentReporter
-from store.records import RoundResult
+from workers.plan import RoundResult
 
 pytestmark = pytest.mark.e2e
 

@@ -1,7 +1,9 @@
 """RoundPlan / RoundResult: the contract between the controller and a worker.
 
-Plain frozen dataclasses, JSON round-trippable, persisted in the round row. A worker needs
-nothing but the plan to do its work, so a round re-run from its stored plan reproduces it.
+Frozen dataclasses, JSON round-trippable, persisted in the round row. A worker needs nothing
+but the plan to do its work, so a round re-run from its stored plan reproduces it. The plan
+carries typed configs (workers/config.py: model, optimizer, schedule, per-sample loss), checked
+when the plan is made and again when it is read back; the rank builds its components from them.
 """
 
 from __future__ import annotations
@@ -9,6 +11,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from pydantic import BaseModel, TypeAdapter
+
+from workers.config import ModelConfig, OptimizerConfig, SampleLossConfig, ScheduleSpec
+
+_SCHEDULE = TypeAdapter(ScheduleSpec)
 
 
 @dataclass(frozen=True)
@@ -37,10 +45,10 @@ class RoundPlan:
     """Total steps of the stage (the LR schedule spans these)."""
     global_step_start: int
     """First step of this round counted from the start of the run (for logging)."""
-    schedule: dict[str, Any]
-    """The stage's LR schedule spec (see workers.schedules)."""
-    model: dict[str, Any]
-    """Model spec (architecture from scratch, or a local HF checkpoint dir)."""
+    schedule: ScheduleSpec
+    """The stage's LR schedule (workers/schedules.py): `schedule.lr(step, stage_steps)`."""
+    model: ModelConfig
+    """Model config (architecture from scratch, or a local HF checkpoint dir)."""
     tokenizer_hash: str
     """Hash every domain's manifest must carry."""
     vocab_size: int
@@ -49,8 +57,8 @@ class RoundPlan:
     """Tokens per training sequence."""
     batch_size: int
     """Sequences per optimizer step."""
-    optimizer: dict[str, Any]
-    """AdamW settings: betas, weight_decay, grad_clip."""
+    optimizer: OptimizerConfig
+    """AdamW settings: betas, weight_decay, eps, grad_clip."""
     init_checkpoint: str | None
     """Checkpoint to start from; None starts from the model spec."""
     load_optimizer: bool
@@ -61,8 +69,8 @@ class RoundPlan:
     """Validation batches per domain."""
     eval_before: bool = False
     """Also evaluate before training (first round of a run: the 'before' losses)."""
-    sample_loss: dict[str, Any] = field(default_factory=dict)
-    """Per-sample loss re-weighting options (empty: plain mean)."""
+    sample_loss: SampleLossConfig = field(default_factory=SampleLossConfig)
+    """Per-sample loss re-weighting (kind uniform: plain mean)."""
     micro_batch_size: int | None = None
     """Sequences per rank per forward/backward; the rank's slice of a step is accumulated in
     micro-batches of this size. None = the whole slice at once."""
@@ -72,8 +80,17 @@ class RoundPlan:
     log_every: int = 5
     """Steps between live metric reports while the round runs (tracking.log_every)."""
 
+    def __post_init__(self) -> None:
+        # plain dicts (a stored plan, a test) become the typed configs, validated
+        for name, parse in (("schedule", _SCHEDULE.validate_python), ("model", ModelConfig.model_validate),
+                            ("optimizer", OptimizerConfig.model_validate),
+                            ("sample_loss", lambda v: SampleLossConfig.model_validate(v or {}))):
+            value = getattr(self, name)
+            if not isinstance(value, BaseModel):
+                object.__setattr__(self, name, parse(value))
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps({f.name: _plain(getattr(self, f.name)) for f in fields(self)}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> RoundPlan:
@@ -134,6 +151,10 @@ class RoundResult:
     @classmethod
     def from_json(cls, text: str) -> RoundResult:
         return cls(**_known(cls, json.loads(text)))
+
+
+def _plain(value: Any) -> Any:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
 
 def _known(cls, data: dict[str, Any]) -> dict[str, Any]:
