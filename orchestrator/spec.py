@@ -448,15 +448,15 @@ def _check_epochs(spec: RunSpec, data: dict[str, Any]) -> None:
 
     Only stages whose weights are known before training (the mixers in KNOWN_UPFRONT) are checked;
     the stage's own draw is a lower bound on what the run has read of a domain by its end."""
-    import numpy as np
-
-    from corpus.order import batch_counts
-    from corpus.sampler import SequenceSource
-    from mixers.base import Observation, build_mixer
-
     for i, st in enumerate(spec.stages):
         if not st.max_epochs or st.mixer["kind"] not in KNOWN_UPFRONT:
             continue
+        import numpy as np
+
+        from corpus.order import batch_counts
+        from corpus.sampler import SequenceSource  # imports torch (~1 s): only where a limit is set
+        from mixers.base import Observation, build_mixer
+
         obs = Observation(stage_index=i, round_index=0, num_rounds=st.rounds, stage_domains=list(st.domains),
                           replay_domains=spec.replay_domains(i), replay_fraction=st.replay.fraction,
                           domain_tokens={}, history=[], start_losses={}, reference_losses={}, seed=spec.seed)
