@@ -55,12 +55,13 @@ class LiveReporter:
         self.bar.console.print(text)
 
 
-def _drive(run_id: str, quiet: bool = False) -> str:
+def _drive(run_id: str, quiet: bool = False, manifests: dict | None = None) -> str:
     from orchestrator.cluster import shutdown
     from orchestrator.controller import Controller
 
     home, store = state.home(), state.store()
     ctl = Controller(store, home, run_id)
+    ctl.manifests = manifests
     try:
         with LiveReporter(ctl.spec.total_steps(), quiet) as rep:
             ctl.reporter = rep
@@ -92,7 +93,7 @@ def submit(spec: Path = typer.Argument(..., help="Run spec YAML."),
 
     home = state.home()
     run_spec, text = load_spec(spec)
-    check_data(run_spec)
+    manifests = check_data(run_spec)
     _detach_target(home, detach)  # before anything is recorded
     store = state.store()
     run_id = create_run(store, home, run_spec, text)
@@ -105,7 +106,7 @@ def submit(spec: Path = typer.Argument(..., help="Run spec YAML."),
         return
     console().print(f"run {run_id} recorded")
     try:
-        status = _drive(run_id, quiet or as_json)
+        status = _drive(run_id, quiet or as_json, manifests)
     except BaseException as exc:
         _not_left_pending(store, run_id, exc)
         raise

@@ -105,6 +105,7 @@ class Controller:
         self._unlogged: list[int] = []  # finished rounds MLflow could not take yet (retried later)
         self._progress_at = 0.0
         self.persistent_group = True  # False restarts the group every round (benchmarks/scale.py's baseline)
+        self.manifests: dict[str, Any] | None = None  # set by a submit that just checked the data
 
     # ---- the loop ---------------------------------------------------------------------------
     def run(self) -> str:
@@ -127,7 +128,8 @@ class Controller:
         if self.store.get_run(self.run_id).status == "finished":  # checked under the lease: no race
             raise InputError(f"run {self.run_id} is already finished")
         try:
-            manifests = check_data(self.spec)  # the data may have changed since the run was submitted
+            # a resumed run's data may have changed since it was submitted: check it again
+            manifests = self.manifests or check_data(self.spec)
         except CptError as exc:
             if self.store.get_run(self.run_id).status == "pending":  # never leave it looking queued
                 self.store.set_run_status(self.run_id, "failed", error=str(exc)[:4000])
