@@ -83,7 +83,7 @@ def mixers(as_json: bool = typer.Option(False, "--json")) -> None:
     from mixers.base import MIXERS, mixer_names
 
     rows = [[n, (MIXERS[n].__doc__ or "").strip().splitlines()[0],
-             ", ".join(f"{k}: {f.description or ''}" for k, f in MIXERS[n].Config.model_fields.items())]
+             ", ".join(f"{k}: {f.description or ''}" for k, f in MIXERS[n].Config.model_fields.items() if k != "kind")]
             for n in mixer_names()]
     if as_json:
         print_json([{"name": r[0], "doc": r[1], "params": r[2]} for r in rows])

@@ -68,7 +68,12 @@ class Observation:
 
 
 class MixerConfig(BaseModel):
+    """A mixer's typed config; each registered mixer subclasses it with its own fields."""
+
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False)
+
+    kind: str = ""
+    """Registered name of the mixer (`cpt mixers` lists them); the spec's `kind`."""
 
 
 class Mixer:
@@ -116,20 +121,38 @@ def mixer_names() -> list[str]:
     return sorted(MIXERS)
 
 
-def build_mixer(spec: dict[str, Any], where: str = "mixer") -> Mixer:
-    """Build a mixer from `{kind: NAME, ...params}`; errors name the field and the valid choices."""
+def parse_mixer(value: Any) -> MixerConfig:
+    """`{kind: NAME, ...params}` -> that mixer's typed config, validated. Errors are ValueErrors
+    whose text starts with the failing field's sub-path (`.kind: ...`, `.beta: ...`), so a spec
+    error names the whole path (stages.1.mixer.beta)."""
+    if isinstance(value, MixerConfig):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping {{kind: NAME, ...params}}, got {type(value).__name__}")
     _load_builtin()
-    params = dict(spec)
+    params = dict(value)
     kind = params.pop("kind", None)
     if kind not in MIXERS:
-        raise RegistryError(f"{where}.kind: unknown mixer {kind!r}; valid: {', '.join(sorted(MIXERS))}")
-    cls = MIXERS[kind]
+        raise ValueError(f".kind: unknown mixer {kind!r}; valid: {', '.join(sorted(MIXERS))}" if kind is not None
+                         else f".kind: a mixer needs a kind; valid: {', '.join(sorted(MIXERS))}")
     try:
-        return cls(cls.Config(**params))
+        return MIXERS[kind].Config(kind=kind, **params)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
-        raise SpecError(f"{where}.{loc}: {err['msg']} (mixer {kind!r})") from None
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        raise ValueError(f".{loc}: {msg} (mixer {kind!r})") from None
+
+
+def build_mixer(spec: MixerConfig | dict[str, Any], where: str = "mixer") -> Mixer:
+    """Build a mixer from its typed config (or `{kind: NAME, ...params}`); errors name the field
+    and list the valid choices."""
+    try:
+        config = parse_mixer(spec)
+    except ValueError as exc:
+        sub, _, msg = str(exc).partition(": ") if str(exc).startswith(".") else ("", "", str(exc))
+        raise (RegistryError if "unknown mixer" in msg else SpecError)(f"{where}{sub}: {msg}") from None
+    return MIXERS[config.kind](config)
 
 
 def check_weights(weights: dict[str, float], known: list[str], where: str = "weights") -> dict[str, float]:

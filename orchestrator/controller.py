@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from corpus.names import buffer_name, source_name
 from mixers.agent import state_features, transition
-from mixers.base import Mixer, Observation, RoundRecord, build_mixer, check_weights
+from mixers.base import Mixer, MixerConfig, Observation, RoundRecord, build_mixer, check_weights
 from orchestrator.group import GroupFailed, WorkerGroup
 from orchestrator.home import Home
 from orchestrator.spec import RunSpec, parse_spec
@@ -195,8 +195,8 @@ class Controller:
         self._fill_replay_buffers(i)
         self.store.set_stage_status(self.run_id, i, "finished")
 
-    def _reference_losses(self, mixer_spec: dict[str, Any]) -> dict[str, float]:
-        ref = mixer_spec.get("reference_run")
+    def _reference_losses(self, mixer: MixerConfig) -> dict[str, float]:
+        ref = getattr(mixer, "reference_run", None)  # DoReMi's baseline run
         if not ref:
             return {}
         done = self.store.rounds(ref, status="finished")

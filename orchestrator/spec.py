@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from corpus.fs import is_uri
 from corpus.names import buffer_name
+from mixers.base import MixerConfig, parse_mixer
 from store.errors import SpecError
 from store.names import NAME_PATTERN, NAME_RULE, is_name
 from workers.config import ModelConfig, OptimizerConfig, SampleLossConfig
@@ -57,8 +58,9 @@ class StageSpec(_M):
     """Rounds the stage is split into; the mixer re-weights between rounds."""
     schedule: ScheduleSpec = Field(default_factory=Cosine)
     """LR schedule over the stage: re-warm at its start, re-decay within it."""
-    mixer: dict[str, Any] = Field(default_factory=lambda: {"kind": "fixed_replay"})
-    """Mixer `{kind: NAME, ...params}`; see `cpt mixers`."""
+    mixer: SerializeAsAny[MixerConfig] = Field(default_factory=lambda: parse_mixer({"kind": "fixed_replay"}))
+    """Mixer `{kind: NAME, ...params}`, validated into that mixer's typed config (`cpt mixers` lists
+    them): a discriminated union over the mixer registry, so plugins join it by registering."""
     replay: ReplaySpec = Field(default_factory=ReplaySpec)
     """Replay of earlier stages' data."""
     reset_optimizer: bool = True
@@ -79,12 +81,10 @@ class StageSpec(_M):
             raise ValueError(f"max_epochs must be >= 1, got {bad}")
         return v
 
-    @field_validator("mixer")
+    @field_validator("mixer", mode="before")
     @classmethod
-    def _mixer_kind(cls, v: dict[str, Any]) -> dict[str, Any]:
-        if "kind" not in v:
-            raise ValueError("mixer needs a 'kind'")
-        return v
+    def _mixer(cls, v: Any) -> MixerConfig:
+        return parse_mixer(v)
 
 
 class ResourceSpec(_M):
@@ -223,15 +223,15 @@ class RunSpec(_M):
                 raise SpecError(f"stages.{i}.rounds: {st.rounds} rounds but only {steps} steps "
                                 f"({st.tokens} tokens / {self.batch_size * self.seq_len} per step)")
             mixer = build_mixer(st.mixer, where=f"stages.{i}.mixer")
-            if st.mixer["kind"] == "static":
+            if st.mixer.kind == "static":
                 known = [*st.domains, *self.replay_domains(i)]
-                unknown = sorted(set(st.mixer.get("weights", {})) - set(known))
+                unknown = sorted(set(st.mixer.weights) - set(known))
                 if unknown:
                     raise SpecError(f"stages.{i}.mixer.weights: domain(s) {unknown} are not trained in "
                                     f"this stage; valid: {known}")
             if st.replay.fraction > 0 and not mixer.reads_replay_fraction():
                 raise SpecError(f"stages.{i}.replay.fraction: {st.replay.fraction} would be ignored: mixer "
-                                f"{st.mixer['kind']!r} (as configured) sets the replay share itself; remove "
+                                f"{st.mixer.kind!r} (as configured) sets the replay share itself; remove "
                                 f"replay.fraction, or use fixed_replay / temperature / proportional without their "
                                 f"own fraction or pool")
             known = [*st.domains, *self.replay_domains(i)]
@@ -310,6 +310,9 @@ def _format_error(exc: ValidationError) -> str:
         parts = [p for k, p in enumerate(parts) if not (k and parts[k - 1] == "schedule" and p in SCHEDULES)]
         loc = ".".join(str(p) for p in parts) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if msg.startswith("."):  # a nested config named the failing field below this location
+            sub, _, msg = msg.partition(": ")
+            loc += sub
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
         elif err["type"] == "string_pattern_mismatch":
@@ -449,7 +452,7 @@ def _check_epochs(spec: RunSpec, data: dict[str, Any]) -> None:
     Only stages whose weights are known before training (the mixers in KNOWN_UPFRONT) are checked;
     the stage's own draw is a lower bound on what the run has read of a domain by its end."""
     for i, st in enumerate(spec.stages):
-        if not st.max_epochs or st.mixer["kind"] not in KNOWN_UPFRONT:
+        if not st.max_epochs or st.mixer.kind not in KNOWN_UPFRONT:
             continue
         import numpy as np
 

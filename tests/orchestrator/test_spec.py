@@ -41,6 +41,11 @@ def test_examples_parse(example, monkeypatch, tmp_path):
      r"sum to 1"),
     (lambda s: s["stages"][1].update(mixer={"kind": "static", "weights": {"de": 0.5, "code": 0.5}}),
      r"not trained in this stage"),
+    (lambda s: s["stages"][1].update(mixer={"kind": "temperature", "temperature": -1}),
+     r"stages\.1\.mixer\.temperature: .*greater than 0"),
+    (lambda s: s["stages"][1].update(mixer={"kind": "temperature", "beta": 1}),
+     r"stages\.1\.mixer\.beta: unknown field"),
+    (lambda s: s["stages"][1].update(mixer={"fraction": 0.5}), r"stages\.1\.mixer\.kind: a mixer needs a kind"),
     (lambda s: s["stages"][0].update(rounds=100), r"stages\.0\.rounds: 100 rounds but only 8 steps"),
     (lambda s: s["stages"][0].update(schedule={"kind": "zigzag"}), r"stages\.0\.schedule"),
     (lambda s: s["stages"][0]["schedule"].update(peak_lr=-1), r"stages\.0\.schedule\.peak_lr"),
@@ -191,3 +196,22 @@ def test_a_buffer_of_a_domain_no_earlier_stage_trains_is_rejected(synth):
     spec["stages"][1]["replay"] = {"fraction": 0.25, "sources": ["code"], "buffer": {"tokens": 10_000}}
     with pytest.raises(SpecError, match=r"stages.1.replay.sources: 'code' is replayed from a buffer but no earlier"):
         parse_spec(yaml.safe_dump(spec))
+
+
+def test_mixer_is_a_typed_config_that_round_trips(synth):
+    """The mixer is validated into its registered config class (a union over the registry), and
+    the resolved spec (what is stored and logged) carries its kind and every parameter."""
+    from conftest import tiny_spec
+    from mixers.static import TemperatureConfig
+
+    raw = tiny_spec(synth)
+    raw["stages"][1]["mixer"] = {"kind": "temperature", "temperature": 2.0}
+    raw["stages"][1]["replay"] = {"fraction": 0.0}
+    spec = parse_spec(yaml.safe_dump(raw))
+    mixer = spec.stages[1].mixer
+    assert isinstance(mixer, TemperatureConfig) and mixer.kind == "temperature" and mixer.temperature == 2.0
+    dumped = spec.model_dump(mode="json")["stages"][1]["mixer"]
+    assert dumped["kind"] == "temperature" and dumped["temperature"] == 2.0 and set(dumped) == set(
+        TemperatureConfig.model_fields)
+    assert parse_spec(yaml.safe_dump(spec.model_dump(mode="json"))).stages[1].mixer == mixer
+    assert type(spec.stages[0].mixer).__name__ == "FixedReplayConfig"  # the default, typed too
