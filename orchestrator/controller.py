@@ -307,7 +307,8 @@ class Controller:
     def _group(self) -> WorkerGroup:
         """The run's worker group, started with the run and kept across rounds and stages."""
         if self.group is None:
-            self.group = WorkerGroup(self.run_id, self.spec.resources.model_dump(), self.workdir / "ray-train")
+            self.group = WorkerGroup(self.run_id, self.spec.resources.model_dump(), self.workdir / "ray-train",
+                                     report=self.reporter.message)
             self.group.start()
         return self.group
 

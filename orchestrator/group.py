@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +96,9 @@ def _mailbox_class():
 class WorkerGroup:
     """One Ray Train worker group for one run, alive across rounds and stages."""
 
-    def __init__(self, run_id: str, resources: dict[str, Any], storage: Path):
-        self.run_id, self.res, self.storage = run_id, resources, storage
+    def __init__(self, run_id: str, resources: dict[str, Any], storage: Path,
+                 report: Callable[[str], None] | None = None):
+        self.run_id, self.res, self.storage, self.report = run_id, resources, storage, report
         self.name = f"cpt-{run_id}-{uuid.uuid4().hex[:6]}"
         self.error: BaseException | None = None
         self.mailbox = None
@@ -110,7 +113,7 @@ class WorkerGroup:
 
         from workers.train import train_loop
 
-        check_fits(self.res)
+        check_fits(self.res, self.report)
         n, gpus = self.res["workers"], self.res["gpus_per_worker"]
         self.mailbox = _mailbox_class().options(name=f"{self.name}-mailbox").remote()
         per_worker = {"CPU": self.res["cpus_per_worker"], **({"GPU": gpus} if gpus else {})}
@@ -206,15 +209,35 @@ class WorkerGroup:
             ray.kill(self.mailbox)
 
 
-def check_fits(res: dict[str, Any]) -> None:
-    """Fail fast, naming the resource, when the cluster cannot ever hold the group (no autoscaler)."""
-    import ray
-
-    have = ray.cluster_resources()
+def shortfall(res: dict[str, Any], have: dict[str, float]) -> str | None:
+    """What the group needs that the cluster does not have (a message naming the resource), or None."""
     n = res["workers"]
     for key, field in (("CPU", "cpus_per_worker"), ("GPU", "gpus_per_worker")):
         need = n * res[field]
         if need > have.get(key, 0) + 1e-9:
-            raise ClusterError(f"resources: {n} worker(s) x {field} {res[field]:g} = {need:g} {key}s, but the Ray "
-                               f"cluster has {have.get(key, 0):g}; lower resources.workers or resources.{field}, "
-                               f"or add nodes")
+            return (f"resources: {n} worker(s) x {field} {res[field]:g} = {need:g} {key}s, but the Ray cluster has "
+                    f"{have.get(key, 0):g}; lower resources.workers or resources.{field}, or add nodes")
+    return None
+
+
+def check_fits(res: dict[str, Any], report: Callable[[str], None] | None = None,
+               resources: Callable[[], dict[str, float]] | None = None,
+               sleep: Callable[[float], None] = time.sleep) -> None:
+    """Fail fast, naming the resource, when the cluster cannot hold the group; with
+    `resources.wait_s` > 0 (an autoscaling cluster) wait that long for it to grow first, saying so."""
+    if resources is None:
+        import ray
+
+        resources = ray.cluster_resources
+    wait_s = float(res.get("wait_s") or 0)
+    deadline = time.monotonic() + wait_s
+    said = False
+    while (short := shortfall(res, resources())) is not None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ClusterError(short + (f" (after waiting {wait_s:g} s for it to grow: resources.wait_s)"
+                                        if wait_s else " (an autoscaling cluster: set resources.wait_s)"))
+        if report is not None and not said:
+            report(f"waiting up to {wait_s:g} s for the cluster to grow: {short}")
+            said = True
+        sleep(min(2.0, left))

@@ -104,6 +104,9 @@ class ResourceSpec(_M):
     """Recompute each decoder layer's activations in backward: much less memory, ~30% more compute."""
     compile: bool = False
     """torch.compile the model (in place; checkpoints unchanged): faster steps after a compile warm-up."""
+    wait_s: float = Field(0, ge=0, le=7 * 86400)
+    """Seconds to wait for an autoscaling cluster to grow to the group's CPUs/GPUs (with a message
+    while waiting); 0 fails at once, exit 2, naming the resource the cluster lacks."""
     max_attempts: int = Field(3, ge=1, le=100)
     """Attempts per round before the run fails (a retried round restarts from its plan on a new group)."""
 

@@ -22,3 +22,37 @@ def test_a_group_larger_than_the_cluster_fails_fast_and_is_recorded(tmp_path, sy
     assert err.value.exit_code == 2 and match in str(err.value)
     run = store.get_run(run_id)
     assert run.status == "failed" and match in run.error
+
+
+def test_an_autoscaling_wait_says_so_and_times_out_naming_the_resource(tmp_path, synth, ray_local):
+    """resources.wait_s: the controller waits (visibly) for the cluster to grow, then fails as above."""
+    import time
+
+    from orchestrator.controller import Controller
+
+    spec = tiny_spec(synth, resources={"workers": 3, "cpus_per_worker": 1, "wait_s": 3}, batch_size=6)
+    home, store, run_id = recorded_run(tmp_path / "home", spec)
+    ctl = Controller(store, home, run_id, tracking=False)
+    said: list[str] = []
+    ctl.reporter.message = said.append
+    t0 = time.monotonic()
+    with pytest.raises(ClusterError, match=r"3 CPUs, but the Ray cluster has 2;.*\(after waiting 3 s") as err:
+        ctl.run()
+    assert 3 <= time.monotonic() - t0 < 60 and err.value.exit_code == 2
+    assert any(m.startswith("waiting up to 3 s for the cluster to grow: resources: 3 worker(s)") for m in said)
+    assert store.get_run(run_id).status == "failed"
+
+
+def test_the_wait_ends_when_the_cluster_has_grown():
+    """The wait loop itself (orchestrator.group.check_fits): a cluster that gains a node while the
+    group waits is used as soon as it fits; without wait_s the same shortfall fails at once."""
+    from orchestrator.group import check_fits
+
+    sizes = iter([{"CPU": 2.0}, {"CPU": 2.0}, {"CPU": 4.0}])
+    slept, said = [], []
+    check_fits({"workers": 3, "cpus_per_worker": 1, "gpus_per_worker": 0, "wait_s": 60}, said.append,
+               resources=lambda: next(sizes), sleep=slept.append)
+    assert len(slept) == 2 and len(said) == 1 and "has 2" in said[0]
+    with pytest.raises(ClusterError, match="set resources.wait_s"):
+        check_fits({"workers": 3, "cpus_per_worker": 1, "gpus_per_worker": 0, "wait_s": 0}, said.append,
+                   resources=lambda: {"CPU": 2.0}, sleep=slept.append)
