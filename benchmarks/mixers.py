@@ -6,10 +6,18 @@ Reported: final validation loss per domain and the balanced score
     balanced = -1/2 (relative change of the source loss + relative change of the target loss)
 measured from the stage-1 checkpoint (higher is better; the Data Mixing Agent's objective).
 
+Every mixer runs with several seeds (the seed sets the stage-1 model's init and both stages' data
+order; stage 2 of seed s continues seed s's stage-1 model); reported per mixer: mean and standard
+deviation of the balanced score and of each domain's final loss, and the paired difference to the
+best baseline on the same seeds (mean and standard deviation of the per-seed differences).
+
 The agent is trained on different data and seeds than it is evaluated on: exploration trajectories
 use a smaller proxy model, German *technical* text (manual pages) as the target, and other seeds.
 
-    python benchmarks/mixers.py [--tokens 300000] [--trajectories 12]
+    python benchmarks/mixers.py [--tokens 300000] [--trajectories 12] [--seeds 3]
+    python benchmarks/mixers.py --quick     # smoke check: fewer tokens, seeds and mixers (< 15 min)
+Raw results: benchmarks/results/mixers.json (mixers-quick.json for --quick), one row per mixer
+and evaluation pair: {"rows": [{"pair", "mixer", "seeds", "balanced_mean", "balanced_std", ...}]}.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from datetime import date
@@ -75,12 +84,22 @@ def scores(store, rid: str) -> dict:
             "src_share": sum(w.get(SRC, 0) for w in weights) / len(weights)}
 
 
+def _stats(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=300_000, help="tokens of stage 1 and of stage 2")
     ap.add_argument("--trajectories", type=int, default=12)
-    ap.add_argument("--home", type=Path, default=ROOT / "cpt-home" / "mixers")
+    ap.add_argument("--seeds", type=int, default=3, help="evaluation seeds per mixer (paired across mixers)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke check: 60k tokens, 2 seeds, 4 trajectories, 5 mixers; results/mixers-quick.json")
+    ap.add_argument("--home", type=Path, default=None)
     args = ap.parse_args()
+    if args.quick:
+        args.tokens, args.seeds, args.trajectories = 60_000, 2, 4
+    args.home = args.home or ROOT / "cpt-home" / ("mixers-quick" if args.quick else "mixers")
     from corpus.builtin import prepare_builtins
     from mixers.agent import save_agent, train_agent
     from orchestrator import cluster
@@ -94,8 +113,9 @@ def main() -> None:
     store = RunStore(home.store_url)
     cluster.connect(home)
     T, root = args.tokens, home.root
-    print(f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}, "
-          f"{date.today()}; {T:,} tokens per stage", flush=True)
+    machine = f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}, {date.today()}"
+    print(f"machine: {machine}; {T:,} tokens per stage, {args.seeds} seed(s)", flush=True)
+    t_start = time.perf_counter()
 
     # 1. the agent: proxy stage 1, random-mixture trajectories on other data/seeds, offline AWR
     proxy = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 176}
@@ -116,10 +136,7 @@ def main() -> None:
     agent_path = save_agent(policy, root / "agent.safetensors", meta)
     print(f"  agent: {meta['transitions']} transitions, {meta['trajectories']} trajectories", flush=True)
 
-    # 2. the evaluation: one stage-1 model, every mixer continues it with the same tokens
-    s1 = run(store, home, spec("pretrain", root, [{"name": "en", "domains": [SRC], "tokens": T, "rounds": 2,
-                                                   "schedule": COSINE}], domains=(SRC, TGT)))
-    ckpt = store.rounds(s1, status="finished")[-1].checkpoint_uri
+    # 2. the evaluation: per seed one stage-1 model, every mixer continues it with the same tokens
     mixers = {
         "fixed_replay 5%": ({"kind": "fixed_replay"}, 0.05, {}),
         "fixed_replay 25%": ({"kind": "fixed_replay"}, 0.25, {}),
@@ -132,20 +149,55 @@ def main() -> None:
         "fixed_replay 25% + LinUpper samples": ({"kind": "fixed_replay"}, 0.25,
                                                 {"sample_loss": {"kind": "linupper", "r": 0.4}}),
     }
-    results = {}
-    for label, (mixer, replay, extra) in mixers.items():
-        slug = label.split()[0].replace("/", "-")
-        results[label] = run(store, home, spec(f"mix-{slug}", root, stage2(T, mixer, replay, **extra), path=ckpt))
-    # DoReMi's reference model: the uniform (static 50/50) run's final losses
-    ref = results["static 50/50"]
-    results["doremi (ref = 50/50 run)"] = run(store, home, spec(
-        "mix-doremi", root, stage2(T, {"kind": "doremi", "reference_run": ref, "smoothing": 0.05}, 0.0), path=ckpt))
+    if args.quick:
+        mixers = {k: v for k, v in mixers.items() if k in ("fixed_replay 25%", "static 50/50", "odm (EXP3)",
+                                                            "agent (AWR)")}
+    per_seed: dict[str, dict[int, dict]] = {}
+    for seed in range(args.seeds):
+        sfx = f"-s{seed}" if seed else ""  # seed 0 keeps the single-seed run names (reused)
+        s1 = run(store, home, spec(f"pretrain{sfx}", root, [{"name": "en", "domains": [SRC], "tokens": T,
+                                                             "rounds": 2, "schedule": COSINE}], seed=seed,
+                                   domains=(SRC, TGT)))
+        ckpt = store.rounds(s1, status="finished")[-1].checkpoint_uri
+        runs = {}
+        for label, (mixer, replay, extra) in mixers.items():
+            slug = label.split()[0].replace("/", "-")
+            runs[label] = run(store, home, spec(f"mix-{slug}{sfx}", root, stage2(T, mixer, replay, **extra),
+                                                seed=seed, path=ckpt))
+        # DoReMi's reference model: the uniform (static 50/50) run's final losses, same seed
+        runs["doremi (ref = 50/50 run)"] = run(store, home, spec(
+            f"mix-doremi{sfx}", root, stage2(T, {"kind": "doremi", "reference_run": runs["static 50/50"],
+                                                 "smoothing": 0.05}, 0.0), seed=seed, path=ckpt))
+        for label, rid in runs.items():
+            per_seed.setdefault(label, {})[seed] = scores(store, rid)
     cluster.shutdown()
 
-    rows = sorted(((label, scores(store, rid)) for label, rid in results.items()), key=lambda x: -x[1]["balanced"])
-    print(f"\n| mixer | {SRC} (source) | {TGT} (target) | balanced score | mean source weight |\n|---|---|---|---|---|")
-    for label, s in rows:
-        print(f"| {label} | {s['src']:.3f} | {s['tgt']:.3f} | {s['balanced']:+.4f} | {s['src_share']:.2f} |")
+    rows = []
+    for label, by_seed in per_seed.items():
+        row = {"pair": f"{SRC}->{TGT}", "mixer": label, "seeds": len(by_seed)}
+        for key, name in (("balanced", "balanced"), ("src", "source_loss"), ("tgt", "target_loss"),
+                          ("src_share", "source_weight")):
+            row[f"{name}_mean"], row[f"{name}_std"] = _stats([s[key] for s in by_seed.values()])
+        row["per_seed_balanced"] = [by_seed[k]["balanced"] for k in sorted(by_seed)]
+        rows.append(row)
+    baselines = [r for r in rows if not r["mixer"].startswith("agent")]
+    best = max(baselines, key=lambda r: r["balanced_mean"])
+    for r in rows:  # paired on seeds: the same stage-1 model and data order on both sides
+        diffs = [a - b for a, b in zip(r["per_seed_balanced"], best["per_seed_balanced"], strict=True)]
+        r["vs_best_baseline"], (r["vs_best_mean"], r["vs_best_std"]) = best["mixer"], _stats(diffs)
+    rows.sort(key=lambda r: -r["balanced_mean"])
+    print(f"\n| mixer | seeds | {SRC} (source) | {TGT} (target) | balanced score | vs best baseline "
+          f"({best['mixer']}), paired | mean source weight |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['mixer']} | {r['seeds']} | {r['source_loss_mean']:.3f} +- {r['source_loss_std']:.3f} | "
+              f"{r['target_loss_mean']:.3f} +- {r['target_loss_std']:.3f} | "
+              f"{r['balanced_mean']:+.4f} +- {r['balanced_std']:.4f} | "
+              f"{r['vs_best_mean']:+.4f} +- {r['vs_best_std']:.4f} | {r['source_weight_mean']:.2f} |")
+    out = ROOT / "benchmarks" / "results" / ("mixers-quick.json" if args.quick else "mixers.json")
+    out.write_text(json.dumps({"date": str(date.today()), "machine": machine, "tokens_per_stage": T,
+                               "seeds": args.seeds, "trajectories": len(explored), "agent": meta,
+                               "wall_s": time.perf_counter() - t_start, "rows": rows}, indent=1, default=str))
+    print(f"wrote {out} ({time.perf_counter() - t_start:.0f} s)")
 
 
 if __name__ == "__main__":

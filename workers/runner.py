@@ -27,7 +27,6 @@ from workers.fabric import make_fabric, prepare_model
 from workers.model import model_signature, token_losses
 from workers.plan import RoundPlan, RoundResult
 from workers.sample_weights import sample_weights
-from workers.schedules import lr_at
 
 FRESH = "<fresh>"
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
@@ -96,7 +95,7 @@ class RoundRunner:
     def fit(self, plan: RoundPlan, sources: dict[str, SequenceSource]) -> dict[str, Any]:
         """Train the round's steps; returns globally reduced per-step and per-domain statistics."""
         fabric, model, opt = self.fabric, self.model, self.optimizer
-        lr_fn = partial(lr_at, plan.schedule, total=plan.stage_steps)
+        lr_fn = partial(plan.schedule.lr, total=plan.stage_steps)
         sampler = RoundSampler(sources, plan.weights, plan.cursors, plan.batch_size, plan.num_steps, plan.seed,
                                plan.stage_index, plan.round_index)
         B, N = plan.batch_size, self.world

@@ -28,6 +28,10 @@ class _Sched(BaseModel):
     def warmup_steps(self, total: int) -> int:
         return int(round(self.warmup * total))
 
+    def lr(self, step: int, total: int) -> float:
+        """LR at `step` (0-based, within the stage) of a stage of `total` steps (pure: `lr_at`)."""
+        return lr_at(self, step, total)
+
 
 class _Decaying(_Sched):
     min_lr: float = Field(3e-4, ge=0)

@@ -132,3 +132,17 @@ def test_min_lr_ratio_sets_min_lr_and_survives_a_dump():
     assert s.min_lr == pytest.approx(3e-4)
     again = SCHEDULES["cosine"](**s.model_dump())  # plans carry the dump; it must validate again
     assert again == s
+
+
+def test_a_schedule_object_gives_its_own_lr():
+    """The typed schedule in a RoundPlan is what the rank calls: `schedule.lr(step, total)` is the
+    pure function of the stage-local step, for every kind."""
+    from pydantic import TypeAdapter
+
+    from workers.schedules import SCHEDULES, ScheduleSpec, lr_at
+
+    for kind in SCHEDULES:
+        sched = TypeAdapter(ScheduleSpec).validate_python({"kind": kind, "warmup": 0.1})
+        lrs = [sched.lr(step, 50) for step in range(51)]
+        assert lrs == [lr_at(sched, step, 50) for step in range(51)] and max(lrs) <= sched.peak_lr
+        assert lrs[0] < lrs[10]  # warms up from 0
