@@ -15,7 +15,7 @@ def make_fabric(resources: dict[str, Any]):
     import ray.train
     import torch
     from lightning.fabric import Fabric
-    from lightning.fabric.strategies import DDPStrategy, FSDPStrategy
+    from lightning.fabric.strategies import DDPStrategy, FSDPStrategy, SingleDeviceStrategy
     from ray.train.lightning import RayLightningEnvironment
 
     for name in ("lightning.fabric", "lightning.pytorch", "lightning"):
@@ -26,6 +26,10 @@ def make_fabric(resources: dict[str, Any]):
     env = RayLightningEnvironment()
     if resources.get("strategy") == "fsdp":
         strategy = FSDPStrategy(cluster_environment=env, state_dict_type="full")
+    elif ctx.get_world_size() == 1:
+        # one rank has nothing to synchronise: DDP would still copy every gradient into its buckets
+        # and all-reduce them with itself at every step
+        strategy = SingleDeviceStrategy(device=torch.device("cuda", 0) if gpu else torch.device("cpu"))
     else:
         strategy = DDPStrategy(cluster_environment=env)
     fabric = Fabric(accelerator="cuda" if gpu else "cpu", devices=local, num_nodes=ctx.get_world_size() // local,
