@@ -225,6 +225,8 @@ class RunSpec(_M):
             if st.rounds > steps:
                 raise SpecError(f"stages.{i}.rounds: {st.rounds} rounds but only {steps} steps "
                                 f"({st.tokens} tokens / {self.batch_size * self.seq_len} per step)")
+            if getattr(st.schedule, "resume_const", False):
+                self._check_resume_const(i)
             mixer = build_mixer(st.mixer, where=f"stages.{i}.mixer")
             if st.mixer.kind == "static":
                 known = [*st.domains, *self.replay_domains(i)]
@@ -256,6 +258,22 @@ class RunSpec(_M):
                             f"({b} / {n} workers = {share})")
         if self.model.dtype == "bfloat16" and self.resources.precision != "bf16-mixed":
             raise SpecError("model.dtype bfloat16 is now resources.precision: bf16-mixed (weights stay float32)")
+
+    def _check_resume_const(self, i: int) -> None:
+        """An infinite stage that continues at the previous stage's constant LR needs a previous
+        infinite stage that ends in its constant phase (not annealed) at the same const_lr."""
+        where = f"stages.{i}.schedule.resume_const"
+        prev = self.stages[i - 1].schedule if i else None
+        if prev is None or prev.kind != "infinite":
+            raise SpecError(f"{where}: the previous stage must have an infinite schedule"
+                            + (f" (it has {prev.kind})" if prev is not None else " (this is the first stage)"))
+        if prev.warmup + prev.cooldown + prev.constant < 1 - 1e-9:
+            raise SpecError(f"{where}: stage {i - 1} anneals to min_lr at its end (warmup + cooldown + constant = "
+                            f"{prev.warmup + prev.cooldown + prev.constant:g} < 1), so it does not end at const_lr; "
+                            f"make its phases sum to 1 (no anneal) to continue at its constant LR")
+        if not math.isclose(prev.const_lr, self.stages[i].schedule.const_lr, rel_tol=1e-9):
+            raise SpecError(f"{where}: const_lr {self.stages[i].schedule.const_lr:g} differs from stage {i - 1}'s "
+                            f"{prev.const_lr:g}; continuing means the same constant LR")
 
     def tokens_per_step(self) -> int:
         return self.batch_size * self.seq_len

@@ -103,6 +103,20 @@ class Infinite(_Decaying):
     """Cooldown shape (gpt-neox infinite_cosine / infinite_inv_sqrt)."""
     timescale: float = Field(1.0, gt=0)
     """alpha of the inverse-sqrt cooldown; larger drops faster early."""
+    resume_const: bool = False
+    """Continue from the previous stage's constant LR: no warmup, no cooldown, the stage starts at
+    const_lr (the previous stage must be `infinite`, end in its constant phase and have the same
+    const_lr; checked at validation)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resume(cls, data):
+        if isinstance(data, dict) and data.get("resume_const"):
+            for phase in ("warmup", "cooldown"):
+                if data.get(phase):
+                    raise ValueError(f"resume_const starts the stage at const_lr: {phase} must be 0")
+            data = {**data, "warmup": 0.0, "cooldown": 0.0}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> Infinite:

@@ -215,3 +215,47 @@ def test_mixer_is_a_typed_config_that_round_trips(synth):
         TemperatureConfig.model_fields)
     assert parse_spec(yaml.safe_dump(spec.model_dump(mode="json"))).stages[1].mixer == mixer
     assert type(spec.stages[0].mixer).__name__ == "FixedReplayConfig"  # the default, typed too
+
+
+def _infinite_pair(synth, first: dict, second: dict) -> dict:
+    from conftest import tiny_spec
+
+    raw = tiny_spec(synth)
+    raw["stages"][0]["schedule"] = {"kind": "infinite", "peak_lr": 3e-3, "const_lr": 1e-3, "min_lr": 1e-4, **first}
+    raw["stages"][1]["schedule"] = {"kind": "infinite", "peak_lr": 3e-3, "const_lr": 1e-3, "min_lr": 1e-4, **second}
+    return raw
+
+
+def test_an_infinite_stage_continues_at_the_previous_constant_lr(synth):
+    """resume_const: the second stage starts where the first ended (its constant LR), no re-warm."""
+    from workers.schedules import lr_at
+
+    raw = _infinite_pair(synth, {"warmup": 0.1, "cooldown": 0.4, "constant": 0.5},
+                         {"resume_const": True, "constant": 0.5})
+    spec = parse_spec(yaml.safe_dump(raw))
+    first, second = spec.stages[0].schedule, spec.stages[1].schedule
+    assert lr_at(first, spec.stage_steps(0), spec.stage_steps(0)) == pytest.approx(1e-3)
+    lrs = [lr_at(second, t, spec.stage_steps(1)) for t in range(spec.stage_steps(1))]
+    assert lrs[:4] == pytest.approx([1e-3] * 4) and lrs[-1] < 1e-3  # constant from step 0, then the anneal
+
+
+@pytest.mark.parametrize("first,second,match", [
+    ({"warmup": 0.1, "cooldown": 0.4, "constant": 0.3}, {"resume_const": True}, r"anneals to min_lr"),
+    ({"warmup": 0.1, "cooldown": 0.4, "constant": 0.5}, {"resume_const": True, "const_lr": 2e-3},
+     r"differs from stage 0's"),
+    ({"warmup": 0.1, "cooldown": 0.4, "constant": 0.5}, {"resume_const": True, "warmup": 0.1},
+     r"warmup must be 0"),
+])
+def test_resume_const_is_checked_at_validation(synth, first, second, match):
+    with pytest.raises(SpecError, match=match):
+        parse_spec(yaml.safe_dump(_infinite_pair(synth, first, second)))
+
+
+def test_resume_const_needs_an_infinite_stage_before(synth):
+    from conftest import tiny_spec
+
+    raw = tiny_spec(synth)
+    raw["stages"][1]["schedule"] = {"kind": "infinite", "resume_const": True}
+    with pytest.raises(SpecError, match=r"stages\.1\.schedule\.resume_const: the previous stage must have an "
+                                        r"infinite schedule \(it has cosine\)"):
+        parse_spec(yaml.safe_dump(raw))
