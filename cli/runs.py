@@ -307,18 +307,24 @@ def events(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False
               [list(e.values()) for e in ev])
 
 
-def demo(install: bool = typer.Option(True, help="apt-get install missing text packages (root)."),
+def demo(install: bool = typer.Option(True, help="apt-get install missing text packages (root); "
+                                                  "--no-install on a machine without them runs the any-OS demo."),
          spec: Path = typer.Option(EXAMPLES / "demo.yaml", help="Demo spec."),
          quiet: bool = typer.Option(False, help="No live progress display.")) -> None:
     """Prepare the built-in data and run a real 2-stage CPT (English -> German, 5% replay) on CPU."""
     from cli.output import console
-    from corpus.builtin import BUILTINS, prepare_builtins
+    from corpus.builtin import BUILTINS, missing_packages, prepare_builtins
     from orchestrator.controller import create_run
     from orchestrator.spec import check_data, load_spec
 
     home = state.home()
     c = console()
     run_spec, text = load_spec(spec)
+    missing = missing_packages([d for d in run_spec.domains if d in BUILTINS])
+    if not install and missing and spec == EXAMPLES / "demo.yaml":
+        c.print(f"Debian text packages {missing} are not installed: running the any-OS demo instead "
+                f"(Python's help topics -> Python source, both ship with Python; examples/demo-anyos.yaml)")
+        run_spec, text = load_spec(EXAMPLES / "demo-anyos.yaml")
     prepare_builtins(home.data, home.tokenizer, [d for d in run_spec.domains if d in BUILTINS], install=install,
                      log=c.print)
     check_data(run_spec)

@@ -103,6 +103,22 @@ def _stdlib() -> Iterator[str]:
             yield text
 
 
+def _pydoc_topics() -> Iterator[str]:
+    """Python's own help topics (what `help("if")` prints): English technical prose that ships
+    with every Python, so a demo runs on any OS without installing text packages."""
+    import pydoc_data.topics
+
+    for _, text in sorted(pydoc_data.topics.topics.items()):
+        chunk: list[str] = []
+        for para in text.split("\n\n"):  # documents of a few paragraphs each
+            chunk.append(para)
+            if sum(map(len, chunk)) > 1500:
+                yield "\n\n".join(chunk).strip() + "\n"
+                chunk = []
+        if sum(map(len, chunk)) > 200:
+            yield "\n\n".join(chunk).strip() + "\n"
+
+
 BUILTINS = {b.name: b for b in [
     Builtin("prose-en", "English fortunes (quotations, jokes, literature)", "fortunes",
             "BSD (fortune-mod), quotations from many authors", FORTUNES / "fortunes",
@@ -115,6 +131,8 @@ BUILTINS = {b.name: b for b in [
             PYDOC, _pydoc),
     Builtin("code-py", f"Python {sys.version_info.major}.{sys.version_info.minor} standard library source",
             None, "PSF-2.0", Path(sysconfig.get_paths()["stdlib"]), _stdlib),
+    Builtin("docs-py", "Python's built-in help topics (pydoc_data; technical English, on every OS)",
+            None, "PSF-2.0", Path(sysconfig.get_paths()["stdlib"]) / "pydoc_data" / "topics.py", _pydoc_topics),
 ]}
 
 

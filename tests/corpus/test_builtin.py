@@ -38,3 +38,20 @@ def test_missing_packages_named_without_install(tmp_path, monkeypatch):
 def test_stdlib_code_domain_is_always_available():
     doc = next(builtin.BUILTINS["code-py"].docs())
     assert builtin.BUILTINS["code-py"].package is None and ("def " in doc or "import " in doc)
+
+
+def test_the_any_os_demo_needs_no_package():
+    """`cpt demo --no-install` without the Debian text packages falls back to examples/demo-anyos.yaml,
+    whose domains ship with Python itself: nothing to install on any OS."""
+    from pathlib import Path
+
+    import yaml
+
+    from corpus.builtin import BUILTINS, missing_packages
+
+    spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "demo-anyos.yaml").read_text())
+    names = list(spec["domains"])
+    assert names and all(BUILTINS[n].package is None for n in names) and missing_packages(names) == []
+    docs = list(BUILTINS["docs-py"].docs())
+    assert len(docs) > 200 and all(200 < len(d) < 20_000 for d in docs)
+    assert sum("the" in d.split() for d in docs) > 0.9 * len(docs)  # English prose, not code
