@@ -10,7 +10,8 @@ All continual conditions start from the same stage-1 checkpoint (a cpt run; `mod
 its last round), reset AdamW, and see the same number of stage-2 tokens.
 
     python benchmarks/cpt_paper.py [--tokens 400000] [--shifts weak,strong]
-Writes benchmarks/results/cpt_paper_<shift>.png and prints markdown tables.
+Writes benchmarks/results/cpt_paper_<shift>.png, the raw rows to benchmarks/results/cpt_paper.json,
+and prints markdown tables.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def main() -> None:
     pre_inf = run(store, home, base_spec("pretrain-infinite", home.root, ["prose-en"],
                                          [{"name": "en", "domains": ["prose-en"], "tokens": T, "rounds": 2,
                                            "schedule": inf1}]))
+    raw_rows: list[dict] = []
     for shift in args.shifts.split(","):
         old, new = SHIFTS[shift]
         print(f"{shift} shift: {old} -> {new}", flush=True)
@@ -133,6 +135,9 @@ def main() -> None:
             s = summary(store, rid, [old, new])
             union = label.startswith("union")
             tokens, wall = stage_stats(store, rid, 0)
+            raw_rows.append({"shift": shift, "condition": label, "run_id": rid, "final": s["final"],
+                             "average": s["average"], "forgetting": s["forgetting"], "stage_tokens": tokens,
+                             "wall_s": wall})
             forget = "n/a" if s["forgetting"] is None else f"{s['forgetting'][old]:+.3f}"
             print(f"| {label} | {s['final'][old]:.3f} | {s['final'][new]:.3f} | {s['average']:.3f} | {forget} "
                   f"| {tokens:,}{'' if union else ' (+' + format(T, ',') + ' stage 1)'} | {wall:.0f} |")
@@ -145,6 +150,10 @@ def main() -> None:
         plt.close(plot_curves(series, [old, new], out, f"{shift} shift: validation loss over tokens"))
         print(f"\nplot: {out.relative_to(ROOT)}", flush=True)
     cluster.shutdown()
+    import json
+
+    (ROOT / "benchmarks" / "results" / "cpt_paper.json").write_text(json.dumps(
+        {"date": str(date.today()), "tokens_per_stage": T, "rows": raw_rows}, indent=1, default=str))
 
 
 if __name__ == "__main__":
