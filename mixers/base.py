@@ -132,7 +132,7 @@ def parse_mixer(value: Any) -> MixerConfig:
     _load_builtin()
     params = dict(value)
     kind = params.pop("kind", None)
-    if kind not in MIXERS:
+    if not isinstance(kind, str) or kind not in MIXERS:  # a list or a mapping is not a name (nor hashable)
         raise ValueError(f".kind: unknown mixer {kind!r}; valid: {', '.join(sorted(MIXERS))}" if kind is not None
                          else f".kind: a mixer needs a kind; valid: {', '.join(sorted(MIXERS))}")
     try:
