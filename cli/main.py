@@ -153,13 +153,13 @@ def ui(port: int = typer.Option(5000, help="MLflow UI port."),
 
 def _latest_experiment_url(base: str) -> str | None:
     """The runs table of the newest run's experiment on this UI (when it tracks to the local store)."""
-    import json
+    from orchestrator.tracking import read_link
 
     try:
         runs = state.store().list_runs(1)
-        link = json.loads((Path(runs[0].workdir) / "mlflow.json").read_text()) if runs else {}
     except Exception:  # noqa: BLE001 - the UI starts whatever state the run store is in
         return None
+    link = read_link(runs[0].workdir) if runs else {}
     if not link.get("local") or "experiment_url" not in link:
         return None
     return base + link["experiment_url"][link["experiment_url"].index("/#/"):]

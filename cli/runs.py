@@ -204,6 +204,7 @@ def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, 
     from cli.audit import cursor_rows
     from cli.output import console, loss_table, print_json, table
     from orchestrator.reports import stage_summary
+    from orchestrator.tracking import link_line
 
     store = state.store()
     run = store.get_run(run_id)
@@ -229,8 +230,7 @@ def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, 
     c = console()
     c.print(render(run, live) + (f" - {run.error}" if run.error else ""))
     if _mlflow_url(run):
-        c.print(f"MLflow: {_mlflow_url(run)}" + ("  (`cpt ui` serves it)" if "127.0.0.1:5000" in _mlflow_url(run)
-                                                 else ""))
+        c.print(link_line(_mlflow_url(run)))
     if run.ray_job_id:
         c.print(f"Ray job: {run.ray_job_id} (the dashboard's Jobs page; metadata cpt_run_id={run.id})")
     perf = [_throughput(x) for x in rounds]
@@ -254,10 +254,9 @@ def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, 
 
 def _mlflow_url(run) -> str | None:
     """The run's page in the MLflow UI, as the controller recorded it (None before tracking began)."""
-    try:
-        return json.loads((Path(run.workdir) / "mlflow.json").read_text())["url"]
-    except (OSError, ValueError, KeyError):
-        return None
+    from orchestrator.tracking import read_link
+
+    return read_link(run.workdir).get("url")
 
 
 def _throughput(x) -> dict:

@@ -460,20 +460,18 @@ class Controller:
     # ---- tracking ---------------------------------------------------------------------------
     def _announce(self, dashboard: str | None) -> None:
         """Where to watch the run: the Ray dashboard (this run's job) and its MLflow page."""
-        lines = [f"Ray dashboard: {dashboard}" if dashboard else None]
-        try:
-            url = json.loads((self.workdir / "mlflow.json").read_text())["url"]
-            lines.append(f"MLflow: {url}" + ("  (`cpt ui` serves it)" if "127.0.0.1:5000" in url else ""))
-        except (OSError, ValueError, KeyError):  # tracking off
-            pass
-        for line in filter(None, lines):
-            self.reporter.message(line)
+        from orchestrator.tracking import link_line, read_link
+
+        url = read_link(self.workdir).get("url")  # none with tracking off
+        for line in (f"Ray dashboard: {dashboard}" if dashboard else None, link_line(url) if url else None):
+            if line:
+                self.reporter.message(line)
 
     def _start_tracking(self) -> None:
         if not self.tracking:
             return
         from orchestrator.plots import plot_lr
-        from orchestrator.tracking import Tracker
+        from orchestrator.tracking import LINK_FILE, Tracker
 
         t = self.spec.tracking
         from orchestrator.live import LiveLogger
@@ -485,7 +483,7 @@ class Controller:
         self.live = LiveLogger(self.tracker.client, self.mlflow_id)
         ui = t.mlflow_uri if (t.mlflow_uri or "").startswith(("http://", "https://")) else "http://127.0.0.1:5000"
         exp = f"{ui.rstrip('/')}/#/experiments/{self.tracker.experiment_id}/runs"
-        (self.workdir / "mlflow.json").write_text(json.dumps({  # what `cpt runs show` and `cpt ui` link to
+        (self.workdir / LINK_FILE).write_text(json.dumps({  # what `cpt runs show` and `cpt ui` link to
             # MLflow 3's UI opens in its GenAI (traces) mode unless the link asks for model training
             "url": redact(f"{exp}/{self.mlflow_id}?{ML_VIEW}"), "experiment_url": redact(f"{exp}?{ML_VIEW}"),
             "experiment_id": self.tracker.experiment_id, "run_id": self.mlflow_id, "local": not t.mlflow_uri}))

@@ -6,6 +6,7 @@ Metrics are keyed by global step, so stages line up on one axis in the MLflow UI
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,23 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             out[key] = redact(str(v))[:6000]
     return out
+
+
+LINK_FILE = "mlflow.json"  # in the run's workdir: its MLflow pages, for `cpt submit`, `runs show`, `ui`
+
+
+def read_link(workdir: str | Path) -> dict[str, Any]:
+    """The run's MLflow pages as the controller recorded them ({} before tracking began or when off)."""
+    try:
+        link = json.loads((Path(workdir) / LINK_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return link if isinstance(link, dict) else {}
+
+
+def link_line(url: str) -> str:
+    """How a run's MLflow page is shown to a user (with a hint when only `cpt ui` serves it)."""
+    return f"MLflow: {url}" + ("  (`cpt ui` serves it)" if "127.0.0.1:5000" in url else "")
 
 
 KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI: which page an experiment opens on
