@@ -45,27 +45,66 @@ def explore(spec: Path = typer.Argument(..., help="Proxy run spec; its last stag
 
 @agent_app.command("train")
 def train(out: Path = typer.Option(Path("agent.safetensors"), "--out", "-o", help="Agent file to write."),
-          domains: int = typer.Option(2, help="Number of domains the agent mixes (selects transitions)."),
+          method: str = typer.Option("awr", help="Offline RL method: awr (advantage-weighted regression) or "
+                                                  "cql (conservative Q-learning)."),
+          domains: int = typer.Option(None, help="Only transitions with this many domains (default: all; "
+                                                  "one agent mixes any number)."),
           beta: float = typer.Option(0.5, help="AWR temperature: small trusts advantages more."),
+          cql_alpha: float = typer.Option(1.0, help="CQL's conservative penalty weight."),
           gamma: float = typer.Option(0.9, help="Discount of the per-round rewards."),
-          epochs: int = typer.Option(400, help="Full-batch epochs for value and policy."),
+          epochs: int = typer.Option(400, help="Full-batch epochs (value and policy; critic and actor)."),
+          val_fraction: float = typer.Option(0.25, help="Share of trajectories held out to select the epoch."),
           exclude_run: list[str] = typer.Option(None, help="Runs whose transitions are left out."),
           seed: int = typer.Option(0)) -> None:
-    """Train the policy offline (advantage-weighted regression) on all stored transitions."""
+    """Train the policy offline on the stored transitions; the best epoch on held-out trajectories is kept."""
     from cli.output import console
-    from mixers.agent import save_agent, train_agent
+    from mixers.agent import FEATURE_VERSION, save_agent
+    from mixers.agent_train import train_agent
+    from orchestrator.explore import describe_runs
 
-    rows = state.store().transitions(num_domains=domains, exclude_runs=exclude_run or None)
-    policy, meta = train_agent(rows, domains, beta=beta, gamma=gamma, epochs=epochs, seed=seed)
-    save_agent(policy, out, meta)
-    console().print(f"wrote {out}: {meta['transitions']} transitions from {meta['trajectories']} trajectories, "
-                    f"mean return {meta['mean_return']}")
+    store = state.store()
+    rows = store.transitions(num_domains=domains, exclude_runs=exclude_run or None, feature_version=FEATURE_VERSION)
+    old = len(store.transitions(num_domains=domains, exclude_runs=exclude_run or None)) - len(rows)
+    if old:
+        console().print(f"skipping {old} transitions of older feature versions (not {FEATURE_VERSION})")
+    nets, meta = train_agent(rows, method=method, beta=beta, gamma=gamma, epochs=epochs, seed=seed,
+                             val_fraction=val_fraction, cql_alpha=cql_alpha,
+                             describe=describe_runs(store, sorted({t.run_id for t in rows})))
+    save_agent(nets, out, meta)
+    console().print(f"wrote {out}: {method}, {meta['transitions']} transitions from {meta['trajectories']} "
+                    f"trajectories (+{meta['val_trajectories']} held out), held-out score {meta['val_score']} "
+                    f"at epoch {meta['best_epoch']}")
 
 
 @agent_app.command("show")
-def show(path: Path = typer.Argument(..., help="Agent file.")) -> None:
-    """Print an agent's metadata."""
-    from cli.output import print_json
+def show(path: Path = typer.Argument(..., help="Agent file."),
+         as_json: bool = typer.Option(False, "--json", help="Print the raw metadata as JSON.")) -> None:
+    """What an agent is and what it was trained on: method, pairs, trajectories, models, features, score."""
+    import json
+
+    from rich.markup import escape
+
+    from cli.output import console, print_json
     from mixers.agent import load_agent
 
-    print_json(load_agent(path)[1])
+    meta = load_agent(path)[1]
+    if as_json:
+        print_json(meta)
+        return
+    pairs = json.loads(meta.get("pairs", "{}"))
+    lines = [
+        ("method", meta["method"] + (f" (beta {meta['beta']})" if "beta" in meta
+                                     else f" (alpha {meta.get('cql_alpha')})")),
+        ("trained on pairs", ", ".join(f"{p} x{n}" for p, n in sorted(pairs.items())) or "?"),
+        ("domains per stage", ", ".join(map(str, json.loads(meta.get("domain_counts", "[]"))))),
+        ("trajectories", f"{meta['trajectories']} training + {meta['val_trajectories']} held out "
+                         f"({meta['transitions']} + {meta['val_transitions']} transitions)"),
+        ("proxy models", "; ".join(json.loads(meta.get("models", "[]"))) or "?"),
+        ("features", f"version {meta['feature_version']}: per domain {meta['per_domain_features']}; "
+                     f"global {meta['global_features']}"),
+        ("held-out score", f"{meta['val_score']} (epoch {meta['best_epoch']} of {meta['epochs']}; "
+                           f"corr. of policy log-density with held-out return)"),
+        ("network", f"hidden {meta['hidden']}, gamma {meta['gamma']}, seed {meta['seed']}"),
+    ]
+    for key, value in lines:
+        console().print(f"[bold]{key:>18}[/bold]  {escape(value)}")

@@ -1,24 +1,22 @@
 """The Data Mixing Agent: a small policy mapping a run's mixing state to the next mixture.
 
-State (3K + 1 numbers, K = domains in feature order: the stage's new domains, then its replay
-domains): the current weights; each domain's validation loss relative to the stage start; its
-relative change over the last round; progress through the stage.
-Action: the next weights on the simplex. Reward: balanced improvement,
+State (feature version 2): one row of `PER_DOMAIN` numbers per domain plus `GLOBAL` numbers. A
+domain's row carries its *role* (1 = new in the stage, the target; 0 = replayed, a source), its
+last two weights, its validation loss relative to the stage start (log ratio) and a window of its
+last `WINDOW` per-round relative loss changes (the trend; the paper's state likewise carries the
+feedback history). Nothing in the state is tied to a domain's name or a fixed number of domains:
+the networks (mixers/agent_nets.py) see a set of domain rows and pool them by role, so one agent
+mixes 2, 3 or 8 domains. Action: the next weights on the simplex. Reward: balanced improvement,
 -1/2 (relative change of the target loss + relative change of the source loss).
 
-Training is offline **advantage-weighted regression** (AWR, Peng et al. 2019) on every stored
-transition: fit a value baseline to discounted returns, then fit a Dirichlet policy by maximum
-likelihood with each logged action weighted by exp(advantage / beta). Why AWR rather than CQL:
-our logs are a few hundred transitions from random (Dirichlet) exploration, actions live on a
-simplex, and AWR needs only a value regression and a weighted likelihood: no Q-function over
-continuous simplex actions, no sampling of out-of-distribution actions, few hyper-parameters, and
-the policy stays close to the data (the conservative property CQL buys with a penalty).
+Training (mixers/agent_train.py) is offline, on stored transitions, with AWR or CQL and model
+selection on held-out trajectories. Every stored transition records the feature version it was
+computed with; an agent file records its own, and both are checked.
 """
 
 from __future__ import annotations
 
-import json
-from collections import defaultdict
+import math
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +27,45 @@ from mixers.base import Mixer, MixerConfig, Observation, RoundRecord, register
 from store.errors import CheckpointError
 from workers.plan import RoundResult
 
-FEATURE_VERSION = "1"
+FEATURE_VERSION = "2"
+WINDOW = 3
+"""Per-round loss changes each domain row carries (most recent first)."""
+PER_DOMAIN = ("role", "weight", "prev_weight", "log_loss_ratio", *(f"delta_{i}" for i in range(1, WINDOW + 1)))
+GLOBAL = ("progress", "inv_domains")
+AGENT_FORMAT = "cpt-agent/2"
 
 
 def state_features(obs: Observation) -> list[float]:
+    """Flat state: the K domain rows (feature order: new domains, then replayed), then GLOBAL."""
     doms = obs.domains
     k = len(doms)
     stage = obs.stage_history
-    w = stage[-1].weights if stage else {}
-    weights = [w.get(d, 0.0) for d in doms] if stage else [1.0 / k] * k
-    cur = obs.latest_losses()
-    start = obs.start_losses or cur
-    prev = obs.history[-2].eval_losses if stage and len(obs.history) >= 2 else start
-    ratio, delta = [], []
+    last = stage[-1].weights if stage else None
+    prev = stage[-2].weights if len(stage) >= 2 else last
+    start = obs.start_losses or obs.latest_losses()
+    seq = [start, *(h.eval_losses for h in stage)]  # losses at the stage start and after each round
+    rows: list[float] = []
     for d in doms:
-        s = source_name(d)
-        c, s0, p = cur.get(s), start.get(s), prev.get(s)
-        ratio.append(c / s0 if c and s0 else 1.0)
-        delta.append((c - p) / p if c and p else 0.0)
-    return [*weights, *ratio, *delta, obs.round_index / max(1, obs.num_rounds)]
+        vals = [x.get(source_name(d)) for x in seq]
+        cur, first = vals[-1], vals[0]
+        deltas = []
+        for j in range(1, WINDOW + 1):
+            a, b = (vals[-j], vals[-j - 1]) if len(vals) > j else (None, None)
+            # relative changes are ~0.01: scaled x10 so they sit on the scale of the other inputs
+            deltas.append(10.0 * (a - b) / b if a and b else 0.0)
+        rows += [1.0 if d in obs.stage_domains else 0.0,
+                 last.get(d, 0.0) if last else 1.0 / k, prev.get(d, 0.0) if prev else 1.0 / k,
+                 math.log(cur / first) if cur and first else 0.0, *deltas]
+    return [*rows, obs.progress, 1.0 / k]
+
+
+def split_state(state: list[float], k: int) -> tuple[list[list[float]], list[float]]:
+    """Flat state -> (K domain rows, global features); checks the length fits feature version 2."""
+    f = len(PER_DOMAIN)
+    if len(state) != k * f + len(GLOBAL):
+        raise CheckpointError(f"state of {len(state)} numbers does not fit {k} domains x {f} + {len(GLOBAL)} "
+                              f"(feature version {FEATURE_VERSION})")
+    return [state[i * f:(i + 1) * f] for i in range(k)], state[k * f:]
 
 
 def balanced_reward(before: dict[str, float], after: dict[str, float], target: list[str],
@@ -77,75 +95,12 @@ def transition(obs: Observation, state: list[float], weights: dict[str, float], 
     return {"num_domains": len(obs.domains), "domains": obs.domains, "state": state,
             "action": [weights.get(d, 0.0) for d in obs.domains],
             "reward": balanced_reward(before, result.eval_losses, obs.stage_domains, obs.replay_domains),
-            "next_state": state_features(nxt), "done": obs.round_index + 1 >= obs.num_rounds, "mixer": mixer}
+            "next_state": state_features(nxt), "done": obs.round_index + 1 >= obs.num_rounds, "mixer": mixer,
+            "feature_version": FEATURE_VERSION}
 
 
-def _mlp(n_in: int, n_out: int, hidden: int):
-    import torch.nn as nn
-
-    return nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
-                         nn.Linear(hidden, n_out))
-
-
-def _concentration(net, x):
-    import torch.nn.functional as F
-
-    return F.softplus(net(x)) + 0.05
-
-
-def train_agent(transitions: list[Any], num_domains: int, beta: float = 0.5, gamma: float = 0.9,
-                hidden: int = 64, epochs: int = 400, seed: int = 0) -> tuple[Any, dict[str, str]]:
-    """AWR on stored transitions (objects with run_id, stage_index, round_index, state, action, reward)."""
-    import torch
-
-    if len(transitions) < 4:
-        raise CheckpointError(f"need at least 4 transitions with {num_domains} domains to train, "
-                              f"found {len(transitions)} (run `cpt agent explore` first)")
-    torch.manual_seed(seed)
-    trajs: dict[tuple, list] = defaultdict(list)
-    for t in transitions:
-        trajs[(t.run_id, t.stage_index)].append(t)
-    states, actions, returns = [], [], []
-    for steps in trajs.values():
-        steps.sort(key=lambda t: t.round_index)
-        g = 0.0
-        for t in reversed(steps):
-            g = t.reward + gamma * g
-            states.append(t.state)
-            actions.append(t.action)
-            returns.append(g)
-    s = torch.tensor(states, dtype=torch.float32)
-    a = torch.tensor(actions, dtype=torch.float32).clamp_min(1e-4)
-    a = a / a.sum(dim=1, keepdim=True)
-    g = torch.tensor(returns, dtype=torch.float32)
-    g_scale = g.std().clamp_min(1e-8)
-    value = _mlp(s.shape[1], 1, hidden)
-    opt = torch.optim.Adam(value.parameters(), lr=3e-3)
-    for _ in range(epochs):
-        loss = ((value(s).squeeze(1) - g / g_scale) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        adv = g / g_scale - value(s).squeeze(1)
-        weights = torch.exp(adv / beta).clamp(max=20.0)
-    policy = _mlp(s.shape[1], num_domains, hidden)
-    opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
-    for _ in range(epochs):
-        dist = torch.distributions.Dirichlet(_concentration(policy, s))
-        loss = -(weights * dist.log_prob(a)).sum() / weights.sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    meta = {"format": "cpt-agent/1", "method": "awr", "feature_version": FEATURE_VERSION,
-            "num_domains": str(num_domains), "hidden": str(hidden), "beta": str(beta), "gamma": str(gamma),
-            "transitions": str(len(states)), "trajectories": str(len(trajs)),
-            "mean_return": f"{float(g.mean()):.6g}", "final_policy_loss": f"{float(loss.detach()):.6g}",
-            "runs": json.dumps(sorted({k[0] for k in trajs}))}
-    return policy, meta
-
-
-def save_agent(policy, path: str | Path, meta: dict[str, str]) -> Path:
+def save_agent(nets, path: str | Path, meta: dict[str, str]) -> Path:
+    """Atomic write: the networks' tensors and the metadata in one safetensors file."""
     import os
     import uuid
 
@@ -154,14 +109,20 @@ def save_agent(policy, path: str | Path, meta: dict[str, str]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    save_file({k: v.detach().contiguous() for k, v in policy.state_dict().items()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    try:
+        save_file({k: v.detach().contiguous() for k, v in nets.state_dict().items()}, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
 def load_agent(path: str | Path):
+    """-> (networks in eval mode, metadata). An agent of another feature version is refused."""
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
+
+    from mixers.agent_nets import MixingNets
 
     path = Path(path)
     try:
@@ -170,13 +131,17 @@ def load_agent(path: str | Path):
         state = load_file(str(path))
     except (FileNotFoundError, SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: cannot load agent ({exc})") from None
-    if meta.get("format") != "cpt-agent/1" or meta.get("feature_version") != FEATURE_VERSION:
-        raise CheckpointError(f"{path}: not a cpt agent with feature version {FEATURE_VERSION}")
-    k = int(meta["num_domains"])
-    policy = _mlp(3 * k + 1, k, int(meta["hidden"]))
-    policy.load_state_dict(state)
-    policy.eval()
-    return policy, meta
+    if meta.get("format") != AGENT_FORMAT or meta.get("feature_version") != FEATURE_VERSION:
+        raise CheckpointError(f"{path}: not a cpt agent with feature version {FEATURE_VERSION} (found format "
+                              f"{meta.get('format')!r}, feature version {meta.get('feature_version')!r}); "
+                              f"retrain it with `cpt agent train`")
+    nets = MixingNets(len(PER_DOMAIN), len(GLOBAL), int(meta["hidden"]))
+    try:
+        nets.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: agent tensors do not match its metadata ({str(exc)[:200]})") from None
+    nets.eval()
+    return nets, meta
 
 
 class AgentConfig(MixerConfig):
@@ -197,20 +162,13 @@ class Agent(Mixer):
         super().__init__(config)
         if not Path(config.path).is_file():
             raise CheckpointError(f"{config.path}: agent file does not exist (train one with `cpt agent train`)")
-        self._policy = None
+        self._nets = None
 
     def propose(self, obs: Observation) -> dict[str, float]:
-        import torch
-
-        if self._policy is None:
-            self._policy, self.meta = load_agent(self.config.path)
-        k = int(self.meta["num_domains"])
-        if len(obs.domains) != k:
-            raise CheckpointError(f"{self.config.path}: agent was trained for {k} domains, this stage mixes "
-                                  f"{len(obs.domains)} ({obs.domains})")
-        with torch.no_grad():
-            alpha = _concentration(self._policy, torch.tensor([state_features(obs)], dtype=torch.float32))[0]
-        mean = (alpha / alpha.sum()).tolist()
+        if self._nets is None:
+            self._nets, self.meta = load_agent(self.config.path)
+        k = len(obs.domains)
+        mean = self._nets.mean_action(*split_state(state_features(obs), k))
         c = self.config.min_weight
         total = sum(mean)
         return {d: (1 - c) * w / total + c / k for d, w in zip(obs.domains, mean, strict=True)}

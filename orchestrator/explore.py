@@ -3,6 +3,11 @@
 Each trajectory is an ordinary cpt run of the given spec whose last stage uses the `dirichlet`
 mixer (a fresh random mixture every round) and its own seed, so every decision and its outcome
 lands in the run store as a transition, exactly like the rounds of real runs.
+
+Exploration is resumable: trajectory k of a spec is a run named `<name>-explore<k>` with a
+deterministic spec, so running the same command again skips the trajectories that finished,
+resumes the ones that stopped (failed, interrupted, cancelled) from their last committed round,
+and starts only the missing ones; asking for more trajectories extends the set.
 """
 
 from __future__ import annotations
@@ -32,12 +37,33 @@ def trajectory_specs(spec: RunSpec, n: int, concentration: float, seed_offset: i
     return out
 
 
+def _existing(store: RunStore, texts: list[str]) -> dict[int, tuple[str, str]]:
+    """Trajectory index -> (run id, status) of runs already recorded with exactly that spec."""
+    by_text = {t: k for k, t in enumerate(texts)}
+    found: dict[int, tuple[str, str]] = {}
+    for run in store.list_runs(1_000_000):  # oldest last: a finished run wins over a newer retry
+        k = by_text.get(run.spec_yaml)
+        if k is not None and (k not in found or run.status == "finished"):
+            found[k] = (run.id, run.status)
+    return found
+
+
 def explore(store: RunStore, home: Home, spec: RunSpec, n: int, concentration: float = 1.0,
             parallel: int = 2, tracking: bool = False, reporter: Reporter | None = None) -> dict[str, str]:
-    """Run n trajectories, `parallel` controllers at a time on one Ray cluster; returns run id -> status."""
+    """Run n trajectories, `parallel` controllers at a time on one Ray cluster; returns run id -> status
+    (trajectories that finished before are reported as finished and not re-run)."""
     from orchestrator import cluster
 
-    ids = [create_run(store, home, parse_spec(text), text) for text in trajectory_specs(spec, n, concentration)]
+    texts = trajectory_specs(spec, n, concentration)
+    before = _existing(store, texts)
+    done = {rid: "finished" for rid, status in before.values() if status == "finished"}
+    todo = [before[k][0] if k in before else create_run(store, home, parse_spec(text), text)
+            for k, text in enumerate(texts) if k not in before or before[k][1] != "finished"]
+    if reporter and before:
+        reporter.message(f"{len(done)} of {n} trajectories already finished; "
+                         f"{sum(k in before for k in range(n)) - len(done)} resumed, {n - len(before)} new")
+    if not todo:
+        return done
     cluster.connect(home)  # once, before the controller threads
 
     def one(run_id: str) -> tuple[str, str]:
@@ -50,4 +76,17 @@ def explore(store: RunStore, home: Home, spec: RunSpec, n: int, concentration: f
         return run_id, status
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:
-        return dict(pool.map(one, ids))
+        return {**done, **dict(pool.map(one, todo))}
+
+
+def describe_runs(store: RunStore, run_ids: list[str]) -> dict[str, str]:
+    """What an agent was trained on, for its metadata: the proxy models' sizes (or paths)."""
+    import json
+
+    models = set()
+    for rid in run_ids:
+        model = store.get_run(rid).spec_json.get("model") or {}
+        keys = ("hidden_size", "num_layers", "num_heads", "intermediate_size")
+        size = " ".join(f"{k}={model[k]}" for k in keys if model.get(k) is not None)
+        models.add(f"{size or 'model'}{' (continued from ' + str(model['path']) + ')' if model.get('path') else ''}")
+    return {"models": json.dumps(sorted(models))}

@@ -135,4 +135,6 @@ class Transition(Base):
     done: Mapped[bool] = mapped_column(Boolean)
     mixer: Mapped[str] = mapped_column(String(64))
     """Mixer that chose the action (dirichlet for exploration)."""
+    feature_version: Mapped[str] = mapped_column(String(8), default="1", server_default="1", index=True)
+    """Version of the state features (mixers/agent.py FEATURE_VERSION); agents train on one version."""
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -236,9 +236,14 @@ class RunStore:
                                result_json=result.to_json(), eval_losses=result.eval_losses,
                                train_loss=mean_loss, tokens=result.tokens, tokens_per_s=result.tokens_per_s)
 
-    def transitions(self, num_domains: int | None = None, exclude_runs: list[str] | None = None) -> list[Transition]:
+    def transitions(self, num_domains: int | None = None, exclude_runs: list[str] | None = None,
+                    feature_version: str | None = None, runs: list[str] | None = None) -> list[Transition]:
         with self._sessions() as s:
             q = select(Transition).order_by(Transition.id)
+            if feature_version is not None:
+                q = q.where(Transition.feature_version == feature_version)
+            if runs is not None:
+                q = q.where(Transition.run_id.in_(runs))
             if num_domains is not None:
                 q = q.where(Transition.num_domains == num_domains)
             if exclude_runs:

@@ -79,7 +79,7 @@ def test_db_upgrade_and_runs_list_empty(tmp_path):
     rev = cpt("db", "current", home=tmp_path)
     from store.db import head_revision
 
-    assert rev.stdout.strip() == head_revision() == "0005"
+    assert rev.stdout.strip() == head_revision() == "0006"
     out = cpt("runs", "list", "--json", home=tmp_path)
     assert out.returncode == 0 and json.loads(out.stdout) == []
 

@@ -1,10 +1,13 @@
-from dataclasses import dataclass
+import json
+import math
+from dataclasses import dataclass, field
 
 import pytest
 
-from mixers.agent import balanced_reward, load_agent, save_agent, state_features, train_agent
+from mixers.agent import GLOBAL, PER_DOMAIN, balanced_reward, load_agent, save_agent, split_state, state_features
+from mixers.agent_train import train_agent, validation_score
 from mixers.base import Observation, RoundRecord, build_mixer
-from store.errors import CheckpointError
+from store.errors import CheckpointError, InputError
 
 
 @dataclass
@@ -15,46 +18,103 @@ class T:
     state: list
     action: list
     reward: float
+    next_state: list
+    done: bool
+    domains: list = field(default_factory=list)
 
 
-def _obs(history=(), r=0, start=None) -> Observation:
-    return Observation(stage_index=1, round_index=r, num_rounds=4, stage_domains=["de"],
-                       replay_domains=["replay/en"], replay_fraction=0.0, domain_tokens={},
+def _obs(history=(), r=0, start=None, stage=("de",), replay=("replay/en",)) -> Observation:
+    return Observation(stage_index=1, round_index=r, num_rounds=4, stage_domains=list(stage),
+                       replay_domains=list(replay), replay_fraction=0.0, domain_tokens={},
                        history=list(history), start_losses=start or {"de": 8.0, "en": 4.0})
 
 
-def test_features_and_reward_by_hand():
-    assert state_features(_obs()) == [0.5, 0.5, 1.0, 1.0, 0.0, 0.0, 0.0]
-    hist = [RoundRecord(1, 0, {"de": 0.8, "replay/en": 0.2}, {"de": 6.0, "en": 4.4})]
-    f = state_features(_obs(hist, r=1))
-    assert f == pytest.approx([0.8, 0.2, 0.75, 1.1, (6.0 - 8.0) / 8.0, (4.4 - 4.0) / 4.0, 0.25])
+def test_features_by_hand_with_a_window_of_history():
+    assert state_features(_obs()) == [1, 0.5, 0.5, 0, 0, 0, 0, 0, 0.5, 0.5, 0, 0, 0, 0, 0.0, 0.5]
+    h1 = RoundRecord(1, 0, {"de": 0.8, "replay/en": 0.2}, {"de": 6.0, "en": 4.4})
+    f = state_features(_obs([h1], r=1))
+    assert f == pytest.approx([1, 0.8, 0.8, math.log(0.75), -2.5, 0, 0,
+                               0, 0.2, 0.2, math.log(1.1), 1.0, 0, 0, 0.25, 0.5])
+    h2 = RoundRecord(1, 1, {"de": 0.6, "replay/en": 0.4}, {"de": 5.4, "en": 4.4})
+    rows, glob = split_state(state_features(_obs([h1, h2], r=2)), 2)
+    assert rows[0] == pytest.approx([1, 0.6, 0.8, math.log(5.4 / 8), -1.0, -2.5, 0])  # newest change first
+    assert rows[1][4:] == pytest.approx([0, 1.0, 0]) and glob == [0.5, 0.5]
     # target improved 25%, source got 10% worse -> reward 0.5 * (0.25 - 0.10)
     assert balanced_reward({"de": 8.0, "en": 4.0}, {"de": 6.0, "en": 4.4}, ["de"], ["replay/en"]) == \
         pytest.approx(0.075)
+    with pytest.raises(CheckpointError, match="does not fit 3 domains"):
+        split_state(f, 3)
 
 
-def _synthetic_transitions(n=60):
-    """Reward is highest when the action puts ~70% on domain 0."""
+def _synthetic(n_traj=24, ks=(2, 3), best=0.7, seed=0):
+    """Reward is highest when the target (role-1 domain) gets `best` of the batch, for any K."""
     import numpy as np
 
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(n):
-        a = rng.dirichlet([1.0, 1.0])
-        out.append(T(f"run{i // 3}", 1, i % 3, [0.5, 0.5, 1, 1, 0, 0, (i % 3) / 3], a.tolist(),
-                      -abs(a[0] - 0.7)))
+    rng = np.random.default_rng(seed)
+    out, f = [], len(PER_DOMAIN)
+    for i in range(n_traj):
+        k = ks[i % len(ks)]
+        rows = [[1.0 if j == 0 else 0.0, 1 / k, 1 / k, 0, 0, 0, 0] for j in range(k)]
+        for r in range(3):
+            a = rng.dirichlet([1.0] * k)
+            state = [x for row in rows for x in row] + [r / 3, 1 / k]
+            rows = [[row[0], a[j], row[1], row[3] - 0.05, -0.5, row[4], row[5]] for j, row in enumerate(rows)]
+            nxt = [x for row in rows for x in row] + [(r + 1) / 3, 1 / k]
+            assert len(state) == k * f + len(GLOBAL)
+            out.append(T(f"run{i}", 1, r, state, a.tolist(), -abs(a[0] - best), nxt, r == 2,
+                         ["tgt", *(f"replay/src{j}" for j in range(1, k))]))
     return out
 
 
-def test_awr_moves_policy_to_good_actions_and_roundtrips(tmp_path):
-    policy, meta = train_agent(_synthetic_transitions(), num_domains=2, beta=0.05, epochs=300)
-    path = save_agent(policy, tmp_path / "agent.safetensors", meta)
-    loaded, meta2 = load_agent(path)
-    assert meta2["method"] == "awr" and meta2["num_domains"] == "2" and meta2["transitions"] == "60"
+def _start(k: int) -> Observation:
+    stage, replay = ["tgt"], [f"replay/src{j}" for j in range(1, k)]
+    return _obs(stage=stage, replay=replay, start={"tgt": 8.0, **{f"src{j}": 4.0 for j in range(1, k)}})
+
+
+@pytest.mark.parametrize("method", ["awr", "cql"])
+def test_one_agent_learns_the_rewarded_mixture_for_2_and_3_domains(tmp_path, method):
+    proposals = {}
+    for best in (0.7, 0.1):  # the target's best share: above and below uniform for K = 2 and 3
+        nets, meta = train_agent(_synthetic(best=best), method=method, beta=0.05, epochs=300)
+        assert meta["method"] == method and meta["domain_counts"] == "[2, 3]"
+        assert int(meta["val_trajectories"]) == 6 and int(meta["trajectories"]) == 18
+        assert not set(json.loads(meta["runs"])) & set(json.loads(meta["val_runs"]))
+        assert float(meta["val_score"]) > 0.3  # prefers the better held-out actions
+        assert json.loads(meta["pairs"]) == {"src1->tgt": 12, "src1+src2->tgt": 12}
+        path = save_agent(nets, tmp_path / f"agent{best}.safetensors", meta)
+        assert load_agent(path)[1] == meta
+        mixer = build_mixer({"kind": "agent", "path": str(path)})
+        for k in (2, 3):
+            w = mixer.propose(_start(k))
+            assert sum(w.values()) == pytest.approx(1.0)
+            proposals[best, k] = w["tgt"]
+    for k in (2, 3):
+        assert proposals[0.7, k] > 1 / k + 0.05 and proposals[0.1, k] < 1 / k - 0.05, proposals
+
+
+def test_domains_of_one_role_are_interchangeable(tmp_path):
+    nets, meta = train_agent(_synthetic(8), epochs=20)
+    path = save_agent(nets, tmp_path / "a.safetensors", meta)
     mixer = build_mixer({"kind": "agent", "path": str(path)})
-    w = mixer.propose(_obs())
-    assert abs(w["de"] - 0.7) < abs(0.5 - 0.7)  # closer to the rewarded mixture than uniform
-    assert sum(w.values()) == pytest.approx(1.0)
+    h = [RoundRecord(1, 0, {"tgt": 0.5, "replay/a": 0.3, "replay/b": 0.2}, {"tgt": 7.0, "a": 4.1, "b": 3.0})]
+    start = {"tgt": 8.0, "a": 4.0, "b": 3.2}
+    w1 = mixer.propose(_obs(h, 1, start, stage=["tgt"], replay=["replay/a", "replay/b"]))
+    w2 = mixer.propose(_obs(h, 1, start, stage=["tgt"], replay=["replay/b", "replay/a"]))
+    assert w1 == pytest.approx(w2)
+    assert w1["replay/a"] != pytest.approx(w1["replay/b"])  # but they are told apart by their own rows
+
+
+def test_selection_keeps_the_best_held_out_epoch():
+    data = _synthetic()
+    nets, meta = train_agent(data, epochs=200, eval_every=10)
+    assert 10 <= int(meta["best_epoch"]) <= 200 and int(meta["best_epoch"]) % 10 == 0
+    from mixers.agent_train import _tensors, _trajectories
+
+    trajs = _trajectories(data)
+    val = _tensors([trajs[(r, 1)] for r in json.loads(meta["val_runs"])], 0.9)
+    assert validation_score(nets, val) == pytest.approx(float(meta["val_score"]), abs=6e-5)
+    _, none_held = train_agent(data, epochs=10, val_fraction=0)
+    assert none_held["val_trajectories"] == "0" and none_held["val_score"].startswith("n/a")
 
 
 def test_agent_errors(tmp_path):
@@ -64,10 +124,11 @@ def test_agent_errors(tmp_path):
     with pytest.raises(CheckpointError, match="cannot load agent"):
         load_agent(tmp_path / "bad.safetensors")
     with pytest.raises(CheckpointError, match="at least 4 transitions"):
-        train_agent([], 2)
-    policy, meta = train_agent(_synthetic_transitions(12), 2, epochs=5)
-    path = save_agent(policy, tmp_path / "a.safetensors", meta)
-    three = Observation(stage_index=1, round_index=0, num_rounds=2, stage_domains=["a", "b"],
-                        replay_domains=["c"], replay_fraction=0, domain_tokens={})
-    with pytest.raises(CheckpointError, match="trained for 2 domains"):
-        build_mixer({"kind": "agent", "path": str(path)}).propose(three)
+        train_agent([])
+    with pytest.raises(InputError, match="method: unknown 'ppo'; valid: awr, cql"):
+        train_agent(_synthetic(4), method="ppo")
+    nets, meta = train_agent(_synthetic(4), epochs=5)
+    save_agent(nets, tmp_path / "old.safetensors", {**meta, "feature_version": "1", "format": "cpt-agent/1"})
+    with pytest.raises(CheckpointError, match="feature version 2 .*retrain"):
+        load_agent(tmp_path / "old.safetensors")
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -12,6 +12,7 @@ from orchestrator.explore import explore
 from orchestrator.home import Home
 from orchestrator.spec import parse_spec
 from store.runs import RunStore
+from tests_helpers import cpt
 from workers.plan import RoundPlan
 
 pytestmark = pytest.mark.e2e
@@ -81,14 +82,23 @@ def test_explore_train_and_run_the_agent(tmp_path, synth, ray_local):
     spec["stages"][1].update({"replay": {"fraction": 0.25}})
     results = explore(store, home, parse_spec(yaml.safe_dump(spec)), n=2, concentration=0.5, parallel=2)
     assert sorted(results.values()) == ["finished", "finished"]
-    two = store.transitions(num_domains=2)
+    two = store.transitions(num_domains=2, feature_version="2")
     assert len(two) == 4 and {t.mixer for t in two} == {"dirichlet"}
     assert len({tuple(t.action) for t in two}) == 4  # every round drew a different mixture
+    # exploring again is resumable: the finished trajectories are kept, only the missing one runs
+    again = explore(store, home, parse_spec(yaml.safe_dump(spec)), n=3, concentration=0.5, parallel=2)
+    assert set(results) < set(again) and sorted(again.values()) == ["finished"] * 3
+    assert len(store.list_runs()) == 3 and len(store.transitions(num_domains=2)) == 6
 
-    from mixers.agent import save_agent, train_agent
-
-    policy, meta = train_agent(two, 2, epochs=50)
-    agent = save_agent(policy, tmp_path / "agent.safetensors", meta)
+    # the CLI trains on the store's transitions and says what the agent was trained on
+    agent = tmp_path / "agent.safetensors"
+    trained = cpt(tmp_path, "agent", "train", "-o", str(agent), "--method", "cql", "--epochs", "30")
+    assert trained.returncode == 0 and "cql, 6 transitions from 3 trajectories" in trained.stdout, trained.stderr
+    shown = cpt(tmp_path, "agent", "show", str(agent))
+    assert shown.returncode == 0, shown.stderr
+    for text in ("cql (alpha 1.0)", "en->de x3", "3 training + 0 held out (6 + 0", "hidden_size=32",
+                 "version 2: per domain role,weight"):
+        assert text in shown.stdout, (text, shown.stdout)
     spec["stages"][1]["mixer"] = {"kind": "agent", "path": str(agent)}
     spec["stages"][1]["replay"]["fraction"] = 0.0  # the agent sets the replay share itself
     spec["name"] = "with-agent"
@@ -98,16 +108,3 @@ def test_explore_train_and_run_the_agent(tmp_path, synth, ray_local):
     used = [r.weights for r in store.rounds(run_id, status="finished") if r.stage_index == 1]
     assert all(set(w) == {"de", "en"} and sum(w.values()) == pytest.approx(1) for w in used)
     assert {t.mixer for t in store.transitions() if t.run_id == run_id and t.stage_index == 1} == {"agent"}
-
-
-def test_a_buffered_domain_trained_again_last_finishes(tmp_path, synth, ray_local):
-    """en is pretrained, replayed from its buffer while de trains, then trained again in the last
-    stage: no buffer is filled after the last stage (there used to be a crash there)."""
-    spec = tiny_spec(synth)
-    spec["stages"][1]["replay"] = {"fraction": 0.25, "buffer": {"tokens": 33 * 8}}
-    spec["stages"].append({"name": "s3", "domains": ["en"], "tokens": 32 * 4 * 4, "rounds": 1})
-    home, store, run_id = _create(tmp_path / "home", spec)
-    assert Controller(store, home, run_id, tracking=False).run() == "finished"
-    rounds = store.rounds(run_id, status="finished")
-    assert [r.stage_index for r in rounds] == [0, 0, 1, 1, 2]
-    assert rounds[2].weights == pytest.approx({"de": 0.75, "replay/en": 0.25})
