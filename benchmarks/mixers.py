@@ -1,34 +1,40 @@
-"""Every mixer on one two-domain continual run at equal tokens: source kept, target learned.
+"""Every mixer on continual runs at equal tokens: sources kept, target learned; three unseen settings.
 
-Setup: a stage-1 model trained on English prose (source); stage 2 learns German prose (target)
-from that checkpoint with 6 rounds, and the mixer picks the weights of [target, source] each round.
-Reported: final validation loss per domain and the balanced score
-    balanced = -1/2 (relative change of the source loss + relative change of the target loss)
+Setup per evaluation setting: a stage-1 model trained on the source domain(s); stage 2 learns the
+target domain from that checkpoint in 6 rounds while replaying the sources, and the mixer picks
+the weights each round. Reported: final validation loss per domain and the balanced score
+    balanced = -1/2 (relative change of the mean source loss + relative change of the target loss)
 measured from the stage-1 checkpoint (higher is better; the Data Mixing Agent's objective).
+Evaluation settings: prose-en->prose-de, tech-en->code-py, and three domains prose-en+tech-en->prose-de.
 
 Every mixer runs with several seeds (the seed sets the stage-1 model's init and both stages' data
-order; stage 2 of seed s continues seed s's stage-1 model); reported per mixer: mean and standard
-deviation of the balanced score and of each domain's final loss, and the paired difference to the
-best baseline on the same seeds (mean and standard deviation of the per-seed differences).
+order; stage 2 of seed s continues seed s's stage-1 model); reported per mixer and setting: mean
+and standard deviation of the balanced score and of each domain's final loss, and the paired
+difference to the best baseline on the same seeds (mean and std of the per-seed differences).
 
-The agent is trained on different data and seeds than it is evaluated on: exploration trajectories
-use a smaller proxy model, German *technical* text (manual pages) as the target, and other seeds.
+The agent never sees an evaluation setting: it learns from exploration trajectories of a smaller
+proxy model on other settings (prose-en->tech-de, code-py->tech-de, prose-en+code-py->tech-de, so
+2 and 3 domains) and other seeds; AWR and CQL train on the same transitions, each selecting its
+epoch on held-out *exploration* trajectories. Nothing is tuned on the evaluation settings.
 
-    python benchmarks/mixers.py [--tokens 300000] [--trajectories 12] [--seeds 3]
+    python benchmarks/mixers.py [--tokens 200000] [--trajectories 64] [--seeds 3] [--parallel 2]
     python benchmarks/mixers.py --quick     # smoke check: fewer tokens, seeds and mixers (< 15 min)
+Re-running reuses finished runs and trajectories (a stopped benchmark continues).
 Raw results: benchmarks/results/mixers.json (mixers-quick.json for --quick), one row per mixer
-and evaluation pair: {"rows": [{"pair", "mixer", "seeds", "balanced_mean", "balanced_std", ...}]}.
+and evaluation setting: {"rows": [{"pair", "mixer", "seeds", "balanced_mean", "balanced_std", ...}]}.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
@@ -37,165 +43,225 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 # benchmarks/mixers.py would shadow the `mixers` package: keep this folder off the import path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-SRC, TGT, PROXY_TGT = "prose-en", "prose-de", "tech-de"
+EVAL = [(("prose-en",), "prose-de"), (("tech-en",), "code-py"), (("prose-en", "tech-en"), "prose-de")]
+PROXY = [(("prose-en",), "tech-de"), (("code-py",), "tech-de"), (("prose-en", "code-py"), "tech-de")]
 COSINE = {"kind": "cosine", "peak_lr": 3e-3, "min_lr": 3e-4, "warmup": 0.02}
+MODEL = {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 352}
+PROXY_MODEL = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 176}
 
 
-def spec(name, root: Path, stages, model=None, seed=0, path=None, domains=(SRC, TGT)) -> dict:
-    model = dict(model or {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 352})
-    model["path"] = path
+def label(setting) -> str:
+    return f"{'+'.join(setting[0])}->{setting[1]}"
+
+
+def slug(setting) -> str:
+    return label(setting).replace("->", "-to-").replace("+", "-")
+
+
+EVAL_BATCHES = 8  # validation batches per domain and round (--quick: 4)
+
+
+def spec(name, root: Path, setting, stages, model=None, seed=0, path=None) -> dict:
+    model = {**(model or MODEL), "path": path}
+    domains = [*setting[0], setting[1]]
     return {"name": name, "seed": seed, "tokenizer": str(root / "tokenizer.json"), "seq_len": 128,
             "batch_size": 16, "model": model, "domains": {d: str(root / "data" / d) for d in domains},
-            "stages": stages, "eval_batches": 8, "resources": {"cpus": 1}, "tracking": {"experiment": "cpt-mixers"}}
+            "stages": stages, "eval_batches": EVAL_BATCHES, "resources": {"cpus": 1},
+            "tracking": {"experiment": "cpt-mixers"}}
 
 
-def stage2(tokens: int, mixer: dict, replay: float = 0.25, target: str = TGT, **extra) -> list[dict]:
+def pretrain(tokens: int, setting, rounds: int = 2) -> list[dict]:
+    return [{"name": "sources", "domains": list(setting[0]), "tokens": tokens, "rounds": rounds, "schedule": COSINE}]
+
+
+def stage2(tokens: int, setting, mixer: dict, replay: float = 0.25, **extra) -> list[dict]:
     from mixers.base import build_mixer
 
     # replay.fraction only where the mixer reads it (the others set the replay share themselves)
     fraction = replay if build_mixer(mixer).reads_replay_fraction() else 0.0
-    return [{"name": "continue", "domains": [target], "tokens": tokens, "rounds": 6, "schedule": COSINE,
-             "replay": {"fraction": fraction, "sources": [SRC]}, "mixer": mixer, **extra}]
+    return [{"name": "continue", "domains": [setting[1]], "tokens": tokens, "rounds": 6, "schedule": COSINE,
+             "replay": {"fraction": fraction, "sources": list(setting[0])}, "mixer": mixer, **extra}]
 
 
 def run(store, home, raw: dict) -> str:
+    """One run to its end in this thread; a finished run of the same spec is reused."""
     from orchestrator.controller import Controller, create_run
     from orchestrator.spec import parse_spec
+    from store.runs import RunStore
 
-    for existing in store.list_runs(10_000):  # re-running the script reuses finished runs of the same spec
+    for existing in store.list_runs(100_000):
         if existing.name == raw["name"] and existing.status == "finished" and yaml.safe_load(existing.spec_yaml) == raw:
             print(f"  {raw['name']}: reused {existing.id}", flush=True)
             return existing.id
     text = yaml.safe_dump(raw)
     rid = create_run(store, home, parse_spec(text), text)
     t0 = time.perf_counter()
-    Controller(store, home, rid, tracking=False).run()
-    print(f"  {raw['name']}: {time.perf_counter() - t0:.0f} s", flush=True)
+    status = Controller(RunStore(store.url), home, rid, tracking=False).run()
+    print(f"  {raw['name']}: {status}, {time.perf_counter() - t0:.0f} s", flush=True)
+    if status != "finished":
+        raise SystemExit(f"{raw['name']}: {status}")
     return rid
 
 
-def scores(store, rid: str) -> dict:
+def scores(store, rid: str, setting) -> dict:
+    from corpus.names import source_name
+    from mixers.agent import balanced_reward
+
+    sources, target = setting
     done = store.rounds(rid, status="finished")
     before = json.loads(done[0].result_json)["eval_before"]
     after = done[-1].eval_losses
-    rel = {d: (after[d] - before[d]) / before[d] for d in (SRC, TGT)}
-    weights = [r.weights for r in done]
-    return {"src": after[SRC], "tgt": after[TGT], "balanced": -0.5 * (rel[SRC] + rel[TGT]),
-            "src_share": sum(w.get(SRC, 0) for w in weights) / len(weights)}
+    share = [sum(w for d, w in r.weights.items() if source_name(d) in sources) for r in done]
+    return {"src": statistics.fmean(after[s] for s in sources), "tgt": after[target],
+            "balanced": balanced_reward(before, after, [target], list(sources)),
+            "src_share": statistics.fmean(share)}
 
 
 def _stats(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--tokens", type=int, default=300_000, help="tokens of stage 1 and of stage 2")
-    ap.add_argument("--trajectories", type=int, default=12)
-    ap.add_argument("--seeds", type=int, default=3, help="evaluation seeds per mixer (paired across mixers)")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke check: 60k tokens, 2 seeds, 4 trajectories, 5 mixers; results/mixers-quick.json")
-    ap.add_argument("--home", type=Path, default=None)
-    args = ap.parse_args()
-    if args.quick:
-        args.tokens, args.seeds, args.trajectories = 60_000, 2, 4
-    args.home = args.home or ROOT / "cpt-home" / ("mixers-quick" if args.quick else "mixers")
-    from corpus.builtin import prepare_builtins
-    from mixers.agent import save_agent, train_agent
-    from orchestrator import cluster
-    from orchestrator.explore import explore
-    from orchestrator.home import Home
+def train_agents(store, home, args, pool) -> dict[str, Path]:
+    """Proxy stage 1 per proxy setting, random-mixture trajectories, then AWR and CQL on them."""
+    from mixers.agent import FEATURE_VERSION, save_agent
+    from mixers.agent_train import train_agent
+    from orchestrator.explore import describe_runs, explore
     from orchestrator.spec import parse_spec
-    from store.runs import RunStore
 
-    home = Home.from_env(args.home)
-    prepare_builtins(home.data, home.tokenizer, [SRC, TGT, PROXY_TGT], install=True, log=lambda m: print(" ", m))
-    store = RunStore(home.store_url)
-    cluster.connect(home)
     T, root = args.tokens, home.root
-    machine = f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}, {date.today()}"
-    print(f"machine: {machine}; {T:,} tokens per stage, {args.seeds} seed(s)", flush=True)
-    t_start = time.perf_counter()
-
-    # 1. the agent: proxy stage 1, random-mixture trajectories on other data/seeds, offline AWR
-    proxy = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 176}
-    p1 = run(store, home, spec("proxy-pretrain", root, [{"name": "en", "domains": [SRC], "tokens": T // 2,
-                                                          "rounds": 1, "schedule": COSINE}], proxy, seed=100,
-                               domains=(SRC, PROXY_TGT)))
-    proxy_ckpt = store.rounds(p1, status="finished")[-1].checkpoint_uri
-    explore_spec = spec("proxy", root, stage2(T // 2, {"kind": "fixed_replay"}, target=PROXY_TGT), proxy,
-                        seed=200, path=proxy_ckpt, domains=(SRC, PROXY_TGT))
-    t0 = time.perf_counter()
-    explored = [r.id for r in store.list_runs(10_000) if r.name.startswith("proxy-explore") and r.status == "finished"]
-    if len(explored) < args.trajectories:
-        status = explore(store, home, parse_spec(yaml.safe_dump(explore_spec)), args.trajectories, 1.0, parallel=2)
-        explored = [rid for rid, s in status.items() if s == "finished"]
+    per = math.ceil(args.trajectories / len(PROXY))
+    ckpts = dict(zip(PROXY, pool.map(lambda s: store.rounds(run(store, home, spec(
+        f"proxy-pretrain-{slug(s)}", root, s, pretrain(T // 2, s, 1), PROXY_MODEL, seed=100)),
+        status="finished")[-1].checkpoint_uri, PROXY), strict=True))
+    explored, t0 = [], time.perf_counter()
+    for s in PROXY:
+        raw = spec(f"proxy-{slug(s)}", root, s, stage2(T // 2, s, {"kind": "fixed_replay"}), PROXY_MODEL,
+                   seed=200, path=ckpts[s])
+        status = explore(store, home, parse_spec(yaml.safe_dump(raw)), per, 1.0, parallel=args.parallel)
+        explored += [rid for rid, st in status.items() if st == "finished"]
     print(f"  explore: {len(explored)} trajectories, {time.perf_counter() - t0:.0f} s", flush=True)
-    # only exploration transitions: evaluation runs below also store theirs, and must not leak in
-    policy, meta = train_agent([t for t in store.transitions(num_domains=2) if t.run_id in set(explored)], 2)
-    agent_path = save_agent(policy, root / "agent.safetensors", meta)
-    print(f"  agent: {meta['transitions']} transitions, {meta['trajectories']} trajectories", flush=True)
+    # only exploration transitions: evaluation runs store theirs too, and must not leak in
+    rows = store.transitions(feature_version=FEATURE_VERSION, runs=explored)
+    agents = {}
+    for method in ("awr", "cql"):
+        nets, meta = train_agent(rows, method=method, describe=describe_runs(store, explored))
+        agents[method] = save_agent(nets, root / f"agent-{method}.safetensors", meta)
+        print(f"  agent {method}: {meta['transitions']}+{meta['val_transitions']} transitions, held-out score "
+              f"{meta['val_score']} at epoch {meta['best_epoch']}", flush=True)
+    return agents
 
-    # 2. the evaluation: per seed one stage-1 model, every mixer continues it with the same tokens
-    mixers = {
-        "fixed_replay 5%": ({"kind": "fixed_replay"}, 0.05, {}),
-        "fixed_replay 25%": ({"kind": "fixed_replay"}, 0.25, {}),
-        "static 50/50": ({"kind": "static", "weights": {TGT: 0.5, SRC: 0.5}}, 0.0, {}),
-        "proportional (pooled by tokens)": ({"kind": "proportional", "pool": True}, 0.0, {}),
+
+def mixers_for(setting, agents: dict[str, Path], quick: bool) -> dict[str, tuple]:
+    sources, target = setting
+    half = {target: 0.5, **{s: 0.5 / len(sources) for s in sources}}
+    out = {
+        **{f"fixed_replay {int(f * 100)}%": ({"kind": "fixed_replay"}, f, {}) for f in (0.1, 0.25, 0.4)},
+        "static 50/50": ({"kind": "static", "weights": half}, 0.0, {}),
         "temperature tau=2 (pooled)": ({"kind": "temperature", "temperature": 2.0, "pool": True}, 0.0, {}),
         "odm (EXP3)": ({"kind": "odm"}, 0.0, {}),
         "recap": ({"kind": "recap", "window": 10, "temperature": 0.05}, 0.0, {}),
-        "agent (AWR)": ({"kind": "agent", "path": str(agent_path)}, 0.0, {}),
-        "fixed_replay 25% + LinUpper samples": ({"kind": "fixed_replay"}, 0.25,
-                                                {"sample_loss": {"kind": "linupper", "r": 0.4}}),
+        "agent (AWR)": ({"kind": "agent", "path": str(agents["awr"])}, 0.0, {}),
+        "agent (CQL)": ({"kind": "agent", "path": str(agents["cql"])}, 0.0, {}),
     }
-    if args.quick:
-        mixers = {k: v for k, v in mixers.items() if k in ("fixed_replay 25%", "static 50/50", "odm (EXP3)",
-                                                            "agent (AWR)")}
-    per_seed: dict[str, dict[int, dict]] = {}
-    for seed in range(args.seeds):
-        sfx = f"-s{seed}" if seed else ""  # seed 0 keeps the single-seed run names (reused)
-        s1 = run(store, home, spec(f"pretrain{sfx}", root, [{"name": "en", "domains": [SRC], "tokens": T,
-                                                             "rounds": 2, "schedule": COSINE}], seed=seed,
-                                   domains=(SRC, TGT)))
-        ckpt = store.rounds(s1, status="finished")[-1].checkpoint_uri
-        runs = {}
-        for label, (mixer, replay, extra) in mixers.items():
-            slug = label.split()[0].replace("/", "-")
-            runs[label] = run(store, home, spec(f"mix-{slug}{sfx}", root, stage2(T, mixer, replay, **extra),
-                                                seed=seed, path=ckpt))
-        # DoReMi's reference model: the uniform (static 50/50) run's final losses, same seed
-        runs["doremi (ref = 50/50 run)"] = run(store, home, spec(
-            f"mix-doremi{sfx}", root, stage2(T, {"kind": "doremi", "reference_run": runs["static 50/50"],
-                                                 "smoothing": 0.05}, 0.0), seed=seed, path=ckpt))
-        for label, rid in runs.items():
-            per_seed.setdefault(label, {})[seed] = scores(store, rid)
-    cluster.shutdown()
+    keep = ("static 50/50", "agent (AWR)", "agent (CQL)")
+    return {k: v for k, v in out.items() if not quick or k in keep}
 
+
+def evaluate(store, home, args, agents, pool) -> dict[tuple, dict[str, dict[int, dict]]]:
+    """Per setting and seed one stage-1 model; every mixer continues it (in waves, `parallel` at once)."""
+    T, root = args.tokens, home.root
+    jobs = [(s, seed) for s in EVAL for seed in range(args.seeds)]
+    pre = dict(zip(jobs, pool.map(lambda j: run(store, home, spec(
+        f"pretrain-{slug(j[0])}-s{j[1]}", root, j[0], pretrain(T, j[0]), seed=j[1])), jobs), strict=True))
+    ckpt = {j: store.rounds(rid, status="finished")[-1].checkpoint_uri for j, rid in pre.items()}
+    wave = [(s, seed, name, m) for s, seed in jobs for name, m in mixers_for(s, agents, args.quick).items()]
+
+    def one(job, mixer, replay, extra):
+        s, seed, name = job
+        key = name.split()[0].replace("/", "-") + (name.split()[1].strip("%") if "%" in name else "")
+        key += "-cql" if "CQL" in name else ""
+        return run(store, home, spec(f"mix-{slug(s)}-{key}-s{seed}", root, s, stage2(T, s, mixer, replay, **extra),
+                                     seed=seed, path=ckpt[s, seed]))
+
+    ids = dict(zip([(s, seed, n) for s, seed, n, _ in wave],
+                   pool.map(lambda w: one(w[:3], *w[3]), wave), strict=True))
+    if not args.quick:  # DoReMi's reference model: the uniform (static 50/50) run's final losses, same seed
+        ref = [(s, seed) for s, seed in jobs]
+        ids.update(zip([(s, seed, "doremi (ref = 50/50 run)") for s, seed in ref], pool.map(lambda j: one(
+            (*j, "doremi"), {"kind": "doremi", "reference_run": ids[(*j, "static 50/50")], "smoothing": 0.05},
+            0.0, {}), ref), strict=True))
+    out: dict[tuple, dict[str, dict[int, dict]]] = {}
+    for (s, seed, name), rid in ids.items():
+        out.setdefault(s, {}).setdefault(name, {})[seed] = scores(store, rid, s)
+    return out
+
+
+def rows_for(setting, per_seed: dict[str, dict[int, dict]]) -> list[dict]:
     rows = []
-    for label, by_seed in per_seed.items():
-        row = {"pair": f"{SRC}->{TGT}", "mixer": label, "seeds": len(by_seed)}
-        for key, name in (("balanced", "balanced"), ("src", "source_loss"), ("tgt", "target_loss"),
-                          ("src_share", "source_weight")):
-            row[f"{name}_mean"], row[f"{name}_std"] = _stats([s[key] for s in by_seed.values()])
+    for name, by_seed in per_seed.items():
+        row = {"pair": label(setting), "mixer": name, "seeds": len(by_seed)}
+        for key, col in (("balanced", "balanced"), ("src", "source_loss"), ("tgt", "target_loss"),
+                         ("src_share", "source_weight")):
+            row[f"{col}_mean"], row[f"{col}_std"] = _stats([s[key] for s in by_seed.values()])
         row["per_seed_balanced"] = [by_seed[k]["balanced"] for k in sorted(by_seed)]
         rows.append(row)
-    baselines = [r for r in rows if not r["mixer"].startswith("agent")]
-    best = max(baselines, key=lambda r: r["balanced_mean"])
+    best = max((r for r in rows if not r["mixer"].startswith("agent")), key=lambda r: r["balanced_mean"])
     for r in rows:  # paired on seeds: the same stage-1 model and data order on both sides
         diffs = [a - b for a, b in zip(r["per_seed_balanced"], best["per_seed_balanced"], strict=True)]
         r["vs_best_baseline"], (r["vs_best_mean"], r["vs_best_std"]) = best["mixer"], _stats(diffs)
+        # the issue's bar (margin over twice the std across seeds) and the paired one (twice the std of the differences)
+        r["beats_best_by_2std"] = r["vs_best_mean"] > 0 and r["vs_best_mean"] > 2 * r["balanced_std"]
+        r["beats_best_paired"] = r["vs_best_mean"] > 0 and r["vs_best_mean"] > 2 * r["vs_best_std"]
     rows.sort(key=lambda r: -r["balanced_mean"])
-    print(f"\n| mixer | seeds | {SRC} (source) | {TGT} (target) | balanced score | vs best baseline "
+    print(f"\n{label(setting)}\n| mixer | seeds | source loss | target loss | balanced score | vs best baseline "
           f"({best['mixer']}), paired | mean source weight |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['mixer']} | {r['seeds']} | {r['source_loss_mean']:.3f} +- {r['source_loss_std']:.3f} | "
               f"{r['target_loss_mean']:.3f} +- {r['target_loss_std']:.3f} | "
               f"{r['balanced_mean']:+.4f} +- {r['balanced_std']:.4f} | "
               f"{r['vs_best_mean']:+.4f} +- {r['vs_best_std']:.4f} | {r['source_weight_mean']:.2f} |")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, default=200_000, help="tokens of stage 1 and of stage 2")
+    ap.add_argument("--trajectories", type=int, default=64, help="exploration trajectories (all proxy settings)")
+    ap.add_argument("--seeds", type=int, default=3, help="evaluation seeds per mixer (paired across mixers)")
+    ap.add_argument("--parallel", type=int, default=2, help="runs at once (each on one CPU)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke check: 20k tokens, 2 seeds, 6 trajectories, 3 mixers, 4 eval batches; "
+                         "results/mixers-quick.json")
+    ap.add_argument("--home", type=Path, default=None)
+    args = ap.parse_args()
+    if args.quick:
+        global EVAL_BATCHES
+        args.tokens, args.seeds, args.trajectories, EVAL_BATCHES = 20_000, 2, 6, 4
+    args.home = args.home or ROOT / "cpt-home" / ("mixers-quick" if args.quick else "mixers")
+    from corpus.builtin import prepare_builtins
+    from orchestrator import cluster
+    from orchestrator.home import Home
+    from store.runs import RunStore
+
+    home = Home.from_env(args.home)
+    names = sorted({d for s in EVAL + PROXY for d in (*s[0], s[1])})
+    prepare_builtins(home.data, home.tokenizer, names, install=True, log=lambda m: print(" ", m))
+    store = RunStore(home.store_url)
+    cluster.connect(home)
+    machine = f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}, {date.today()}"
+    print(f"machine: {machine}; {args.tokens:,} tokens per stage, {args.seeds} seed(s)", flush=True)
+    t_start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        agents = train_agents(store, home, args, pool)
+        results = evaluate(store, home, args, agents, pool)
+    cluster.shutdown()
+    from mixers.agent import load_agent
+
+    rows = [r for s in EVAL for r in rows_for(s, results[s])]
     out = ROOT / "benchmarks" / "results" / ("mixers-quick.json" if args.quick else "mixers.json")
-    out.write_text(json.dumps({"date": str(date.today()), "machine": machine, "tokens_per_stage": T,
-                               "seeds": args.seeds, "trajectories": len(explored), "agent": meta,
+    out.write_text(json.dumps({"date": str(date.today()), "machine": machine, "tokens_per_stage": args.tokens,
+                               "seeds": args.seeds, "trajectories": args.trajectories,
+                               "agents": {m: load_agent(p)[1] for m, p in agents.items()},
                                "wall_s": time.perf_counter() - t_start, "rows": rows}, indent=1, default=str))
     print(f"wrote {out} ({time.perf_counter() - t_start:.0f} s)")
 
