@@ -17,7 +17,7 @@ proxy model on other settings (prose-en->tech-de, code-py->tech-de, prose-en+cod
 2 and 3 domains) and other seeds; AWR and CQL train on the same transitions, each selecting its
 epoch on held-out *exploration* trajectories. Nothing is tuned on the evaluation settings.
 
-    python benchmarks/mixers.py [--tokens 200000] [--trajectories 64] [--seeds 3] [--parallel 2]
+    python benchmarks/mixers.py [--tokens 200000] [--trajectories 64] [--seeds 3] [--eval-batches 8]
     python benchmarks/mixers.py --quick     # smoke check: fewer tokens, seeds and mixers (< 15 min)
 Re-running reuses finished runs and trajectories (a stopped benchmark continues).
 Raw results: benchmarks/results/mixers.json (mixers-quick.json for --quick), one row per mixer
@@ -58,7 +58,7 @@ def slug(setting) -> str:
     return label(setting).replace("->", "-to-").replace("+", "-")
 
 
-EVAL_BATCHES = 8  # validation batches per domain and round (--quick: 4)
+EVAL_BATCHES = 8  # validation batches per domain and round (--eval-batches; --quick: 4)
 
 
 def spec(name, root: Path, setting, stages, model=None, seed=0, path=None) -> dict:
@@ -228,15 +228,18 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=200_000, help="tokens of stage 1 and of stage 2")
     ap.add_argument("--trajectories", type=int, default=64, help="exploration trajectories (all proxy settings)")
     ap.add_argument("--seeds", type=int, default=3, help="evaluation seeds per mixer (paired across mixers)")
+    ap.add_argument("--eval-batches", type=int, default=8, help="validation batches per domain and round "
+                    "(the same fixed batches for every mixer, so paired differences stay exact)")
     ap.add_argument("--parallel", type=int, default=2, help="runs at once (each on one CPU)")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke check: 20k tokens, 2 seeds, 6 trajectories, 3 mixers, 4 eval batches; "
+                    help="smoke check: 30k tokens, 2 seeds, 6 trajectories, 3 mixers, 4 eval batches; "
                          "results/mixers-quick.json")
     ap.add_argument("--home", type=Path, default=None)
     args = ap.parse_args()
+    global EVAL_BATCHES
     if args.quick:
-        global EVAL_BATCHES
-        args.tokens, args.seeds, args.trajectories, EVAL_BATCHES = 20_000, 2, 6, 4
+        args.tokens, args.seeds, args.trajectories, args.eval_batches = 30_000, 2, 6, 4
+    EVAL_BATCHES = args.eval_batches
     args.home = args.home or ROOT / "cpt-home" / ("mixers-quick" if args.quick else "mixers")
     from corpus.builtin import prepare_builtins
     from orchestrator import cluster
@@ -260,7 +263,7 @@ def main() -> None:
     rows = [r for s in EVAL for r in rows_for(s, results[s])]
     out = ROOT / "benchmarks" / "results" / ("mixers-quick.json" if args.quick else "mixers.json")
     out.write_text(json.dumps({"date": str(date.today()), "machine": machine, "tokens_per_stage": args.tokens,
-                               "seeds": args.seeds, "trajectories": args.trajectories,
+                               "eval_batches": EVAL_BATCHES, "seeds": args.seeds, "trajectories": args.trajectories,
                                "agents": {m: load_agent(p)[1] for m, p in agents.items()},
                                "wall_s": time.perf_counter() - t_start, "rows": rows}, indent=1, default=str))
     print(f"wrote {out} ({time.perf_counter() - t_start:.0f} s)")
