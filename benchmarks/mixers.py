@@ -17,7 +17,7 @@ proxy model on other settings (prose-en->tech-de, code-py->tech-de, prose-en+cod
 2 and 3 domains) and other seeds; AWR and CQL train on the same transitions, each selecting its
 epoch on held-out *exploration* trajectories. Nothing is tuned on the evaluation settings.
 
-    python benchmarks/mixers.py [--tokens 200000] [--trajectories 64] [--seeds 3] [--eval-batches 8]
+    python benchmarks/mixers.py [--tokens 100000] [--trajectories 64] [--seeds 3] [--eval-batches 4]
     python benchmarks/mixers.py --quick     # smoke check: fewer tokens, seeds and mixers (< 15 min)
 Re-running reuses finished runs and trajectories (a stopped benchmark continues).
 Raw results: benchmarks/results/mixers.json (mixers-quick.json for --quick), one row per mixer
@@ -58,7 +58,7 @@ def slug(setting) -> str:
     return label(setting).replace("->", "-to-").replace("+", "-")
 
 
-EVAL_BATCHES = 8  # validation batches per domain and round (--eval-batches; --quick: 4)
+EVAL_BATCHES = 4  # validation batches per domain and round (--eval-batches)
 
 
 def spec(name, root: Path, setting, stages, model=None, seed=0, path=None) -> dict:
@@ -225,10 +225,10 @@ def rows_for(setting, per_seed: dict[str, dict[int, dict]]) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tokens", type=int, default=200_000, help="tokens of stage 1 and of stage 2")
+    ap.add_argument("--tokens", type=int, default=100_000, help="tokens of stage 1 and of stage 2")
     ap.add_argument("--trajectories", type=int, default=64, help="exploration trajectories (all proxy settings)")
     ap.add_argument("--seeds", type=int, default=3, help="evaluation seeds per mixer (paired across mixers)")
-    ap.add_argument("--eval-batches", type=int, default=8, help="validation batches per domain and round "
+    ap.add_argument("--eval-batches", type=int, default=4, help="validation batches per domain and round "
                     "(the same fixed batches for every mixer, so paired differences stay exact)")
     ap.add_argument("--parallel", type=int, default=2, help="runs at once (each on one CPU)")
     ap.add_argument("--quick", action="store_true",

@@ -88,5 +88,6 @@ def describe_runs(store: RunStore, run_ids: list[str]) -> dict[str, str]:
         model = store.get_run(rid).spec_json.get("model") or {}
         keys = ("hidden_size", "num_layers", "num_heads", "intermediate_size")
         size = " ".join(f"{k}={model[k]}" for k in keys if model.get(k) is not None)
-        models.add(f"{size or 'model'}{' (continued from ' + str(model['path']) + ')' if model.get('path') else ''}")
+        # a checkpoint's path names one run: "continued" keeps equal proxies as one entry
+        models.add(f"{size or 'model'}{' (continued from a checkpoint)' if model.get('path') else ''}")
     return {"models": json.dumps(sorted(models))}
