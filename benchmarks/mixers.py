@@ -59,6 +59,7 @@ def slug(setting) -> str:
 
 
 EVAL_BATCHES = 4  # validation batches per domain and round (--eval-batches)
+REPORT = False  # --report: tables from the runs that finished, nothing is started
 
 
 def spec(name, root: Path, setting, stages, model=None, seed=0, path=None) -> dict:
@@ -83,7 +84,7 @@ def stage2(tokens: int, setting, mixer: dict, replay: float = 0.25, **extra) -> 
              "replay": {"fraction": fraction, "sources": list(setting[0])}, "mixer": mixer, **extra}]
 
 
-def run(store, home, raw: dict) -> str:
+def run(store, home, raw: dict) -> str | None:
     """One run to its end in this thread; a finished run of the same spec is reused."""
     from orchestrator.controller import Controller, create_run
     from orchestrator.spec import parse_spec
@@ -93,6 +94,9 @@ def run(store, home, raw: dict) -> str:
         if existing.name == raw["name"] and existing.status == "finished" and yaml.safe_load(existing.spec_yaml) == raw:
             print(f"  {raw['name']}: reused {existing.id}", flush=True)
             return existing.id
+    if REPORT:
+        print(f"  {raw['name']}: missing", flush=True)
+        return None
     text = yaml.safe_dump(raw)
     rid = create_run(store, home, parse_spec(text), text)
     t0 = time.perf_counter()
@@ -129,6 +133,8 @@ def train_agents(store, home, args, pool) -> dict[str, Path]:
     from orchestrator.spec import parse_spec
 
     T, root = args.tokens, home.root
+    if REPORT:
+        return {m: root / f"agent-{m}.safetensors" for m in ("awr", "cql")}
     per = math.ceil(args.trajectories / len(PROXY))
     ckpts = dict(zip(PROXY, pool.map(lambda s: store.rounds(run(store, home, spec(
         f"proxy-pretrain-{slug(s)}", root, s, pretrain(T // 2, s, 1), PROXY_MODEL, seed=100)),
@@ -173,7 +179,8 @@ def evaluate(store, home, args, agents, pool) -> dict[tuple, dict[str, dict[int,
     jobs = [(s, seed) for s in EVAL for seed in range(args.seeds)]
     pre = dict(zip(jobs, pool.map(lambda j: run(store, home, spec(
         f"pretrain-{slug(j[0])}-s{j[1]}", root, j[0], pretrain(T, j[0]), seed=j[1])), jobs), strict=True))
-    ckpt = {j: store.rounds(rid, status="finished")[-1].checkpoint_uri for j, rid in pre.items()}
+    ckpt = {j: store.rounds(rid, status="finished")[-1].checkpoint_uri for j, rid in pre.items() if rid}
+    jobs = [j for j in jobs if j in ckpt]
     wave = [(s, seed, name, m) for s, seed in jobs for name, m in mixers_for(s, agents, args.quick).items()]
 
     def one(job, mixer, replay, extra):
@@ -186,14 +193,18 @@ def evaluate(store, home, args, agents, pool) -> dict[tuple, dict[str, dict[int,
     ids = dict(zip([(s, seed, n) for s, seed, n, _ in wave],
                    pool.map(lambda w: one(w[:3], *w[3]), wave), strict=True))
     if not args.quick:  # DoReMi's reference model: the uniform (static 50/50) run's final losses, same seed
-        ref = [(s, seed) for s, seed in jobs]
+        ref = [(s, seed) for s, seed in jobs if ids[(s, seed, "static 50/50")]]
         ids.update(zip([(s, seed, "doremi (ref = 50/50 run)") for s, seed in ref], pool.map(lambda j: one(
             (*j, "doremi"), {"kind": "doremi", "reference_run": ids[(*j, "static 50/50")], "smoothing": 0.05},
             0.0, {}), ref), strict=True))
     out: dict[tuple, dict[str, dict[int, dict]]] = {}
     for (s, seed, name), rid in ids.items():
-        out.setdefault(s, {}).setdefault(name, {})[seed] = scores(store, rid, s)
-    return out
+        if rid:
+            out.setdefault(s, {}).setdefault(name, {})[seed] = scores(store, rid, s)
+    for s, by_mixer in out.items():  # a partial report compares on the seeds every mixer finished
+        common = set.intersection(*(set(v) for v in by_mixer.values()))
+        out[s] = {name: {k: v for k, v in by_seed.items() if k in common} for name, by_seed in by_mixer.items()}
+    return {s: v for s, v in out.items() if any(v.values())}
 
 
 def rows_for(setting, per_seed: dict[str, dict[int, dict]]) -> list[dict]:
@@ -235,11 +246,13 @@ def main() -> None:
                     help="smoke check: 30k tokens, 2 seeds, 6 trajectories, 3 mixers, 4 eval batches; "
                          "results/mixers-quick.json")
     ap.add_argument("--home", type=Path, default=None)
+    ap.add_argument("--report", action="store_true", help="only tables from the finished runs (a partial "
+                    "run is compared on the seeds every mixer finished); writes results/mixers*-partial.json")
     args = ap.parse_args()
-    global EVAL_BATCHES
+    global EVAL_BATCHES, REPORT
     if args.quick:
         args.tokens, args.seeds, args.trajectories, args.eval_batches = 30_000, 2, 6, 4
-    EVAL_BATCHES = args.eval_batches
+    EVAL_BATCHES, REPORT = args.eval_batches, args.report
     args.home = args.home or ROOT / "cpt-home" / ("mixers-quick" if args.quick else "mixers")
     from corpus.builtin import prepare_builtins
     from orchestrator import cluster
@@ -248,9 +261,10 @@ def main() -> None:
 
     home = Home.from_env(args.home)
     names = sorted({d for s in EVAL + PROXY for d in (*s[0], s[1])})
-    prepare_builtins(home.data, home.tokenizer, names, install=True, log=lambda m: print(" ", m))
+    if not REPORT:
+        prepare_builtins(home.data, home.tokenizer, names, install=True, log=lambda m: print(" ", m))
+        cluster.connect(home)
     store = RunStore(home.store_url)
-    cluster.connect(home)
     machine = f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}, {date.today()}"
     print(f"machine: {machine}; {args.tokens:,} tokens per stage, {args.seeds} seed(s)", flush=True)
     t_start = time.perf_counter()
@@ -260,12 +274,13 @@ def main() -> None:
     cluster.shutdown()
     from mixers.agent import load_agent
 
-    rows = [r for s in EVAL for r in rows_for(s, results[s])]
-    out = ROOT / "benchmarks" / "results" / ("mixers-quick.json" if args.quick else "mixers.json")
+    rows = [r for s in EVAL if s in results for r in rows_for(s, results[s])]
+    name = ("mixers-quick" if args.quick else "mixers") + ("-partial" if REPORT else "")
+    out = ROOT / "benchmarks" / "results" / f"{name}.json"
     out.write_text(json.dumps({"date": str(date.today()), "machine": machine, "tokens_per_stage": args.tokens,
                                "eval_batches": EVAL_BATCHES, "seeds": args.seeds, "trajectories": args.trajectories,
                                "agents": {m: load_agent(p)[1] for m, p in agents.items()},
-                               "wall_s": time.perf_counter() - t_start, "rows": rows}, indent=1, default=str))
+                               "wall_s": time.perf_counter() - t_start, "partial": REPORT, "rows": rows}, indent=1, default=str))
     print(f"wrote {out} ({time.perf_counter() - t_start:.0f} s)")
 
 
