@@ -280,7 +280,8 @@ def main() -> None:
     out.write_text(json.dumps({"date": str(date.today()), "machine": machine, "tokens_per_stage": args.tokens,
                                "eval_batches": EVAL_BATCHES, "seeds": args.seeds, "trajectories": args.trajectories,
                                "agents": {m: load_agent(p)[1] for m, p in agents.items()},
-                               "wall_s": time.perf_counter() - t_start, "partial": REPORT, "rows": rows}, indent=1, default=str))
+                               "wall_s": time.perf_counter() - t_start, "partial": REPORT, "rows": rows},
+                              indent=1, default=str))
     print(f"wrote {out} ({time.perf_counter() - t_start:.0f} s)")
 
 
