@@ -63,8 +63,9 @@ def train(out: Path = typer.Option(Path("agent.safetensors"), "--out", "-o", hel
     from orchestrator.explore import describe_runs
 
     store = state.store()
-    rows = store.transitions(num_domains=domains, exclude_runs=exclude_run or None, feature_version=FEATURE_VERSION)
-    old = len(store.transitions(num_domains=domains, exclude_runs=exclude_run or None)) - len(rows)
+    stored = store.transitions(num_domains=domains, exclude_runs=exclude_run or None)
+    rows = [t for t in stored if t.feature_version == FEATURE_VERSION]
+    old = len(stored) - len(rows)
     if old:
         console().print(f"skipping {old} transitions of older feature versions (not {FEATURE_VERSION})")
     nets, meta = train_agent(rows, method=method, beta=beta, gamma=gamma, epochs=epochs, seed=seed,
