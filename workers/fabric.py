@@ -1,29 +1,103 @@
-"""Lightning Fabric on a Ray Train rank: strategy (DDP/FSDP), precision and device from the run's resources."""
+"""Lightning Fabric on a Ray Train rank: strategy (DDP/FSDP), precision and device from the run's resources.
+
+A rank imports Fabric from `lightning_fabric`, the package without the Trainer: `lightning.fabric`
+(and Ray's `ray.train.lightning`) import all of `lightning.pytorch`, which a Fabric loop never uses.
+Fabric's own import still reads torchmetrics' version by importing all of torchmetrics (scipy,
+matplotlib: 0.5-1 s of every group start, on the way to the first step); `_import_fabric` hands it
+the version without that import. Ranks and world size come from Ray Train's context (`RayEnvironment`).
+"""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from workers.config import OptimizerConfig
 
 
+def _import_fabric():
+    """`lightning_fabric`, imported without the torchmetrics detour (see the module docstring).
+
+    For the duration of the import `torchmetrics` is a module that carries only the installed
+    version (what `compare_version` reads; it gates SpikeDetection, which cpt does not use). It is
+    removed right after, so anything that imports torchmetrics later gets the real package."""
+    import importlib.metadata
+    import types
+
+    if "lightning_fabric" in sys.modules or "torchmetrics" in sys.modules:
+        return _fabric_module()
+    stub = types.ModuleType("torchmetrics")
+    try:
+        stub.__version__ = importlib.metadata.version("torchmetrics")
+    except importlib.metadata.PackageNotFoundError:  # not installed: Fabric's own check says False
+        stub = None
+    if stub is not None:
+        sys.modules["torchmetrics"] = stub
+    try:
+        return _fabric_module()
+    finally:
+        if stub is not None and sys.modules.get("torchmetrics") is stub:
+            del sys.modules["torchmetrics"]
+
+
+def _fabric_module():
+    try:
+        import lightning_fabric  # shipped by pytorch-lightning, which `lightning` requires
+    except ImportError:  # a lightning distribution without it: the umbrella package, Trainer and all
+        sys.modules.pop("torchmetrics", None)
+        import lightning.fabric as lightning_fabric
+    return lightning_fabric
+
+
+def _ray_environment(fabric_module):
+    """Lightning's cluster environment, read from Ray Train's context (what Ray's
+    RayLightningEnvironment does, without importing lightning.pytorch)."""
+    import ray.train
+
+    class RayEnvironment(fabric_module.plugins.environments.LightningEnvironment):
+        def world_size(self) -> int:
+            return ray.train.get_context().get_world_size()
+
+        def global_rank(self) -> int:
+            return ray.train.get_context().get_world_rank()
+
+        def local_rank(self) -> int:
+            return ray.train.get_context().get_local_rank()
+
+        def node_rank(self) -> int:
+            return ray.train.get_context().get_node_rank()
+
+        def set_world_size(self, size: int) -> None:
+            pass  # Ray Train's context is the truth
+
+        def set_global_rank(self, rank: int) -> None:
+            pass
+
+        def teardown(self) -> None:
+            pass  # Ray Train owns the process group
+
+    return RayEnvironment()
+
+
 def make_fabric(resources: dict[str, Any]):
     """A launched Fabric for this rank. Ray Train already created the process group; Fabric reads
-    ranks and world size from Ray's context (RayLightningEnvironment) and reuses that group."""
+    ranks and world size from Ray's context and reuses that group."""
     import logging
 
     import ray.train
     import torch
-    from lightning.fabric import Fabric
-    from lightning.fabric.strategies import DDPStrategy, FSDPStrategy, SingleDeviceStrategy
-    from ray.train.lightning import RayLightningEnvironment
 
-    for name in ("lightning.fabric", "lightning.pytorch", "lightning"):
+    lf = _import_fabric()
+    Fabric = lf.Fabric
+    DDPStrategy, FSDPStrategy, SingleDeviceStrategy = (lf.strategies.DDPStrategy, lf.strategies.FSDPStrategy,
+                                                       lf.strategies.SingleDeviceStrategy)
+
+    for name in ("lightning_fabric", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     local = ctx.get_local_world_size()
     gpu = resources.get("gpus_per_worker", 0) > 0 and torch.cuda.is_available()
-    env = RayLightningEnvironment()
+    env = _ray_environment(lf)
     if resources.get("strategy") == "fsdp":
         strategy = FSDPStrategy(cluster_environment=env, state_dict_type="full")
     elif ctx.get_world_size() == 1:
