@@ -27,6 +27,7 @@ and evaluation setting: {"rows": [{"pair", "mixer", "seeds", "balanced_mean", "b
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -105,6 +106,11 @@ def run(store, home, raw: dict) -> str | None:
     if status != "finished":
         raise SystemExit(f"{raw['name']}: {status}")
     return rid
+
+
+def _digest(path: str) -> str:
+    file = Path(path)
+    return hashlib.sha256(file.read_bytes()).hexdigest()[:8] if file.exists() else "missing"
 
 
 def scores(store, rid: str, setting) -> dict:
@@ -187,6 +193,8 @@ def evaluate(store, home, args, agents, pool) -> dict[tuple, dict[str, dict[int,
         s, seed, name = job
         key = name.split()[0].replace("/", "-") + (name.split()[1].strip("%") if "%" in name else "")
         key += "-cql" if "CQL" in name else ""
+        if mixer["kind"] == "agent":  # same path, other weights after a retraining: never reuse those runs
+            key += "-" + _digest(mixer["path"])
         return run(store, home, spec(f"mix-{slug(s)}-{key}-s{seed}", root, s, stage2(T, s, mixer, replay, **extra),
                                      seed=seed, path=ckpt[s, seed]))
 
