@@ -18,16 +18,17 @@ def _blocks(text: str, lang: str = "bash") -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
 
 
-def _command_paths() -> set[tuple[str, ...]]:
-    paths: set[tuple[str, ...]] = set()
+def _commands() -> dict[tuple[str, ...], object]:
+    """Every command and group of the CLI by its path of names (the root is ())."""
+    found: dict[tuple[str, ...], object] = {}
 
     def walk(cmd, path=()):
-        paths.add(path)
+        found[path] = cmd
         for name, sub in (getattr(cmd, "commands", None) or {}).items():
             walk(sub, (*path, name))
 
     walk(typer.main.get_command(app))
-    return paths
+    return found
 
 
 def test_documents_are_of_a_sane_size():
@@ -49,7 +50,7 @@ def test_quickstart_targets_exist_in_the_makefile():
 
 
 def test_every_cpt_command_in_the_readme_exists():
-    known = _command_paths()
+    known = _commands()
     seen = 0
     for block in _blocks(README.read_text()):
         for line in block.splitlines():
@@ -60,16 +61,9 @@ def test_every_cpt_command_in_the_readme_exists():
                 # the longest prefix that is a command; what follows is arguments
                 prefix = max((words[:i] for i in range(len(words) + 1) if words[:i] in known), key=len)
                 assert prefix, f"README names `cpt {part.strip()}`: no such command"
-                assert not getattr(_lookup(prefix), "commands", None), f"`cpt {part.strip()}` is a group"
+                assert not getattr(known[prefix], "commands", None), f"`cpt {part.strip()}` is a group"
                 seen += 1
     assert seen >= 20
-
-
-def _lookup(path):
-    cmd = typer.main.get_command(app)
-    for name in path:
-        cmd = cmd.commands[name]
-    return cmd
 
 
 def test_every_raw_result_the_benchmark_readme_names_is_committed():
