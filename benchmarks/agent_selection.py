@@ -45,19 +45,11 @@ def main() -> None:
     print(f"{len(runs)} trajectories, {len(rows)} transitions; corr(target weight, reward) by K: "
           + ", ".join(f"{k}: {v['corr_target_weight_reward']:+.3f}" for k, v in signal.items()))
     curves = {}
-    check = at._Selector.check
     for method in at.METHODS:
-        curve: list[tuple[int, float]] = []
-
-        def record(self, epoch, curve=curve):
-            check(self, epoch)
-            curve.append((epoch, at.validation_score(self.nets, self.val)))
-
-        at._Selector.check = record
         _, meta = at.train_agent(rows, method=method, epochs=args.epochs, eval_every=args.every)
+        curve = json.loads(meta["val_curve"])  # the held-out score at every check, as selection saw it
         curves[method] = {"best_epoch": int(meta["best_epoch"]), "curve": curve}
         print(f"{method}: " + " ".join(f"{e}:{s:+.3f}" for e, s in curve))
-    at._Selector.check = check
     out = ROOT / "benchmarks" / "results" / "agent-selection.json"
     out.write_text(json.dumps({"date": str(date.today()), "home": args.home.name, "trajectories": len(runs),
                                "transitions": len(rows), "signal": signal, "methods": curves}, indent=1))

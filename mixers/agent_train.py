@@ -92,11 +92,13 @@ class _Selector:
     def __init__(self, nets: MixingNets, val: dict | None):
         self.nets, self.val = nets, val
         self.best: tuple[float, int, dict] | None = None
+        self.curve: list[tuple[int, float]] = []  # (epoch, held-out score) at every check
 
     def check(self, epoch: int) -> None:
         if not self.val:
             return
         score = validation_score(self.nets, self.val)
+        self.curve.append((epoch, round(score, 6)))
         if self.best is None or score > self.best[0]:
             self.best = (score, epoch, copy.deepcopy(self.nets.policy.state_dict()))
 
@@ -220,6 +222,7 @@ def train_agent(transitions: list[Any], method: str = "awr", beta: float = 0.5, 
             **({"beta": str(beta)} if method == "awr" else {"cql_alpha": str(cql_alpha)}),
             "epochs": str(epochs), "best_epoch": str(best_epoch),
             "val_score": "n/a (too few trajectories to hold any out)" if score is None else f"{score:.4f}",
+            "val_curve": json.dumps(sel.curve),
             "transitions": str(sum(len(trajs[k]) for k in train_keys)),
             "val_transitions": str(sum(len(trajs[k]) for k in val_keys)),
             "trajectories": str(len(train_keys)), "val_trajectories": str(len(val_keys)),

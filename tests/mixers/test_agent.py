@@ -113,6 +113,9 @@ def test_selection_keeps_the_best_held_out_epoch():
     trajs = _trajectories(data)
     val = _tensors([trajs[(r, 1)] for r in json.loads(meta["val_runs"])], 0.9)
     assert validation_score(nets, val) == pytest.approx(float(meta["val_score"]), abs=6e-5)
+    curve = json.loads(meta["val_curve"])  # every check, in order; the kept epoch is its best
+    assert [e for e, _ in curve] == list(range(10, 201, 10))
+    assert max(curve, key=lambda c: c[1])[0] == int(meta["best_epoch"])
     _, none_held = train_agent(data, epochs=10, val_fraction=0)
     assert none_held["val_trajectories"] == "0" and none_held["val_score"].startswith("n/a")
 
