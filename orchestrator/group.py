@@ -109,20 +109,27 @@ class WorkerGroup:
     def start(self) -> None:
         import ray
         from ray.train import FailureConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchConfig, TorchTrainer
+        from ray.train.torch import TorchTrainer
 
+        from orchestrator.torch_backend import NodeBoundTorchConfig
         from workers.train import train_loop
 
         check_fits(self.res, self.report)
         n, gpus = self.res["workers"], self.res["gpus_per_worker"]
-        self.mailbox = _mailbox_class().options(name=f"{self.name}-mailbox").remote()
+        # the mailbox lives on the controller's own node (as Ray Train's controller does): it shares
+        # the controller's fate, never a worker node's, so losing a node costs ranks, not the channel
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.mailbox = _mailbox_class().options(name=f"{self.name}-mailbox", scheduling_strategy=here).remote()
         per_worker = {"CPU": self.res["cpus_per_worker"], **({"GPU": gpus} if gpus else {})}
         trainer = TorchTrainer(
             train_loop, train_loop_config={"mailbox": self.mailbox, "resources": self.res},
-            scaling_config=ScalingConfig(num_workers=n, use_gpu=gpus > 0, resources_per_worker=per_worker),
+            scaling_config=ScalingConfig(num_workers=n, use_gpu=gpus > 0, resources_per_worker=per_worker,
+                                         placement_strategy=self.res.get("placement", "pack").upper()),
             run_config=RunConfig(name=self.name, storage_path=str(self.storage),
                                  failure_config=FailureConfig(max_failures=0)),
-            torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"))
+            torch_config=NodeBoundTorchConfig(backend="nccl" if gpus > 0 else "gloo"))
         self._thread = threading.Thread(target=self._fit, args=(trainer,), name=self.name, daemon=True)
         self._thread.start()
         ray.get(self.mailbox.members.remote())  # the mailbox is up before the first plan goes in
@@ -142,14 +149,20 @@ class WorkerGroup:
 
         if not self.alive:
             raise GroupFailed(self._why())
-        self.seq, self._seen = ray.get(self.mailbox.submit.remote(plan)), 0
+        try:
+            self.seq, self._seen = ray.get(self.mailbox.submit.remote(plan)), 0
+        except ray.exceptions.RayError as exc:
+            raise GroupFailed(f"the group's mailbox was lost: {type(exc).__name__}: {str(exc)[:300]}") from None
 
     def poll(self, timeout: float) -> tuple[list[dict], RoundResult | None]:
         """New progress records and the result once there is one; GroupFailed if the group died,
         the worker's own CptError (e.g. a corrupt checkpoint) if the round failed deterministically."""
         import ray
 
-        records, outcome = ray.get(self.mailbox.poll.remote(self.seq, self._seen, timeout))
+        try:
+            records, outcome = ray.get(self.mailbox.poll.remote(self.seq, self._seen, timeout))
+        except ray.exceptions.RayError as exc:  # the mailbox's node or worker is gone: as if the group died
+            raise GroupFailed(f"the group's mailbox was lost: {type(exc).__name__}: {str(exc)[:300]}") from None
         self._seen += len(records)
         if outcome is not None:
             result, error, kind = outcome

@@ -104,6 +104,10 @@ class ResourceSpec(_M):
     """Recompute each decoder layer's activations in backward: much less memory, ~30% more compute."""
     compile: bool = False
     """torch.compile the model (in place; checkpoints unchanged): faster steps after a compile warm-up."""
+    placement: Literal["pack", "spread"] = "pack"
+    """How ranks go onto nodes (Ray Train's placement strategy, best effort): pack fills a node
+    before using the next (collectives stay on one host); spread puts each rank on a different node
+    where there is room (more host memory and bandwidth per rank, fewer ranks lost with a node)."""
     wait_s: float = Field(0, ge=0, le=7 * 86400)
     """Seconds to wait for an autoscaling cluster to grow to the group's CPUs/GPUs (with a message
     while waiting); 0 fails at once, exit 2, naming the resource the cluster lacks."""

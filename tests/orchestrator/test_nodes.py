@@ -1,0 +1,81 @@
+"""Two Ray nodes (each a host in its own network namespace): ranks on both, and one node dying mid-round."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import netns
+from conftest import long_spec
+from workers.plan import RoundResult
+
+pytestmark = pytest.mark.e2e
+
+CPT = str(Path(sys.executable).parent / "cpt")
+SPREAD = {"resources": {"workers": 2, "cpus_per_worker": 1, "placement": "spread"}, "micro_batch_size": 1}
+
+
+@pytest.fixture(scope="module")
+def nodes():
+    if (why := netns.unavailable()) is not None:
+        pytest.skip(why)
+    with netns.two_nodes(head_cpus=2, node_cpus=1) as two:
+        yield two
+
+
+def _wait_for(what: str, check, proc: subprocess.Popen, timeout: float = 180):
+    deadline = time.monotonic() + timeout
+    while (got := check()) is None:
+        assert proc.poll() is None, f"cpt submit ended ({proc.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout:g} s"
+        time.sleep(0.05)
+    return got
+
+
+def test_a_node_dying_mid_round_retries_the_round_on_the_node_left(tmp_path, synth, long_reference, nodes):
+    from orchestrator.home import Home
+    from store.runs import RunStore
+
+    spec = tmp_path / "run.yaml"
+    spec.write_text(yaml.safe_dump(long_spec(synth, **SPREAD)))
+    home = Home.from_env(tmp_path / "home")
+    proc = nodes.popen(nodes.head_ns, [CPT, "submit", str(spec), "--quiet"],
+                       env={"CPT_HOME": str(home.root), "RAY_ADDRESS": nodes.gcs},
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def recorded():
+            try:  # the submit creates and migrates the store: read it only once the run is in it
+                store = RunStore(home.store_url, migrate=False)
+                return store, store.list_runs()[0].id
+            except Exception:
+                return None
+
+        store, run_id = _wait_for("the run recorded", recorded, proc)
+
+        def round_two_training():
+            return next((r for r in store.rounds(run_id) if (r.stage_index, r.round_index, r.attempt) == (0, 1, 1)
+                         and r.progress), None)
+
+        _wait_for("progress in round 0.1", round_two_training, proc)
+        on_node = nodes.kill(nodes.node_ns)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    # a rank was training on the node that died (spread placement put one there)
+    assert any("RayTrainWorker" in c for c in on_node), on_node
+    rounds = store.rounds(run_id)
+    assert [(r.stage_index, r.round_index, r.attempt, r.status) for r in rounds][:3] == [
+        (0, 0, 1, "finished"), (0, 1, 1, "failed"), (0, 1, 2, "finished")]
+    assert rounds[1].error and rounds[1].checkpoint_uri is None
+    got = [RoundResult.from_json(r.result_json) for r in store.rounds(run_id, status="finished")]
+    ref = long_reference[2]
+    assert [r.workers for r in got] == [2, 2, 2, 2]  # the retry ran both ranks on the node left
+    assert got[-1].eval_losses == pytest.approx(ref[-1].eval_losses, rel=1e-4)
+    assert [x for r in got for x in r.train_losses] == pytest.approx([x for r in ref for x in r.train_losses],
+                                                                     rel=1e-4)
+    assert nodes.cpus() == 2  # the cluster knows the node is gone
