@@ -26,11 +26,13 @@ def nodes():
         yield two
 
 
-def _wait_for(what: str, check, proc: subprocess.Popen, timeout: float = 180):
+def _wait_for(what: str, check, proc: subprocess.Popen, timeout: float = 300, state=lambda: ""):
     deadline = time.monotonic() + timeout
     while (got := check()) is None:
-        assert proc.poll() is None, f"cpt submit ended ({proc.returncode}) before {what}"
-        assert time.monotonic() < deadline, f"no {what} within {timeout:g} s"
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            why = f"cpt submit ended ({proc.returncode})" if proc.returncode is not None else f"{timeout:g} s passed"
+            raise AssertionError(f"{why} before {what}; {state()}\nits output:\n{proc.communicate()[0][-4000:]}")
         time.sleep(0.05)
     return got
 
@@ -59,7 +61,8 @@ def test_a_node_dying_mid_round_retries_the_round_on_the_node_left(tmp_path, syn
             return next((r for r in store.rounds(run_id) if (r.stage_index, r.round_index, r.attempt) == (0, 1, 1)
                          and r.progress), None)
 
-        _wait_for("progress in round 0.1", round_two_training, proc)
+        _wait_for("progress in round 0.1", round_two_training, proc, state=lambda: [
+            (r.stage_index, r.round_index, r.attempt, r.status, (r.error or "")[:300]) for r in store.rounds(run_id)])
         on_node = nodes.kill(nodes.node_ns)
         out, _ = proc.communicate(timeout=300)
     finally:
@@ -78,4 +81,7 @@ def test_a_node_dying_mid_round_retries_the_round_on_the_node_left(tmp_path, syn
     assert got[-1].eval_losses == pytest.approx(ref[-1].eval_losses, rel=1e-4)
     assert [x for r in got for x in r.train_losses] == pytest.approx([x for r in ref for x in r.train_losses],
                                                                      rel=1e-4)
-    assert nodes.cpus() == 2  # the cluster knows the node is gone
+    deadline = time.monotonic() + 60  # the cluster knows the node is gone (its status report is periodic)
+    while (cpus := nodes.cpus()) != 2 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert cpus == 2
