@@ -7,6 +7,8 @@
    (en-to-de.yaml: 146 steps of 16 x 128 tokens) is projected from the measured step time.
 2. Two CPU ranks (DDP, gloo, 1 thread each): cpt's fit tokens/s over a bare torch.distributed DDP
    loop on the same model, data (same sampler) and global batch, run before and after cpt.
+3. Contention: one rank's tokens/s alone and beside two busy loops, with Ray's workers at niceness
+   15 (Ray's default) and 0 (what cpt sets in clusters it starts).
 
     python benchmarks/scale.py [--quick]      # raw JSON: benchmarks/results/scale.json
 """
@@ -46,7 +48,7 @@ def spec(home: Path, model: dict, steps: int, rounds: int, batch: int, workers: 
             "eval_batches": 1, "resources": {"workers": workers, "cpus_per_worker": cpus}}
 
 
-def cpt_rounds(home: Path, raw: dict, persistent: bool) -> list[dict]:
+def cpt_rounds(home: Path, raw: dict, persistent: bool, reporter=None) -> list[dict]:
     import yaml
 
     from orchestrator.controller import Controller, create_run
@@ -57,7 +59,7 @@ def cpt_rounds(home: Path, raw: dict, persistent: bool) -> list[dict]:
     store = RunStore(f"sqlite:///{home / 'store.db'}")
     text = yaml.safe_dump(raw)
     run_id = create_run(store, _home(home), parse_spec(text), text)
-    ctl = Controller(store, _home(home), run_id, tracking=False)  # the CLI's poll interval
+    ctl = Controller(store, _home(home), run_id, reporter, tracking=False)  # the CLI's poll interval
     ctl.persistent_group = persistent
     assert ctl.run() == "finished"
     out = []
@@ -188,11 +190,56 @@ def ddp_rows(home: Path, size: str, steps: int, batch: int) -> dict:
             "bare_tokens_per_s": [bare1, bare2], "ratio": cpt_tps / bare}
 
 
+def contention_rows(home: Path, steps: int, batch: int, hogs: int = 2) -> list[dict]:
+    """One rank (2 threads) of the 2M model, its second round alone and beside `hogs` busy loops
+    at niceness 0 (started when the first round ends), with Ray's workers at niceness 15 (Ray's
+    default) and at 0 (what cpt sets): how much of the machine a rank keeps under competition."""
+    import subprocess
+
+    from orchestrator import cluster
+    from orchestrator.controller import SilentReporter
+
+    class Load(SilentReporter):
+        def __init__(self, on: bool):
+            self.on, self.procs = on, []
+
+        def round_finished(self, plan, result):
+            if self.on and not self.procs:
+                self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(hogs)]
+
+        def stop(self):
+            for p in self.procs:
+                p.kill()
+                p.wait()
+
+    rows = []
+    for nice in (15, 0):
+        cluster.shutdown()
+        cluster.WORKER_NICENESS = nice
+        cluster.connect(_home(home), num_cpus=2)
+        row = {"worker_niceness": nice, "hogs": hogs}
+        for loaded in (False, True):
+            load = Load(loaded)
+            try:
+                rs = cpt_rounds(home, spec(home, SIZES["2M"], steps, 2, batch, workers=1, cpus=2), True, load)
+            finally:
+                load.stop()
+            row["loaded" if loaded else "alone"] = rs[1]["tokens_per_s"]
+        row["kept"] = row["loaded"] / row["alone"]
+        print(f"  workers at niceness {nice:2d}: alone {row['alone']:,.0f} tok/s, beside {hogs} busy loops "
+              f"{row['loaded']:,.0f} tok/s -> keeps {row['kept']:.2f}", flush=True)
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="2M and 25M only, fewer steps (a smoke check)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
-    ap.add_argument("--only", choices=["overhead", "ddp"], help="re-measure one part, keep the other from --out")
+    ap.add_argument("--only", choices=["overhead", "ddp", "contention"],
+                    help="re-measure one part, keep the others from --out")
+    ap.add_argument("--worker-niceness", type=int, help="niceness of the Ray workers (default: what cpt sets, "
+                    "0; Ray's own default is 15): for an A/B of that choice in one session")
     args = ap.parse_args()
     from corpus.builtin import prepare_builtins
     from orchestrator import cluster
@@ -204,21 +251,28 @@ def main() -> None:
     (home / "data").mkdir()
     os.symlink(shared.data / "prose-en", home / "data" / "prose-en")
     os.symlink(shared.tokenizer, home / "tokenizer.json")
+    if args.worker_niceness is not None:
+        cluster.WORKER_NICENESS = args.worker_niceness
     cluster.connect(_home(home), num_cpus=2)
+    niceness = cluster.WORKER_NICENESS  # of the overhead and DDP parts (the contention part sets its own)
     sizes = ["2M", "25M"] if args.quick else list(SIZES)
     t0 = time.time()
     old = json.loads(args.out.read_text()) if args.only and args.out.exists() else {}
-    overhead, ddp = old.get("overhead"), old.get("ddp")
-    if args.only != "ddp":
+    overhead, ddp, contention = old.get("overhead"), old.get("ddp"), old.get("contention")
+    if args.only in (None, "overhead"):
         print("per-round overhead, 1 rank x 2 CPUs, batch 4 x 128 tokens, 4 rounds of 4 steps:")
         overhead = overhead_rows(home, sizes, steps=2 if args.quick else 4, rounds=4, batch=4)
-    if args.only != "overhead":
+    if args.only in (None, "ddp"):
         print("two ranks (DDP, gloo, 1 thread each), global batch 16 x 128 tokens:")
         ddp = ddp_rows(home, "2M" if args.quick else "25M", steps=10 if args.quick else 20, batch=16)
+    if args.only in (None, "contention"):
+        print("one rank beside busy loops, by Ray worker niceness (2M model, batch 16 x 128 tokens):")
+        contention = contention_rows(home, steps=5 if args.quick else 10, batch=16)
     cluster.shutdown()
     result = {"date": str(date.today()), "machine": f"{platform.machine()} {os.cpu_count()} cpus, python "
               f"{platform.python_version()}", "quick": args.quick, "seconds": time.time() - t0,
-              "overhead": overhead, "ddp": ddp}
+              "worker_niceness": niceness,
+              "overhead": overhead, "ddp": ddp, "contention": contention}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out} ({time.time() - t0:.0f} s)")

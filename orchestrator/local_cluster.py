@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from orchestrator.cluster import WORKER_NICENESS
 from store.errors import ClusterError
 
 STATE = "cluster.json"
@@ -69,7 +70,7 @@ def up(home, num_cpus: int | None = None, timeout: float = 120) -> dict[str, Any
     temp.mkdir(parents=True, exist_ok=True)
     gcs, dash = _port(), _port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_worker_niceness": str(WORKER_NICENESS)}
     env.pop("RAY_ADDRESS", None)
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
            f"--num-cpus={num_cpus or os.cpu_count()}", "--node-ip-address=127.0.0.1", f"--port={gcs}",

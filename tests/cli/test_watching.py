@@ -8,6 +8,7 @@ here); the tests run in file order and the last one takes the cluster down."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -81,6 +82,21 @@ def test_cluster_is_token_protected_and_idempotent(cluster):
     assert urllib.request.urlopen(req, timeout=10).status == 200
     assert json.loads(cpt(home, "cluster", "up", "--json").stdout)["pid"] == state["pid"]  # idempotent
     assert json.loads(cpt(home, "cluster", "status", "--json").stdout)["pid"] == state["pid"]
+
+
+def test_the_clusters_workers_run_at_cpts_niceness(cluster):
+    from orchestrator.cluster import WORKER_NICENESS
+
+    _, state, _, _ = cluster
+    pgrep = subprocess.run(["pgrep", "-f", f"raylet.*{state['temp']}"], capture_output=True, text=True).stdout
+    workers = []
+    for raylet in map(int, pgrep.split()):  # Ray's workers are the raylet's children, named ray::...
+        with open(f"/proc/{raylet}/task/{raylet}/children") as f:
+            for pid in map(int, f.read().split()):
+                with open(f"/proc/{pid}/cmdline", "rb") as c:
+                    if c.read().startswith(b"ray::"):
+                        workers.append(pid)
+    assert workers and {os.getpriority(os.PRIO_PROCESS, p) for p in workers} == {WORKER_NICENESS}
 
 
 def test_submit_joins_the_cluster_and_says_where_to_watch(cluster):

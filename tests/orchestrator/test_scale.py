@@ -6,6 +6,7 @@ import signal
 import pytest
 
 from conftest import long_spec, recorded_run
+from orchestrator import cluster
 from orchestrator.controller import Controller, SilentReporter
 from workers.plan import RoundResult
 
@@ -16,7 +17,7 @@ class GroupWatcher(SilentReporter):
     """Records the ranks' pids at every round end; optionally SIGKILLs one rank mid-round once."""
 
     def __init__(self, kill_rank: int | None = None, at: tuple[int, int] = (0, 1)):
-        self.ctl, self.plan, self.pids, self.killed = None, None, [], []
+        self.ctl, self.plan, self.pids, self.killed, self.niceness = None, None, [], [], set()
         self.kill_rank, self.at = kill_rank, at
 
     def round_started(self, plan, stage):
@@ -32,6 +33,7 @@ class GroupWatcher(SilentReporter):
 
     def round_finished(self, plan, result):
         self.pids.append(self.ctl.group.pids())
+        self.niceness |= {os.getpriority(os.PRIO_PROCESS, pid) for pid in self.pids[-1].values()}
 
 
 def _run(root, spec, reporter=None):
@@ -70,6 +72,8 @@ def test_two_ranks_with_accumulation_match_one_process_and_the_group_persists(on
     # one group for the whole run: the same two rank processes trained every round of both stages
     assert len(watch.pids) == 4 and all(p == watch.pids[0] for p in watch.pids) and len(watch.pids[0]) == 2
     assert all(r.fit_s and r.fit_s < r.wall_s <= r.round_s for r in two)
+    # ranks of a cluster cpt started run at the priority of Ray's daemons, not Ray's worker default of 15
+    assert watch.niceness == {cluster.WORKER_NICENESS} == {0}
 
 
 def test_sigkill_of_one_rank_rebuilds_the_group_and_matches_an_uninterrupted_run(tmp_path, synth, one_and_two):
