@@ -176,18 +176,27 @@ def bare_ddp(home: Path, model: dict, steps: int, batch: int, world: int = 2, **
     return tps
 
 
-def ddp_rows(home: Path, size: str, steps: int, batch: int) -> dict:
-    bare1 = bare_ddp(home, SIZES[size], steps, batch)
-    # two rounds: the second is the steady state of a persistent group (the first pays DDP's and the
-    # allocator's first step, which the bare loop leaves out of its timing too)
-    rs = cpt_rounds(home, spec(home, SIZES[size], steps, 2, batch, workers=2, cpus=1), True)
-    bare2 = bare_ddp(home, SIZES[size], steps, batch)
-    cpt_tps = rs[1]["tokens_per_s"]
-    bare = max(bare1, bare2)
-    print(f"  DDP x2 {size}: cpt {cpt_tps:,.0f} tok/s, bare {bare1:,.0f} / {bare2:,.0f} tok/s "
-          f"-> {cpt_tps / bare:.3f}", flush=True)
-    return {"model": size, "workers": 2, "steps": steps, "batch": batch, "cpt_tokens_per_s": cpt_tps,
-            "bare_tokens_per_s": [bare1, bare2], "ratio": cpt_tps / bare}
+def ddp_rows(home: Path, size: str, steps: int, batch: int, reps: int = 1) -> dict:
+    """cpt's 2-rank tokens/s over the bare loop's, `reps` times interleaved (bare, cpt, bare, cpt, ...,
+    bare): each cpt run is compared with the faster of the bare runs on either side of it, and the
+    median ratio is the result (this 2-core machine's speed drifts by 20% within minutes)."""
+    bare = [bare_ddp(home, SIZES[size], steps, batch)]
+    cpt, ratios = [], []
+    for _ in range(reps):
+        # two rounds: the second is the steady state of a persistent group (the first pays DDP's and
+        # the allocator's first step, which the bare loop leaves out of its timing too)
+        rs = cpt_rounds(home, spec(home, SIZES[size], steps, 2, batch, workers=2, cpus=1), True)
+        bare.append(bare_ddp(home, SIZES[size], steps, batch))
+        cpt.append(rs[1]["tokens_per_s"])
+        ratios.append(cpt[-1] / max(bare[-2], bare[-1]))
+        print(f"  DDP x2 {size}: cpt {cpt[-1]:,.0f} tok/s, bare {bare[-2]:,.0f} / {bare[-1]:,.0f} tok/s "
+              f"-> {ratios[-1]:.3f}", flush=True)
+    row = {"model": size, "workers": 2, "steps": steps, "batch": batch, "reps": reps,
+           "cpt_tokens_per_s": statistics.median(cpt), "bare_tokens_per_s": bare, "ratio": statistics.median(ratios)}
+    if reps > 1:
+        row.update(cpt_runs=cpt, ratios=ratios)
+        print(f"  median of {reps}: {row['ratio']:.3f}", flush=True)
+    return row
 
 
 def contention_rows(home: Path, steps: int, batch: int, hogs: int = 2) -> list[dict]:
@@ -238,6 +247,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
     ap.add_argument("--only", choices=["overhead", "ddp", "contention"],
                     help="re-measure one part, keep the others from --out")
+    ap.add_argument("--reps", type=int, default=1, help="DDP part: interleaved cpt/bare repetitions (median)")
     ap.add_argument("--worker-niceness", type=int, help="niceness of the Ray workers (default: what cpt sets, "
                     "0; Ray's own default is 15): for an A/B of that choice in one session")
     args = ap.parse_args()
@@ -264,7 +274,8 @@ def main() -> None:
         overhead = overhead_rows(home, sizes, steps=2 if args.quick else 4, rounds=4, batch=4)
     if args.only in (None, "ddp"):
         print("two ranks (DDP, gloo, 1 thread each), global batch 16 x 128 tokens:")
-        ddp = ddp_rows(home, "2M" if args.quick else "25M", steps=10 if args.quick else 20, batch=16)
+        ddp = ddp_rows(home, "2M" if args.quick else "25M", steps=10 if args.quick else 20, batch=16,
+                       reps=args.reps)
     if args.only in (None, "contention"):
         print("one rank beside busy loops, by Ray worker niceness (2M model, batch 16 x 128 tokens):")
         contention = contention_rows(home, steps=5 if args.quick else 10, batch=16)
