@@ -16,8 +16,9 @@ from orchestrator.home import Home
 
 LOOPBACK = "127.0.0.1"
 # Ray starts its worker processes at niceness 15, so a training rank yields to every nice-0
-# process on the host (on 2 cores three busy loops slowed a 2-rank run ~10x). In clusters cpt
-# starts, the ranks are the workload: they run at the priority of Ray's own daemons instead.
+# process on the host (beside two busy loops a rank kept 0.8% of its speed; benchmarks/scale.py
+# --only contention). In clusters cpt starts, the ranks are the workload: they run at the
+# priority of Ray's own daemons instead.
 WORKER_NICENESS = 0
 
 

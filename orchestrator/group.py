@@ -145,24 +145,14 @@ class WorkerGroup:
         return self._thread is not None and self._thread.is_alive()
 
     def submit(self, plan: RoundPlan) -> None:
-        import ray
-
         if not self.alive:
             raise GroupFailed(self._why())
-        try:
-            self.seq, self._seen = ray.get(self.mailbox.submit.remote(plan)), 0
-        except ray.exceptions.RayError as exc:
-            raise GroupFailed(f"the group's mailbox was lost: {type(exc).__name__}: {str(exc)[:300]}") from None
+        self.seq, self._seen = self._ask(self.mailbox.submit.remote(plan)), 0
 
     def poll(self, timeout: float) -> tuple[list[dict], RoundResult | None]:
         """New progress records and the result once there is one; GroupFailed if the group died,
         the worker's own CptError (e.g. a corrupt checkpoint) if the round failed deterministically."""
-        import ray
-
-        try:
-            records, outcome = ray.get(self.mailbox.poll.remote(self.seq, self._seen, timeout))
-        except ray.exceptions.RayError as exc:  # the mailbox's node or worker is gone: as if the group died
-            raise GroupFailed(f"the group's mailbox was lost: {type(exc).__name__}: {str(exc)[:300]}") from None
+        records, outcome = self._ask(self.mailbox.poll.remote(self.seq, self._seen, timeout))
         self._seen += len(records)
         if outcome is not None:
             result, error, kind = outcome
@@ -175,6 +165,16 @@ class WorkerGroup:
         if not self.alive:
             raise GroupFailed(self._why())
         return records, None
+
+    @staticmethod
+    def _ask(ref):
+        """The mailbox's answer; its node or worker gone counts as the group dying (a retry, not a crash)."""
+        import ray
+
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            raise GroupFailed(f"the group's mailbox was lost: {type(exc).__name__}: {str(exc)[:300]}") from None
 
     def pids(self) -> dict[int, int]:
         import ray
