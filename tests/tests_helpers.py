@@ -25,6 +25,15 @@ def final_losses(store, run_id: str):
     return [(r.stage_index, r.round_index) for r in done], done[-1].eval_losses
 
 
+def children(pid: int) -> list[int]:
+    """The pids of a process's children (none once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
 def cli_env(home: Path, extra: dict | None = None) -> dict:
     env = {**os.environ, "CPT_HOME": str(home), "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests_helpers import cli_env
+from tests_helpers import children, cli_env
 
 pytestmark = pytest.mark.e2e
 
@@ -18,14 +18,6 @@ def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except FileNotFoundError:
-        return []
 
 
 def _group_alive(pgid: int) -> bool:
@@ -51,8 +43,8 @@ def test_stopping_cpt_ui_stops_the_server(tmp_path, sig):
         while not _listening(port):
             assert proc.poll() is None and time.monotonic() < deadline, "MLflow UI did not start"
             time.sleep(0.3)
-        (server,) = _children(proc.pid)  # the server leads its own process group (its workers in it)
-        assert os.getpgid(server) == server and _children(server)
+        (server,) = children(proc.pid)  # the server leads its own process group (its workers in it)
+        assert os.getpgid(server) == server and children(server)
         proc.send_signal(sig)
         assert proc.wait(30) == 130
         deadline = time.monotonic() + 20

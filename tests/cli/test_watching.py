@@ -23,7 +23,7 @@ import yaml
 from browser import chromium, wait_for
 from conftest import tiny_spec
 from rayhead import free_port
-from tests_helpers import cli_env, cpt
+from tests_helpers import children, cli_env, cpt
 
 pytestmark = pytest.mark.e2e
 
@@ -91,11 +91,10 @@ def test_the_clusters_workers_run_at_cpts_niceness(cluster):
     pgrep = subprocess.run(["pgrep", "-f", f"raylet.*{state['temp']}"], capture_output=True, text=True).stdout
     workers = []
     for raylet in map(int, pgrep.split()):  # Ray's workers are the raylet's children, named ray::...
-        with open(f"/proc/{raylet}/task/{raylet}/children") as f:
-            for pid in map(int, f.read().split()):
-                with open(f"/proc/{pid}/cmdline", "rb") as c:
-                    if c.read().startswith(b"ray::"):
-                        workers.append(pid)
+        for pid in children(raylet):
+            with open(f"/proc/{pid}/cmdline", "rb") as c:
+                if c.read().startswith(b"ray::"):
+                    workers.append(pid)
     assert workers and {os.getpriority(os.PRIO_PROCESS, p) for p in workers} == {WORKER_NICENESS}
 
 
