@@ -6,7 +6,8 @@
    the checkpoint write (reported separately), and its share of a round of the example length
    (en-to-de.yaml: 146 steps of 16 x 128 tokens) is projected from the measured step time.
 2. Two CPU ranks (DDP, gloo, 1 thread each): cpt's fit tokens/s over a bare torch.distributed DDP
-   loop on the same model, data (same sampler) and global batch, run before and after cpt.
+   loop on the same model, data (same sampler) and global batch, run before and after cpt; and the
+   same bare loop run as a Ray Train group, which splits the gap into Ray Train's and cpt's parts.
 3. Contention: one rank's tokens/s alone and beside two busy loops, with Ray's workers at niceness
    15 (Ray's default) and 0 (what cpt sets in clusters it starts).
 
@@ -104,22 +105,15 @@ def overhead_rows(home: Path, sizes: list[str], steps: int, rounds: int, batch: 
     return rows
 
 
-def _bare_rank(rank: int, world: int, port: int, home: str, model: dict, steps: int, batch: int, q,
-               domain: str = "prose-en", seq: int = SEQ, micro: int | None = None, cuda: bool = False) -> None:
-    """One rank of a plain torch.distributed DDP loop: what cpt's rank does, without cpt."""
-    import contextlib
-
+def _bare_setup(rank: int, world: int, home: str, model: dict, steps: int, batch: int, domain: str, seq: int,
+                cuda: bool):
+    """Model (DDP-wrapped), AdamW and sampler as cpt's rank builds them; the process group exists."""
     import torch
-    import torch.distributed as dist
 
     from corpus.sampler import RoundSampler, SequenceSource
     from workers.fabric import make_optimizer
-    from workers.model import build_model, token_losses
+    from workers.model import build_model
 
-    if not cuda:
-        torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
     device = torch.device(f"cuda:{rank}" if cuda else "cpu")
     if cuda:
         torch.cuda.set_device(device)
@@ -128,7 +122,20 @@ def _bare_rank(rank: int, world: int, port: int, home: str, model: dict, steps: 
     net = build_model(model, vocab, seq, 0).to(device)
     net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[rank] if cuda else None)
     opt = make_optimizer(net, {"weight_decay": 0.1, "betas": (0.9, 0.95), "eps": 1e-8})
-    sampler = RoundSampler.fresh(data, {domain: 1.0}, batch, steps + 1)
+    return net, opt, RoundSampler.fresh(data, {domain: 1.0}, batch, steps + 1), device
+
+
+def _bare_loop(rank: int, world: int, home: str, model: dict, steps: int, batch: int, domain: str = "prose-en",
+               seq: int = SEQ, micro: int | None = None, cuda: bool = False) -> float:
+    """What cpt's rank does per step, without cpt; tokens/s of steps 1..steps (rank 0's clock)."""
+    import contextlib
+
+    import torch
+    import torch.distributed as dist
+
+    from workers.model import token_losses
+
+    net, opt, sampler, device = _bare_setup(rank, world, home, model, steps, batch, domain, seq, cuda)
     share = batch // world
     micro = micro or share
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
@@ -150,9 +157,56 @@ def _bare_rank(rank: int, world: int, port: int, home: str, model: dict, steps: 
     if cuda:
         torch.cuda.synchronize()
     dist.barrier()
+    return steps * batch * seq / (time.perf_counter() - t0)
+
+
+def _bare_rank(rank: int, world: int, port: int, home: str, model: dict, steps: int, batch: int, q,
+               **kw) -> None:
+    """One rank of a plain torch.distributed DDP loop in a process of its own (no Ray anywhere)."""
+    import torch
+    import torch.distributed as dist
+
+    if not kw.get("cuda"):
+        torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("nccl" if kw.get("cuda") else "gloo", rank=rank, world_size=world)
+    tps = _bare_loop(rank, world, home, model, steps, batch, **kw)
     if rank == 0:
-        q.put(steps * batch * seq / (time.perf_counter() - t0))
+        q.put(tps)
     dist.destroy_process_group()
+
+
+def _ray_bare_rank(config: dict) -> None:
+    """The same bare loop as a Ray Train rank (Ray Train's process group, placement, controller and
+    helper actors; no Fabric, no mailbox, no cpt): separates what Ray Train's presence costs from
+    what cpt's own loop costs."""
+    import ray.train
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    tps = _bare_loop(rank, world, config["home"], config["model"], config["steps"], config["batch"])
+    if rank == 0:
+        Path(config["out"]).write_text(json.dumps(tps))
+
+
+def ray_bare_ddp(home: Path, model: dict, steps: int, batch: int, world: int = 2) -> float:
+    """Tokens/s of the bare loop on a Ray Train group configured as cpt's (1 CPU per rank, gloo)."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from orchestrator.torch_backend import NodeBoundTorchConfig
+
+    out = home / "ray-bare.json"
+    out.unlink(missing_ok=True)
+    TorchTrainer(_ray_bare_rank, train_loop_config={"home": str(home), "model": model, "steps": steps,
+                                                    "batch": batch, "out": str(out)},
+                 scaling_config=ScalingConfig(num_workers=world, resources_per_worker={"CPU": 1}),
+                 run_config=RunConfig(name=f"ray-bare-{time.time_ns()}", storage_path=str(home / "ray-bare"),
+                                      failure_config=FailureConfig(max_failures=0)),
+                 torch_config=NodeBoundTorchConfig(backend="gloo")).fit()
+    return json.loads(out.read_text())
 
 
 def bare_ddp(home: Path, model: dict, steps: int, batch: int, world: int = 2, **kw) -> float:
@@ -177,25 +231,36 @@ def bare_ddp(home: Path, model: dict, steps: int, batch: int, world: int = 2, **
 
 
 def ddp_rows(home: Path, size: str, steps: int, batch: int, reps: int = 1) -> dict:
-    """cpt's 2-rank tokens/s over the bare loop's, `reps` times interleaved (bare, cpt, bare, cpt, ...,
-    bare): each cpt run is compared with the faster of the bare runs on either side of it, and the
-    median ratio is the result (this 2-core machine's speed drifts by 20% within minutes)."""
-    bare = [bare_ddp(home, SIZES[size], steps, batch)]
-    cpt, ratios = [], []
+    """cpt's 2-rank tokens/s over the bare loop's, `reps` times interleaved (bare, cpt, Ray Train +
+    bare loop, bare, ...): each cpt run is compared with the faster of the bare runs on either side
+    of it, and the median ratio is the result (this 2-core machine's speed drifts by 20% within
+    minutes). The middle arm, the bare loop as a Ray Train group, splits the ratio in two: what
+    Ray Train's presence costs (ray_bare / bare) and what cpt adds on top (cpt / ray_bare)."""
+    model = SIZES[size]
+    bare = [bare_ddp(home, model, steps, batch)]
+    cpt, ray_bare, ratios, ray_ratios, loop_ratios = [], [], [], [], []
     for _ in range(reps):
         # two rounds: the second is the steady state of a persistent group (the first pays DDP's and
         # the allocator's first step, which the bare loop leaves out of its timing too)
-        rs = cpt_rounds(home, spec(home, SIZES[size], steps, 2, batch, workers=2, cpus=1), True)
-        bare.append(bare_ddp(home, SIZES[size], steps, batch))
+        rs = cpt_rounds(home, spec(home, model, steps, 2, batch, workers=2, cpus=1), True)
         cpt.append(rs[1]["tokens_per_s"])
-        ratios.append(cpt[-1] / max(bare[-2], bare[-1]))
-        print(f"  DDP x2 {size}: cpt {cpt[-1]:,.0f} tok/s, bare {bare[-2]:,.0f} / {bare[-1]:,.0f} tok/s "
-              f"-> {ratios[-1]:.3f}", flush=True)
+        ray_bare.append(ray_bare_ddp(home, model, steps, batch))
+        bare.append(bare_ddp(home, model, steps, batch))
+        base = max(bare[-2], bare[-1])
+        ratios.append(cpt[-1] / base)
+        ray_ratios.append(ray_bare[-1] / base)
+        loop_ratios.append(cpt[-1] / ray_bare[-1])
+        print(f"  DDP x2 {size}: cpt {cpt[-1]:,.0f} tok/s, Ray Train + bare loop {ray_bare[-1]:,.0f} tok/s, "
+              f"bare {bare[-2]:,.0f} / {bare[-1]:,.0f} tok/s -> cpt/bare {ratios[-1]:.3f}, "
+              f"ray/bare {ray_ratios[-1]:.3f}, cpt/ray {loop_ratios[-1]:.3f}", flush=True)
     row = {"model": size, "workers": 2, "steps": steps, "batch": batch, "reps": reps,
-           "cpt_tokens_per_s": statistics.median(cpt), "bare_tokens_per_s": bare, "ratio": statistics.median(ratios)}
+           "cpt_tokens_per_s": statistics.median(cpt), "bare_tokens_per_s": bare,
+           "ray_bare_tokens_per_s": ray_bare, "ratio": statistics.median(ratios),
+           "ray_bare_ratio": statistics.median(ray_ratios), "cpt_over_ray_bare": statistics.median(loop_ratios)}
     if reps > 1:
-        row.update(cpt_runs=cpt, ratios=ratios)
-        print(f"  median of {reps}: {row['ratio']:.3f}", flush=True)
+        row.update(cpt_runs=cpt, ratios=ratios, ray_bare_ratios=ray_ratios, cpt_over_ray_bare_runs=loop_ratios)
+        print(f"  median of {reps}: cpt/bare {row['ratio']:.3f}, ray/bare {row['ray_bare_ratio']:.3f}, "
+              f"cpt/ray {row['cpt_over_ray_bare']:.3f}", flush=True)
     return row
 
 
