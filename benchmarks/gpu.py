@@ -4,7 +4,11 @@ On every GPU of the machine (one rank per GPU), bf16-mixed, seq 1024: a ~125M an
 Llama-style model, cpt with DDP and with FSDP for a few rounds, and a bare torch.distributed
 DDP loop on the same model, data (the built-in code-py domain, same sampler) and global batch.
 Prints tokens/s, MFU (cpt's own, per round) and cpt/bare; raw JSON to benchmarks/results/gpu.json.
-Needs torch with CUDA and this repository installed; reaches no network.
+Needs torch with CUDA and this repository's dependencies importable (gpu.sh unpacks the bundle that
+benchmarks/gpu_bundle.sh makes where they are missing); reaches no network.
+
+`--cpu-smoke` rehearses the same path without a GPU (2 gloo ranks, DDP only, a tiny model, short
+sequences, numbers meaningless): what to run before spending a lent GPU machine's minutes on it.
 """
 
 from __future__ import annotations
@@ -25,24 +29,28 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path.insert(0, str(ROOT))
 _spec = importlib.util.spec_from_file_location("bench_scale", Path(__file__).with_name("scale.py"))
 scale = importlib.util.module_from_spec(_spec)
+sys.modules["bench_scale"] = scale  # the bare loop's spawned ranks unpickle bench_scale._bare_rank by name
 _spec.loader.exec_module(scale)
 
 MODELS = {
     "125M": {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "intermediate_size": 2048},
     "1B": {"hidden_size": 2048, "num_layers": 16, "num_heads": 16, "num_kv_heads": 8, "intermediate_size": 5632},
 }
+SMOKE = {"tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 128}}
 SEQ, DOMAIN = 1024, "code-py"
 
 
-def run_spec(home: Path, model: dict, gpus: int, strategy: str, steps: int, rounds: int, micro: int) -> dict:
+def run_spec(home: Path, model: dict, gpus: int, strategy: str, steps: int, rounds: int, micro: int,
+             seq: int = SEQ, cuda: bool = True) -> dict:
     batch = micro * gpus * 2  # two micro-batches per rank per step: accumulation exercised too
-    return {"name": f"gpu-{strategy}", "seed": 0, "tokenizer": str(home / "tokenizer.json"), "seq_len": SEQ,
-            "batch_size": batch, "micro_batch_size": micro, "model": {**model, "tie_embeddings": False},
+    per_rank = {"gpus_per_worker": 1, "cpus_per_worker": 2} if cuda else {"cpus_per_worker": 1}
+    return {"name": f"gpu-{strategy}", "seed": 0, "tokenizer": str(home / "tokenizer.json"), "seq_len": seq,
+            "batch_size": batch, "micro_batch_size": micro, "model": model,
             "domains": {DOMAIN: str(home / "data" / DOMAIN)},
-            "stages": [{"name": "s", "domains": [DOMAIN], "tokens": steps * rounds * batch * SEQ, "rounds": rounds,
+            "stages": [{"name": "s", "domains": [DOMAIN], "tokens": steps * rounds * batch * seq, "rounds": rounds,
                         "schedule": {"kind": "cosine", "peak_lr": 3e-4, "min_lr": 3e-5, "warmup": 0.0}}],
-            "eval_batches": 1, "resources": {"workers": gpus, "gpus_per_worker": 1, "cpus_per_worker": 2,
-                                             "strategy": strategy, "precision": "bf16-mixed"}}
+            "eval_batches": 1, "resources": {"workers": gpus, **per_rank, "strategy": strategy,
+                                             "precision": "bf16-mixed" if cuda else "32-true"}}
 
 
 def cpt_run(home: Path, raw: dict) -> list[dict]:
@@ -70,9 +78,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="steps per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu.json")
+    ap.add_argument("--cpu-smoke", action="store_true", help="rehearse the path on CPU (see the docstring)")
     args = ap.parse_args()
-    gpus = torch.cuda.device_count()
-    if gpus == 0:
+    cuda = not args.cpu_smoke
+    gpus, models, seq = (torch.cuda.device_count(), MODELS, SEQ) if cuda else (2, SMOKE, 128)
+    if args.cpu_smoke:
+        args.models, args.steps, args.rounds = "tiny", min(args.steps, 3), min(args.rounds, 2)
+        args.out = args.out.with_name("gpu-cpu-smoke.json") if args.out.name == "gpu.json" else args.out
+    elif gpus == 0:
         sys.exit("gpu.py: no CUDA device visible")
     from corpus.builtin import prepare_builtins
     from orchestrator import cluster
@@ -80,26 +93,31 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="cpt-gpu-"))
     h = scale._home(home)
     prepare_builtins(h.data, h.tokenizer, [DOMAIN], install=False, log=print)
-    cluster.connect(h)
+    cluster.connect(h, num_cpus=None if cuda else 2, dashboard=False)  # a benchmark: nobody watches it
     rows, t0 = [], time.time()
     for name in args.models.split(","):
-        micro = 16 if name == "125M" else 8
-        for strategy in ("ddp", "fsdp"):
-            rounds = cpt_run(home, run_spec(home, MODELS[name], gpus, strategy, args.steps, args.rounds, micro))
+        micro = {"125M": 16, "1B": 8}.get(name, 2)
+        model = {**models[name], "tie_embeddings": False}  # the same for cpt and the bare loop
+        strategies = ("ddp", "fsdp") if cuda else ("ddp",)  # Lightning Fabric's FSDP is GPU-only
+        for strategy in strategies:
+            rounds = cpt_run(home, run_spec(home, model, gpus, strategy, args.steps, args.rounds, micro,
+                                            seq, cuda))
             steady = rounds[1:] or rounds  # round 0 includes CUDA warm-up and compilation of kernels
             tps = sum(r["tokens_per_s"] for r in steady) / len(steady)
             mfu = [r["mfu"] for r in steady if r["mfu"] is not None]
             rows.append({"model": name, "strategy": strategy, "gpus": gpus, "tokens_per_s": tps,
                          "mfu": sum(mfu) / len(mfu) if mfu else None, "rounds": rounds})
-        bare = scale.bare_ddp(home, MODELS[name], args.steps, micro * gpus * 2, world=gpus, domain=DOMAIN,
-                              seq=SEQ, micro=micro, cuda=True)
-        for r in rows[-2:]:
+        bare = scale.bare_ddp(home, model, args.steps, micro * gpus * 2, world=gpus, domain=DOMAIN,
+                              seq=seq, micro=micro, cuda=cuda)
+        for r in rows[-len(strategies):]:
             r["bare_ddp_tokens_per_s"] = bare
             r["ratio"] = r["tokens_per_s"] / bare
-            print(f"{name:>5} {r['strategy']}: {r['tokens_per_s']:,.0f} tok/s, MFU "
-                  f"{(r['mfu'] or 0):.1%}, bare DDP {bare:,.0f} tok/s, cpt/bare {r['ratio']:.3f}", flush=True)
+            mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.1%}"
+            print(f"{name:>5} {r['strategy']}: {r['tokens_per_s']:,.0f} tok/s, MFU {mfu}, "
+                  f"bare DDP {bare:,.0f} tok/s, cpt/bare {r['ratio']:.3f}", flush=True)
     cluster.shutdown()
-    out = {"date": str(date.today()), "machine": f"{platform.node()} {gpus}x {torch.cuda.get_device_name(0)}",
+    device = torch.cuda.get_device_name(0) if cuda else "CPU (--cpu-smoke)"
+    out = {"date": str(date.today()), "machine": f"{platform.node()} {gpus}x {device}",
            "seconds": time.time() - t0, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))

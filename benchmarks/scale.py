@@ -120,7 +120,8 @@ def _bare_setup(rank: int, world: int, home: str, model: dict, steps: int, batch
     data = {domain: SequenceSource.open(domain, f"{home}/data/{domain}", seq)}
     vocab = data[domain].data.manifest["vocab_size"]
     net = build_model(model, vocab, seq, 0).to(device)
-    net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[rank] if cuda else None)
+    if world > 1:  # one rank trains unwrapped, as cpt's single-device rank does (DDP of one all-reduces)
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[rank] if cuda else None)
     opt = make_optimizer(net, {"weight_decay": 0.1, "betas": (0.9, 0.95), "eps": 1e-8})
     return net, opt, RoundSampler.fresh(data, {domain: 1.0}, batch, steps + 1), device
 
@@ -147,7 +148,8 @@ def _bare_loop(rank: int, world: int, home: str, model: dict, steps: int, batch:
         ids, _ = sampler.batch(step, rank, world)
         ids = ids.to(device)
         for m in range(0, share, micro):
-            sync = contextlib.nullcontext() if m + micro >= share else net.no_sync()
+            last = m + micro >= share or world == 1
+            sync = contextlib.nullcontext() if last else net.no_sync()
             with sync, autocast:
                 loss = token_losses(net, ids[m:m + micro]).sum() / share
             loss.backward()

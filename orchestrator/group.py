@@ -182,11 +182,16 @@ class WorkerGroup:
         return {r: pid for r, (pid, _) in ray.get(self.mailbox.members.remote()).items()}
 
     def _why(self) -> str:
+        """One line for the store: Ray Train's error and, per failed rank, the rank's own exception
+        (Ray's message starts "Training failed due to worker errors:" and puts the cause below)."""
         exc = self.error
         if exc is None:
             return "worker group stopped"
-        first = str(exc).strip().splitlines()
-        return f"{type(exc).__name__}: {first[0][:500] if first else ''}"
+        failures = getattr(exc, "worker_failures", None) or {}
+        if failures:
+            ranks = "; ".join(f"rank {r}: {type(e).__name__}: {_first_line(e)}" for r, e in sorted(failures.items()))
+            return f"{type(exc).__name__}: {ranks}"[:1500]
+        return f"{type(exc).__name__}: {_first_line(exc)}"
 
     def stop(self, timeout: float = 30) -> None:
         """Let the ranks leave their loop and fit() return; kill what does not within `timeout`."""
@@ -220,6 +225,11 @@ class WorkerGroup:
             self._thread.join(5)
         with contextlib.suppress(Exception):
             ray.kill(self.mailbox)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:500] if lines else ""
 
 
 def shortfall(res: dict[str, Any], have: dict[str, float]) -> str | None:

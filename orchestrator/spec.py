@@ -97,7 +97,8 @@ class ResourceSpec(_M):
     gpus_per_worker: float = Field(0, ge=0, le=64)
     """GPUs per rank; 0 trains on CPU (gloo), >0 on GPU (NCCL)."""
     strategy: Literal["ddp", "fsdp"] = "ddp"
-    """ddp: every rank holds the whole model; fsdp: parameters, gradients and optimizer state sharded."""
+    """ddp: every rank holds the whole model; fsdp (GPUs only): parameters, gradients and optimizer
+    state sharded."""
     precision: Literal["32-true", "bf16-mixed"] = "32-true"
     """Training precision (Lightning Fabric): bf16-mixed autocasts matmuls to bfloat16 (GPUs)."""
     activation_checkpointing: bool = False
@@ -131,6 +132,8 @@ class ResourceSpec(_M):
     def _fits(self) -> ResourceSpec:
         if self.precision == "bf16-mixed" and self.gpus_per_worker == 0:
             raise ValueError("precision bf16-mixed needs gpus_per_worker > 0 (on CPU use 32-true)")
+        if self.strategy == "fsdp" and self.gpus_per_worker == 0:  # Lightning Fabric's FSDP is GPU-only
+            raise ValueError("strategy fsdp needs gpus_per_worker > 0 (on CPU use ddp)")
         return self
 
 

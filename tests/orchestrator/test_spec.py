@@ -103,6 +103,7 @@ def test_resources_old_names_map_to_per_worker(synth):
     ({"resources": {"workers": 2}, "micro_batch_size": 3}, r"micro_batch_size 3 must divide each rank's share .*= 2"),
     ({"resources": {"precision": "bf16-mixed"}}, r"resources: .*bf16-mixed needs gpus_per_worker > 0"),
     ({"resources": {"strategy": "tp"}}, r"resources.strategy: .*'ddp' or 'fsdp'"),
+    ({"resources": {"workers": 2, "strategy": "fsdp"}}, r"resources: .*strategy fsdp needs gpus_per_worker > 0"),
     ({"resources": {"placement": "around"}}, r"resources.placement: .*'pack' or 'spread'"),
     ({"resources": {"workers": 0}}, r"resources.workers: .*greater than or equal to 1"),
 ])
