@@ -25,11 +25,11 @@ from mixers.agent import state_features, transition
 from mixers.base import Mixer, MixerConfig, Observation, RoundRecord, build_mixer, check_weights
 from orchestrator.group import GroupFailed, WorkerGroup
 from orchestrator.home import Home
+from orchestrator.run_tracking import RunTracking
 from orchestrator.spec import RunSpec, parse_spec
 from store.errors import Cancelled, CptError, DataError, InputError, LeaseLost, Preempted, TrainingError
 from store.lease import RunLease
 from store.runs import RunStore
-from store.secrets import redact, redacted_yaml
 from workers.plan import RoundPlan, RoundResult
 
 
@@ -69,9 +69,6 @@ class Reporter(Protocol):
     def message(self, text: str) -> None: ...
 
 
-ML_VIEW = "workflowType=machine_learning"
-
-
 class SilentReporter:
     def round_started(self, plan, stage): pass
     def progress(self, step, total, loss, lr): pass
@@ -96,13 +93,11 @@ class Controller:
         self.spec_yaml = run.spec_yaml
         self.workdir = Path(run.workdir)
         self.poll_s = poll_s
-        self.tracking = tracking
-        self.tracker = None
-        self.mlflow_id: str | None = run.mlflow_run_id
+        # through self.reporter at call time: the CLI sets its reporter after construction
+        self.tracking = RunTracking(store, home, self.spec, run_id, self.workdir, lambda m: self.reporter.message(m),
+                                    self._domain_paths, run.mlflow_run_id, enabled=tracking)
         self._signals: dict[str, bool] = {}
         self.group: WorkerGroup | None = None
-        self.live = None  # LiveLogger: MLflow metrics while rounds run (orchestrator/live.py)
-        self._unlogged: list[int] = []  # finished rounds MLflow could not take yet (retried later)
         self._progress_at = 0.0
         self.persistent_group = True  # False restarts the group every round (benchmarks/scale.py's baseline)
         self.manifests: dict[str, Any] | None = None  # set by a submit that just checked the data
@@ -150,31 +145,31 @@ class Controller:
             self.store.update_run(self.run_id, ray_job_id=ray_info["job_id"])
             with stop_signals(self._signals):  # after ray.init, which installs its own SIGTERM handler
                 self._group()  # Ray Train starts the ranks (seconds) while MLflow is set up
-                self._start_tracking()  # inside: an unreachable MLflow server fails the run, recorded
-                self._announce(ray_info["dashboard"])
+                self.tracking.start()  # inside: an unreachable MLflow server fails the run, recorded
+                self.tracking.announce(ray_info["dashboard"])
                 for i in range(len(self.spec.stages)):
                     self._run_stage(i)
         except LeaseLost:
             raise
         except (Cancelled, KeyboardInterrupt) as exc:
             self.store.set_run_status(self.run_id, "cancelled", message=str(exc) or "Ctrl-C")
-            self._end_tracking("cancelled")
+            self.tracking.end("cancelled")
             if isinstance(exc, KeyboardInterrupt) or self._signals.get("interrupted"):
                 raise Cancelled(f"run {self.run_id} cancelled (Ctrl-C); `cpt runs resume {self.run_id}` "
                                 f"continues it") from None
             return "cancelled"
         except Preempted:
             self.store.set_run_status(self.run_id, "interrupted", message="SIGTERM: resumable")
-            self._end_tracking("interrupted")
+            self.tracking.end("interrupted")
             raise Preempted(f"run {self.run_id} interrupted by SIGTERM; `cpt runs resume {self.run_id}` "
                             f"continues it") from None
         except BaseException as exc:
             msg = exc.args[0] if isinstance(exc, CptError) and exc.args else repr(exc)
             self.store.set_run_status(self.run_id, "failed", error=str(msg)[:4000])
-            self._end_tracking("failed")
+            self.tracking.end("failed")
             raise
         self.store.set_run_status(self.run_id, "finished")
-        self._end_tracking("finished")
+        self.tracking.end("finished")
         return "finished"
 
     def _run_stage(self, i: int) -> None:
@@ -187,8 +182,8 @@ class Controller:
                 if done.mixer_state is not None:
                     mixer.load_state_dict(done.mixer_state)
                 if done.mlflow_run_id is None:
-                    self._log_round(done.id, i, r, done.weights, RoundResult.from_json(done.result_json),
-                                    done.step_start)
+                    self.tracking.log_round(done.id, i, r, done.weights, RoundResult.from_json(done.result_json),
+                                            done.step_start)
                 continue
             self.store.set_stage_status(self.run_id, i, "running")
             self._run_round(i, r, mixer)
@@ -300,9 +295,7 @@ class Controller:
             self._drop_group(kill=False)
         self._prune_checkpoints()
         self.reporter.round_finished(plan, result)
-        self._log_unlogged()  # earlier rounds first, so the parent's curves fill in order
-        self._log_round(round_id, i, r, weights, result, plan.global_step_start)
-        self._draw_artifacts()
+        self.tracking.round_finished(round_id, i, r, weights, result, plan.global_step_start)
 
     def _group(self) -> WorkerGroup:
         """The run's worker group, started with the run and kept across rounds and stages."""
@@ -374,12 +367,7 @@ class Controller:
     def _on_progress(self, round_id: int, plan: RoundPlan, records: list[dict[str, Any]]) -> None:
         """Live records: to MLflow through the background logger (never blocks), and the latest one
         to the store at most once a second (what `cpt runs show` / `watch` read mid-round)."""
-        if self.live is not None:
-            from orchestrator.live import record_metrics
-
-            everyone = {d: plan.weights.get(d, 0.0) for d in self._domain_paths()}
-            for p in records:
-                self.live.log(record_metrics(p, plan.global_step_start, plan.stage_step_start, everyone))
+        self.tracking.progress(plan, records)
         now = time.monotonic()
         if now - self._progress_at >= 1.0:
             last = records[-1]
@@ -456,117 +444,3 @@ class Controller:
     def _latest_checkpoint(self) -> str | None:
         done = self.store.rounds(self.run_id, status="finished")
         return done[-1].checkpoint_uri if done else None
-
-    # ---- tracking ---------------------------------------------------------------------------
-    def _announce(self, dashboard: str | None) -> None:
-        """Where to watch the run: the Ray dashboard (this run's job) and its MLflow page."""
-        from orchestrator.tracking import link_line, read_link
-
-        url = read_link(self.workdir).get("url")  # none with tracking off
-        for line in (f"Ray dashboard: {dashboard}" if dashboard else None, link_line(url) if url else None):
-            if line:
-                self.reporter.message(line)
-
-    def _start_tracking(self) -> None:
-        if not self.tracking:
-            return
-        from orchestrator.plots import plot_lr
-        from orchestrator.tracking import LINK_FILE, Tracker
-
-        t = self.spec.tracking
-        from orchestrator.live import LiveLogger
-
-        self.tracker = Tracker(t.mlflow_uri or self.home.mlflow_uri, t.experiment, self.home.root / "mlartifacts")
-        fresh = self.mlflow_id is None
-        self.mlflow_id = self.tracker.start_run(self.run_id, self.spec.name, self.spec.model_dump(mode="json"),
-                                                self.mlflow_id)
-        self.live = LiveLogger(self.tracker.client, self.mlflow_id)
-        ui = t.mlflow_uri if (t.mlflow_uri or "").startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-        exp = f"{ui.rstrip('/')}/#/experiments/{self.tracker.experiment_id}/runs"
-        (self.workdir / LINK_FILE).write_text(json.dumps({  # what `cpt runs show` and `cpt ui` link to
-            # MLflow 3's UI opens in its GenAI (traces) mode unless the link asks for model training
-            "url": redact(f"{exp}/{self.mlflow_id}?{ML_VIEW}"), "experiment_url": redact(f"{exp}?{ML_VIEW}"),
-            "experiment_id": self.tracker.experiment_id, "run_id": self.mlflow_id, "local": not t.mlflow_uri}))
-        if fresh:
-            self.store.update_run(self.run_id, mlflow_run_id=self.mlflow_id)
-            spec_path = self.workdir / "spec.yaml"  # resolved and redacted: no secret goes to MLflow
-            spec_path.write_text(redacted_yaml(self.spec.model_dump(mode="json")))
-            self.tracker.log_artifact(self.mlflow_id, spec_path)
-            self.tracker.log_artifact(self.mlflow_id, plot_lr(self.spec, self.workdir / "lr_schedule.png"))
-
-    def _log_round(self, round_id: int, i: int, r: int, weights: dict[str, float], result: RoundResult,
-                   step_start: int) -> None:
-        """Log a finished round; an MLflow outage never stops training: the round stays without an
-        MLflow id and is logged at a later round boundary (or on resume)."""
-        if self.tracker is None:
-            return
-        from dataclasses import asdict
-
-        everyone = {d: weights.get(d, 0.0) for d in self._domain_paths()}
-        try:
-            cid = self.tracker.log_round(self.mlflow_id, self.spec.name, self.spec.stages[i].name, i, r, everyone,
-                                         asdict(result), step_start)
-        except Exception as exc:
-            from store.secrets import redact
-
-            if round_id not in self._unlogged:
-                self._unlogged.append(round_id)
-            self.reporter.message(f"MLflow unavailable ({redact(type(exc).__name__)}): round {i}.{r} will be "
-                                  f"logged when it is back")
-            return
-        self.store.set_round_mlflow(round_id, cid)
-        if round_id in self._unlogged:
-            self._unlogged.remove(round_id)
-
-    def _log_unlogged(self) -> None:
-        """Retry rounds MLflow could not take earlier, oldest first; stop at the first failure."""
-        rows = {x.id: x for x in self.store.rounds(self.run_id, status="finished")}
-        for round_id in list(self._unlogged):
-            row = rows.get(round_id)
-            if row is None or row.mlflow_run_id is not None:
-                self._unlogged.remove(round_id)
-                continue
-            self._log_round(row.id, row.stage_index, row.round_index, row.weights,
-                            RoundResult.from_json(row.result_json), row.step_start)
-            if round_id in self._unlogged:  # still down
-                return
-
-    def _draw_artifacts(self) -> None:
-        """mixture.png and the per-domain validation curves, redrawn after every round on the
-        logging thread (the round loop never waits on matplotlib or the artifact store)."""
-        if self.live is None:
-            return
-        from orchestrator.reports import _curve
-
-        done = self.store.rounds(self.run_id, status="finished")
-        rounds = [{"label": f"s{x.stage_index}r{x.round_index}", "weights": x.weights} for x in done]
-        points, tracker, mlflow_id, folder = _curve(done), self.tracker, self.mlflow_id, self.workdir
-
-        def draw() -> None:
-            from orchestrator.plots import _plt, plot_mixture
-            from orchestrator.reports import plot_curves
-
-            if not rounds:
-                return
-            tracker.log_artifact(mlflow_id, plot_mixture(rounds, folder / "mixture.png"))
-            domains = sorted({d for p in points for d in p["losses"]})
-            if domains:
-                fig = plot_curves({"validation": points}, domains, folder / "loss_curves.png")
-                _plt().close(fig)
-                tracker.log_artifact(mlflow_id, folder / "loss_curves.png")
-
-        self.live.submit(draw)
-
-    def _end_tracking(self, status: str) -> None:
-        if self.tracker is None or self.mlflow_id is None:
-            return
-        self._draw_artifacts()
-        if self.live is not None and not self.live.close(timeout=30):
-            self.reporter.message(f"MLflow: {self.live.backlog} live metric(s) could not be delivered "
-                                  f"({self.live.last_error}); the round records in the store are complete")
-        self._log_unlogged()
-        try:
-            self.tracker.end(self.mlflow_id, status)
-        except Exception as exc:  # tracking must not mask the run's own outcome
-            self.reporter.message(f"MLflow: could not finish tracking ({exc})")
-

@@ -1,0 +1,170 @@
+"""One run's MLflow side, as the controller drives it: the parent run, a nested run per finished
+round, live metrics while a round runs, the plots, and the run's end.
+
+Tracking never stops training: a round MLflow cannot take stays without an MLflow id in the store
+and is logged at a later round boundary or on resume (oldest first, so the parent's curves fill
+in order); live metrics go through `LiveLogger`, which buffers through outages; the plots are
+drawn on the logger's thread. The store stays the source of truth, so everything here can be
+redone from it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from orchestrator.home import Home
+from orchestrator.spec import RunSpec
+from store.runs import RunStore
+from store.secrets import redact, redacted_yaml
+from workers.plan import RoundPlan, RoundResult
+
+ML_VIEW = "workflowType=machine_learning"
+
+
+class RunTracking:
+    """MLflow for one run; every method is a no-op with tracking off (`enabled=False`)."""
+
+    def __init__(self, store: RunStore, home: Home, spec: RunSpec, run_id: str, workdir: Path,
+                 message: Callable[[str], None], domains: Callable[[], Iterable[str]], mlflow_id: str | None,
+                 enabled: bool = True):
+        self.store, self.home, self.spec, self.run_id, self.workdir = store, home, spec, run_id, workdir
+        self.message, self.domains, self.enabled = message, domains, enabled
+        self.mlflow_id = mlflow_id  # the parent run (from the store on resume)
+        self.tracker = None
+        self.live = None  # LiveLogger: MLflow metrics while rounds run (orchestrator/live.py)
+        self.unlogged: list[int] = []  # finished rounds MLflow could not take yet (retried later)
+
+    def _everyone(self, weights: dict[str, float]) -> dict[str, float]:
+        """The mixture over every domain the run knows (0 for those not trained): comparable across rounds."""
+        return {d: weights.get(d, 0.0) for d in self.domains()}
+
+    def announce(self, dashboard: str | None) -> None:
+        """Where to watch the run: the Ray dashboard (this run's job) and its MLflow page."""
+        from orchestrator.tracking import link_line, read_link
+
+        url = read_link(self.workdir).get("url")  # none with tracking off
+        for line in (f"Ray dashboard: {dashboard}" if dashboard else None, link_line(url) if url else None):
+            if line:
+                self.message(line)
+
+    def start(self) -> None:
+        """The parent run (new, or the stored one on resume), the link file, and for a new run the
+        resolved, redacted spec and the LR schedule plot."""
+        if not self.enabled:
+            return
+        from orchestrator.live import LiveLogger
+        from orchestrator.plots import plot_lr
+        from orchestrator.tracking import LINK_FILE, Tracker
+
+        t = self.spec.tracking
+        self.tracker = Tracker(t.mlflow_uri or self.home.mlflow_uri, t.experiment, self.home.root / "mlartifacts")
+        fresh = self.mlflow_id is None
+        self.mlflow_id = self.tracker.start_run(self.run_id, self.spec.name, self.spec.model_dump(mode="json"),
+                                                self.mlflow_id)
+        self.live = LiveLogger(self.tracker.client, self.mlflow_id)
+        ui = t.mlflow_uri if (t.mlflow_uri or "").startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+        exp = f"{ui.rstrip('/')}/#/experiments/{self.tracker.experiment_id}/runs"
+        (self.workdir / LINK_FILE).write_text(json.dumps({  # what `cpt runs show` and `cpt ui` link to
+            # MLflow 3's UI opens in its GenAI (traces) mode unless the link asks for model training
+            "url": redact(f"{exp}/{self.mlflow_id}?{ML_VIEW}"), "experiment_url": redact(f"{exp}?{ML_VIEW}"),
+            "experiment_id": self.tracker.experiment_id, "run_id": self.mlflow_id, "local": not t.mlflow_uri}))
+        if fresh:
+            self.store.update_run(self.run_id, mlflow_run_id=self.mlflow_id)
+            spec_path = self.workdir / "spec.yaml"  # resolved and redacted: no secret goes to MLflow
+            spec_path.write_text(redacted_yaml(self.spec.model_dump(mode="json")))
+            self.tracker.log_artifact(self.mlflow_id, spec_path)
+            self.tracker.log_artifact(self.mlflow_id, plot_lr(self.spec, self.workdir / "lr_schedule.png"))
+
+    def progress(self, plan: RoundPlan, records: list[dict[str, Any]]) -> None:
+        """Live records of a running round, handed to the background logger (never blocks)."""
+        if self.live is None:
+            return
+        from orchestrator.live import record_metrics
+
+        everyone = self._everyone(plan.weights)
+        for p in records:
+            self.live.log(record_metrics(p, plan.global_step_start, plan.stage_step_start, everyone))
+
+    def log_round(self, round_id: int, i: int, r: int, weights: dict[str, float], result: RoundResult,
+                  step_start: int) -> None:
+        """Log a finished round; an MLflow outage never stops training: the round stays without an
+        MLflow id and is logged at a later round boundary (or on resume)."""
+        if self.tracker is None:
+            return
+        from dataclasses import asdict
+
+        try:
+            cid = self.tracker.log_round(self.mlflow_id, self.spec.name, self.spec.stages[i].name, i, r,
+                                         self._everyone(weights), asdict(result), step_start)
+        except Exception as exc:
+            if round_id not in self.unlogged:
+                self.unlogged.append(round_id)
+            self.message(f"MLflow unavailable ({redact(type(exc).__name__)}): round {i}.{r} will be "
+                         f"logged when it is back")
+            return
+        self.store.set_round_mlflow(round_id, cid)
+        if round_id in self.unlogged:
+            self.unlogged.remove(round_id)
+
+    def log_unlogged(self) -> None:
+        """Retry rounds MLflow could not take earlier, oldest first; stop at the first failure."""
+        rows = {x.id: x for x in self.store.rounds(self.run_id, status="finished")}
+        for round_id in list(self.unlogged):
+            row = rows.get(round_id)
+            if row is None or row.mlflow_run_id is not None:
+                self.unlogged.remove(round_id)
+                continue
+            self.log_round(row.id, row.stage_index, row.round_index, row.weights,
+                           RoundResult.from_json(row.result_json), row.step_start)
+            if round_id in self.unlogged:  # still down
+                return
+
+    def round_finished(self, round_id: int, i: int, r: int, weights: dict[str, float], result: RoundResult,
+                       step_start: int) -> None:
+        """After a round's commit: earlier unlogged rounds first, then this one, then the plots."""
+        self.log_unlogged()
+        self.log_round(round_id, i, r, weights, result, step_start)
+        self.draw_artifacts()
+
+    def draw_artifacts(self) -> None:
+        """mixture.png and the per-domain validation curves, redrawn after every round on the
+        logging thread (the round loop never waits on matplotlib or the artifact store)."""
+        if self.live is None:
+            return
+        from orchestrator.reports import _curve
+
+        done = self.store.rounds(self.run_id, status="finished")
+        rounds = [{"label": f"s{x.stage_index}r{x.round_index}", "weights": x.weights} for x in done]
+        points, tracker, mlflow_id, folder = _curve(done), self.tracker, self.mlflow_id, self.workdir
+
+        def draw() -> None:
+            from orchestrator.plots import _plt, plot_mixture
+            from orchestrator.reports import plot_curves
+
+            if not rounds:
+                return
+            tracker.log_artifact(mlflow_id, plot_mixture(rounds, folder / "mixture.png"))
+            domains = sorted({d for p in points for d in p["losses"]})
+            if domains:
+                fig = plot_curves({"validation": points}, domains, folder / "loss_curves.png")
+                _plt().close(fig)
+                tracker.log_artifact(mlflow_id, folder / "loss_curves.png")
+
+        self.live.submit(draw)
+
+    def end(self, status: str) -> None:
+        """The run's end: last plots, the live backlog flushed (bounded), unlogged rounds, the status."""
+        if self.tracker is None or self.mlflow_id is None:
+            return
+        self.draw_artifacts()
+        if self.live is not None and not self.live.close(timeout=30):
+            self.message(f"MLflow: {self.live.backlog} live metric(s) could not be delivered "
+                         f"({self.live.last_error}); the round records in the store are complete")
+        self.log_unlogged()
+        try:
+            self.tracker.end(self.mlflow_id, status)
+        except Exception as exc:  # tracking must not mask the run's own outcome
+            self.message(f"MLflow: could not finish tracking ({exc})")
