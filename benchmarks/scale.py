@@ -107,7 +107,8 @@ def overhead_rows(home: Path, sizes: list[str], steps: int, rounds: int, batch: 
 
 def _bare_setup(rank: int, world: int, home: str, model: dict, steps: int, batch: int, domain: str, seq: int,
                 cuda: bool):
-    """Model (DDP-wrapped), AdamW and sampler as cpt's rank builds them; the process group exists."""
+    """Model (DDP-wrapped over 2+ ranks), AdamW and sampler as cpt's rank builds them; the process
+    group exists."""
     import torch
 
     from corpus.sampler import RoundSampler, SequenceSource
