@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from corpus.names import buffer_name, source_name
 from mixers.agent import state_features, transition
 from mixers.base import Mixer, MixerConfig, Observation, RoundRecord, build_mixer, check_weights
+from orchestrator import checkpoints
 from orchestrator.group import GroupFailed, WorkerGroup
 from orchestrator.home import Home
 from orchestrator.run_tracking import RunTracking
@@ -138,7 +139,7 @@ class Controller:
         if abandoned:
             self.reporter.message(f"abandoned {abandoned} unfinished round attempt(s); they re-run as new attempts")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._remove_partial_checkpoints()
+        checkpoints.remove_partial(self.workdir, self.reporter.message)
         try:
             ray_info = cluster.connect(self.home, num_cpus=None, run={"run_id": self.run_id,
                                                                        "run_name": self.spec.name})
@@ -293,7 +294,7 @@ class Controller:
         self.store.finish_round(round_id, result, transition(obs, state, weights, result, mixer.name))
         if not self.persistent_group:
             self._drop_group(kill=False)
-        self._prune_checkpoints()
+        checkpoints.prune(self.store, self.spec, self.workdir, self.run_id, self.reporter.message)
         self.reporter.round_finished(plan, result)
         self.tracking.round_finished(round_id, i, r, weights, result, plan.global_step_start)
 
@@ -380,8 +381,8 @@ class Controller:
     def _plan(self, i: int, r: int, weights: dict[str, float], attempt: int) -> RoundPlan:
         spec, st = self.spec, self.spec.stages[i]
         first, n = spec.round_bounds(i)[r]
-        prev = self._latest_checkpoint()
-        ckpt = self._checkpoint_location(f"s{i}-r{r}-a{attempt}")
+        prev = checkpoints.latest(self.store, self.run_id)
+        ckpt = checkpoints.location(spec, self.workdir, self.run_id, f"s{i}-r{r}-a{attempt}")
         return RoundPlan(
             run_id=self.run_id, stage_index=i, round_index=r, attempt=attempt, seed=spec.seed, weights=weights,
             domain_paths=self._domain_paths(), eval_domains=sorted(spec.domains), stage_step_start=first,
@@ -394,53 +395,3 @@ class Controller:
             eval_before=(i == 0 and r == 0), micro_batch_size=spec.micro_batch_size,
             cursors=self._cursors(i, r, weights, n), log_every=spec.tracking.log_every,
             sample_loss=st.sample_loss)
-
-    def _checkpoint_location(self, name: str) -> str:
-        from corpus import fs
-
-        base = self.spec.checkpoints.uri
-        if base is None:
-            return str(self.workdir / "checkpoints" / name)
-        return fs.join(fs.join(base, self.run_id), name)
-
-    def _prune_checkpoints(self) -> None:
-        """Retention: delete round checkpoints beyond the last K and the stages' last rounds.
-
-        Runs after the commit of a newer round, so the checkpoint resume starts from is never one of them."""
-        import shutil
-
-        keep = self.spec.checkpoints
-        if keep.keep_last is None:
-            return
-        done = self.store.rounds(self.run_id, status="finished")
-        kept = {r.checkpoint_uri for r in done[-keep.keep_last:]}
-        if keep.keep_stage_ends:
-            kept |= {r.checkpoint_uri for r in done if r.round_index == self.spec.stages[r.stage_index].rounds - 1}
-        from corpus import fs
-
-        for r in done:
-            if r.checkpoint_uri in kept:
-                continue
-            if fs.is_remote(r.checkpoint_uri):
-                if r.checkpoint_uri.startswith(self._checkpoint_location("")):  # only this run's own
-                    try:
-                        fs.delete_folder(r.checkpoint_uri)
-                    except CptError as exc:  # retention must not fail a run
-                        self.reporter.message(f"checkpoint retention: {exc}")
-                continue
-            path = Path(r.checkpoint_uri)
-            if path.is_dir() and path.parent == self.workdir / "checkpoints":
-                shutil.rmtree(path, ignore_errors=True)
-
-    def _remove_partial_checkpoints(self) -> None:
-        """Temp folders of saves a dead worker never finished: never referenced, so just garbage."""
-        import shutil
-
-        folder = self.workdir / "checkpoints"
-        for tmp in folder.glob(".*.tmp-*") if folder.exists() else []:
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.reporter.message(f"removed partial checkpoint {tmp.name}")
-
-    def _latest_checkpoint(self) -> str | None:
-        done = self.store.rounds(self.run_id, status="finished")
-        return done[-1].checkpoint_uri if done else None
