@@ -25,7 +25,8 @@ ML_VIEW = "workflowType=machine_learning"
 
 
 class RunTracking:
-    """MLflow for one run; every method is a no-op with tracking off (`enabled=False`)."""
+    """MLflow for one run. With tracking off (`enabled=False`) nothing reaches MLflow and `announce`
+    names only the Ray dashboard."""
 
     def __init__(self, store: RunStore, home: Home, spec: RunSpec, run_id: str, workdir: Path,
                  message: Callable[[str], None], domains: Callable[[], Iterable[str]], mlflow_id: str | None,
