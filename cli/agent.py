@@ -21,8 +21,9 @@ def explore(spec: Path = typer.Argument(..., help="Proxy run spec; its last stag
     from cli.output import console
     from orchestrator import cluster
     from orchestrator.controller import SilentReporter
+    from orchestrator.data_check import check_data
     from orchestrator.explore import explore as run_explore
-    from orchestrator.spec import check_data, load_spec
+    from orchestrator.spec import load_spec
 
     class Lines(SilentReporter):
         def message(self, text: str) -> None:

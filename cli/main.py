@@ -57,7 +57,8 @@ def validate(spec: Path = typer.Argument(..., help="Run spec YAML."),
              as_json: bool = typer.Option(False, "--json", help="Print the resolved spec as JSON.")) -> None:
     """Validate a run spec and print it resolved (defaults filled in, paths absolute)."""
     from cli.output import console, print_json
-    from orchestrator.spec import check_data, load_spec
+    from orchestrator.data_check import check_data
+    from orchestrator.spec import load_spec
 
     state.home()
     run_spec, _ = load_spec(spec)

@@ -89,7 +89,8 @@ def submit(spec: Path = typer.Argument(..., help="Run spec YAML."),
     """Validate, record and run a spec (stages x rounds on Ray)."""
     from cli.output import console, print_json
     from orchestrator.controller import create_run
-    from orchestrator.spec import check_data, load_spec
+    from orchestrator.data_check import check_data
+    from orchestrator.spec import load_spec
 
     home = state.home()
     run_spec, text = load_spec(spec)
@@ -314,7 +315,8 @@ def demo(install: bool = typer.Option(True, help="apt-get install missing text p
     from cli.output import console
     from corpus.builtin import BUILTINS, missing_packages, prepare_builtins
     from orchestrator.controller import create_run
-    from orchestrator.spec import check_data, load_spec
+    from orchestrator.data_check import check_data
+    from orchestrator.spec import load_spec
 
     home = state.home()
     c = console()

@@ -119,7 +119,7 @@ class Controller:
 
     def _run_leased(self) -> str:
         from orchestrator import cluster
-        from orchestrator.spec import check_data
+        from orchestrator.data_check import check_data
 
         if self.store.get_run(self.run_id).status == "finished":  # checked under the lease: no race
             raise InputError(f"run {self.run_id} is already finished")

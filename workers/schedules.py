@@ -61,18 +61,21 @@ class Cosine(_Decaying):
     """Linear warmup, then cosine decay to min_lr over the rest of the stage."""
 
     kind: Literal["cosine"] = "cosine"
+    """Selects this schedule: `schedule: {kind: cosine, ...}` in a stage."""
 
 
 class Linear(_Decaying):
     """Linear warmup, then linear decay to min_lr (Defazio et al. 2023)."""
 
     kind: Literal["linear"] = "linear"
+    """Selects this schedule: `schedule: {kind: linear, ...}` in a stage."""
 
 
 class WSD(_Decaying):
     """Warmup-stable-decay (MiniCPM): constant at peak, then a short decay at the end."""
 
     kind: Literal["wsd"] = "wsd"
+    """Selects this schedule: `schedule: {kind: wsd, ...}` in a stage."""
     decay: float = Field(0.1, gt=0, le=1)
     """Decay length as a fraction of the stage's steps (10% suffices per MiniCPM)."""
     shape: Literal["exp", "1-sqrt", "linear", "cosine"] = "1-sqrt"
@@ -91,6 +94,7 @@ class Infinite(_Decaying):
     """Infinite schedule: warmup, cooldown to const_lr, constant, exponential anneal to min_lr."""
 
     kind: Literal["infinite"] = "infinite"
+    """Selects this schedule: `schedule: {kind: infinite, ...}` in a stage."""
     const_lr: float = Field(1.65e-3, gt=0)
     """The constant LR later stages can continue at without re-warming."""
     min_lr: float = Field(3e-4, gt=0)
@@ -132,6 +136,7 @@ class Constant(_Sched):
     """Optional warmup, then a constant LR (e.g. continuing at a small LR without re-warm)."""
 
     kind: Literal["constant"] = "constant"
+    """Selects this schedule: `schedule: {kind: constant, ...}` in a stage."""
     warmup: float = Field(0.0, ge=0, lt=1)
     """Warmup length as a fraction of the stage's steps (0: no re-warm)."""
 

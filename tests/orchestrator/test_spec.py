@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.spec import check_data, load_spec, parse_spec
+from orchestrator.data_check import check_data
+from orchestrator.spec import load_spec, parse_spec
 from store.errors import DataError, RegistryError, SpecError
 from tests_helpers import dump
 
@@ -264,3 +265,34 @@ def test_resume_const_needs_an_infinite_stage_before(synth):
     with pytest.raises(SpecError, match=r"stages\.1\.schedule\.resume_const: the previous stage must have an "
                                         r"infinite schedule \(it has cosine\)"):
         parse_spec(yaml.safe_dump(raw))
+
+
+def test_every_spec_field_is_documented():
+    """Every field a spec can hold, mixer configs included, carries a docstring (pydantic reads it as
+    the field's description: what `cpt validate --json` and the docs show)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from mixers.base import MIXERS, mixer_names
+    from orchestrator.spec import RunSpec
+
+    def models(annotation: object) -> list[type[BaseModel]]:
+        found = [annotation] if isinstance(annotation, type) and issubclass(annotation, BaseModel) else []
+        return found + [m for arg in typing.get_args(annotation) for m in models(arg)]
+
+    mixer_names()
+    seen: set[type[BaseModel]] = set()
+    todo = [RunSpec, *(cls.Config for cls in MIXERS.values())]
+    undocumented = []
+    while todo:
+        model = todo.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for name, field in model.model_fields.items():
+            if not field.description:
+                undocumented.append(f"{model.__name__}.{name}")
+            todo += models(field.annotation)
+    assert len(seen) > 20  # the walk reached the nested parts, not only RunSpec
+    assert undocumented == []
