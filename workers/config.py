@@ -39,7 +39,8 @@ class ModelConfig(_Config):
     tie_embeddings: bool = True
     """Share input and output embeddings (saves parameters in tiny models)."""
     dtype: str = "float32"
-    """Training precision: float32 or bfloat16 (bf16-mixed on GPUs)."""
+    """Older spelling of the training precision: weights are float32 either way; bfloat16 is accepted
+    only beside `resources.precision: bf16-mixed`, which is what decides."""
 
     @model_validator(mode="after")
     def _heads(self) -> ModelConfig:

@@ -24,21 +24,24 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def export_hf(checkpoint: str | Path, out: str | Path, tokenizer_json: str | Path, model_path: str | None = None,
               overwrite: bool = False, extra: dict | None = None) -> Path:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
-
     from corpus import fs
 
+    # what can be refused is refused before torch and transformers load (seconds of imports)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"-o {out}: exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"-o {out}: folder exists and is not empty (pass --overwrite to replace it)")
     # a checkpoint URI (checkpoints.uri) is read through a local cached copy
     checkpoint = fs.local_copy(str(checkpoint)) if fs.is_remote(checkpoint) else Path(checkpoint)
-    out = Path(out)
     meta = read_meta(checkpoint)
     config = dict(meta.get("model_config") or {})
     if not config.get("model_type"):
         raise CheckpointError(f"{checkpoint}: the checkpoint records no model config (written by an older cpt); "
                               f"re-run the round to export it")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"-o {out}: folder exists and is not empty (pass --overwrite to replace it)")
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+
     cfg = AutoConfig.for_model(config.pop("model_type"), **config)
     with torch.random.fork_rng(devices=[]):
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)

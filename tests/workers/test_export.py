@@ -97,6 +97,9 @@ def test_continue_and_export_each_family(tmp_path, synth, ray_local):
 
     out = cpt("-o", str(tmp_path / "full"))
     assert out.returncode == 2 and "not empty" in out.stderr and (tmp_path / "full" / "keep.txt").exists()
+    (tmp_path / "afile").write_text("y")
+    out = cpt("-o", str(tmp_path / "afile"), "--overwrite")
+    assert out.returncode == 2 and "not a folder" in out.stderr and (tmp_path / "afile").read_text() == "y"
     out = cpt("--round", "7.0", "-o", str(tmp_path / "x"))
     assert out.returncode == 2 and "no finished round 7.0" in out.stderr and not (tmp_path / "x").exists()
     out = cpt("--round", "abc", "-o", str(tmp_path / "x"))
