@@ -298,6 +298,7 @@ def events(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False
     """The run's state transitions, oldest first."""
     from cli.output import print_json, table
 
+    state.store().get_run(run_id)  # an unknown run is exit 2 naming it, not an empty table
     ev = [{"at": e.at.isoformat(timespec="seconds"), "entity": e.entity, "id": e.entity_id,
            "from": e.from_state, "to": e.to_state, "message": e.message} for e in state.store().events(run_id)]
     if as_json:

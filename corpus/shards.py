@@ -102,6 +102,9 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     else:
         folder = fs.local_path(folder)
         path = folder / "manifest.json"
+        if folder.exists() and not folder.is_dir():
+            raise DataError(f"{folder}: is a file, not a shard folder (a domain is the folder `cpt data prepare` "
+                            f"writes)")
         if not folder.is_dir():
             raise DataError(f"{folder}: shard folder does not exist (prepare it with `cpt data prepare`)")
         if not path.is_file():

@@ -125,6 +125,8 @@ def load_agent(path: str | Path):
     from mixers.agent_nets import MixingNets
 
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder; give the agent file (`cpt agent train -o FILE`)")
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}

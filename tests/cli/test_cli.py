@@ -42,17 +42,20 @@ def test_validate_bad_spec_exit_2(tmp_path, spec_file, over, match):
 def test_bad_inputs_exit_2_with_one_message(tmp_path, synth):
     (tmp_path / "bad.yaml").write_text("name: [oops")
     cases = [
-        ("validate", tmp_path / "bad.yaml"),
-        ("validate", tmp_path / "missing.yaml"),
-        ("data", "prepare", tmp_path / "nowhere", "--domain", "x", "--tokenizer", synth["tokenizer"]),
-        ("data", "verify", tmp_path),
-        ("runs", "show", "no-such-run"),
+        (("validate", tmp_path / "bad.yaml"), "malformed YAML"),
+        (("validate", tmp_path / "missing.yaml"), "does not exist"),
+        (("data", "prepare", tmp_path / "nowhere", "--domain", "x", "--tokenizer", synth["tokenizer"]), "nowhere"),
+        (("data", "verify", tmp_path), "not a prepared domain"),
+        (("data", "verify", tmp_path / "bad.yaml"), "is a file, not a shard folder"),
+        (("runs", "show", "no-such-run"), "no run 'no-such-run'"),
+        (("runs", "events", "no-such-run"), "no run 'no-such-run'"),
+        (("agent", "show", tmp_path), "is a folder; give the agent file"),
     ]
-    for args in cases:
+    for args, says in cases:
         out = cpt(*args, home=tmp_path / "home")
         assert out.returncode == 2, (args, out.stdout, out.stderr)
         assert out.stderr.strip().startswith("error: ") and "Traceback" not in out.stderr, out.stderr
-        assert out.stderr.count("error:") == 1
+        assert out.stderr.count("error:") == 1 and says in out.stderr, (args, out.stderr)
     assert not (tmp_path / "home" / "data").exists()  # nothing half-written
 
 
