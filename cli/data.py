@@ -67,8 +67,8 @@ def prepare(src: list[Path] = typer.Argument(..., help="Text files/folders, JSON
 @data_app.command("builtin")
 def builtin(names: list[str] = typer.Argument(None, help="Built-in domains (default: all)."),
             install: bool = typer.Option(False, help="apt-get install missing text packages (root)."),
-            max_chars: int = typer.Option(3_000_000, help="Characters of text per domain."),
-            vocab_size: int = typer.Option(4096, help="Tokenizer vocabulary size."),
+            max_chars: int = typer.Option(3_000_000, min=1, help="Characters of text per domain."),
+            vocab_size: int = typer.Option(4096, min=300, help="Tokenizer vocabulary size (>= 300)."),
             overwrite: bool = typer.Option(False, help="Retrain the tokenizer and re-prepare.")) -> None:
     """Prepare the built-in demo domains (real text from the machine) in CPT_HOME/data."""
     from cli.output import console

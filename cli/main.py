@@ -127,7 +127,7 @@ def db_current() -> None:
 
 
 @app.command()
-def ui(port: int = typer.Option(5000, help="MLflow UI port."),
+def ui(port: int = typer.Option(5000, min=1, max=65535, help="MLflow UI port."),
        host: str = typer.Option("127.0.0.1", help="Bind address (keep 127.0.0.1 unless you mean it).")) -> None:
     """Start the MLflow UI on the run's tracking store; print the Ray dashboard URL."""
     import os

@@ -180,7 +180,7 @@ def _detach(run_id: str) -> str:
 
 
 @runs_app.command("list")
-def list_runs(limit: int = typer.Option(50, help="Most recent N runs."),
+def list_runs(limit: int = typer.Option(50, min=1, help="Most recent N runs."),
               as_json: bool = typer.Option(False, "--json")) -> None:
     """List runs, newest first."""
     from cli.output import print_json, table

@@ -191,8 +191,14 @@ def train_agent(transitions: list[Any], method: str = "awr", beta: float = 0.5, 
     next_state, done; optionally domains) -> (networks, metadata for the agent file)."""
     if method not in METHODS:
         raise InputError(f"method: unknown {method!r}; valid: {', '.join(METHODS)}")
-    if not 0 <= val_fraction < 1:
-        raise InputError(f"val_fraction: must be in [0, 1), got {val_fraction}")
+    for name, value, ok, rule in (("val_fraction", val_fraction, 0 <= val_fraction < 1, "in [0, 1)"),
+                                  ("beta", beta, 0 < beta < math.inf, "> 0"),
+                                  ("gamma", gamma, 0 <= gamma <= 1, "in [0, 1]"),
+                                  ("cql_alpha", cql_alpha, 0 <= cql_alpha < math.inf, ">= 0"),
+                                  ("epochs", epochs, epochs >= 1, ">= 1"),
+                                  ("lr", lr, 0 < lr < math.inf, "> 0")):
+        if not ok:  # NaN fails every comparison, so it lands here too
+            raise InputError(f"{name}: must be {rule}, got {value}")
     transitions = [t for t in transitions if len(t.action) >= 2]  # one domain: there was nothing to decide
     if len(transitions) < 4:
         raise CheckpointError(f"need at least 4 transitions of feature version {FEATURE_VERSION} to train, "

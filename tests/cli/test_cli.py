@@ -57,6 +57,12 @@ def test_bad_inputs_exit_2_with_one_message(tmp_path, synth):
         assert out.stderr.strip().startswith("error: ") and "Traceback" not in out.stderr, out.stderr
         assert out.stderr.count("error:") == 1 and says in out.stderr, (args, out.stderr)
     assert not (tmp_path / "home" / "data").exists()  # nothing half-written
+    # numbers out of range are usage errors naming the option, before anything runs
+    for args in (("runs", "list", "--limit", "0"), ("ui", "--port", "70000"), ("agent", "explore", "x.yaml", "-n", "0"),
+                 ("agent", "explore", "x.yaml", "--parallel", "0"), ("data", "builtin", "--max-chars", "0")):
+        out = cpt(*args, home=tmp_path / "home")
+        assert out.returncode == 2 and f"Invalid value for '{args[-2]}'" in out.stderr, (args, out.stderr)
+        assert "Traceback" not in out.stderr
 
 
 def test_unreachable_store_exit_2(tmp_path):

@@ -130,6 +130,11 @@ def test_agent_errors(tmp_path):
         train_agent([])
     with pytest.raises(InputError, match="method: unknown 'ppo'; valid: awr, cql"):
         train_agent(_synthetic(4), method="ppo")
+    for bad, says in (({"beta": float("nan")}, "beta: must be > 0"), ({"beta": 0}, "beta: must be > 0"),
+                      ({"gamma": 1.5}, r"gamma: must be in \[0, 1\]"), ({"epochs": 0}, "epochs: must be >= 1"),
+                      ({"cql_alpha": -1}, "cql_alpha: must be >= 0"), ({"val_fraction": 1}, "val_fraction")):
+        with pytest.raises(InputError, match=says):  # before any training, whatever the transitions
+            train_agent([], **bad)
     nets, meta = train_agent(_synthetic(4), epochs=5)
     save_agent(nets, tmp_path / "old.safetensors", {**meta, "feature_version": "1", "format": "cpt-agent/1"})
     with pytest.raises(CheckpointError, match="feature version 2 .*retrain"):
