@@ -63,6 +63,10 @@ def train(out: Path = typer.Option(Path("agent.safetensors"), "--out", "-o", hel
     from mixers.agent_train import train_agent
     from orchestrator.explore import describe_runs
 
+    if out.is_dir():  # refused before the training, not after it
+        from store.errors import InputError
+
+        raise InputError(f"-o {out}: is a directory; give the agent file path")
     store = state.store()
     stored = store.transitions(num_domains=domains, exclude_runs=exclude_run or None)
     rows = [t for t in stored if t.feature_version == FEATURE_VERSION]

@@ -89,6 +89,9 @@ def list_domains(folder: Path = typer.Argument(None, help="Folder of domains (de
     from corpus.shards import read_manifest
     from store.errors import DataError
 
+    if folder is not None and not folder.is_dir():  # CPT_HOME/data before any prepare is an empty list
+        raise DataError(f"{folder}: " + ("is a file, not a folder of domains" if folder.exists()
+                                         else "folder does not exist"))
     folder = folder or state.home().data
     rows = []
     for d in sorted(p for p in folder.glob("*") if p.is_dir() and not p.name.startswith(".")):

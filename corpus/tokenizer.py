@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from store.errors import DataError
+from store.errors import DataError, InputError
 
 EOS = "<|endoftext|>"
 MAX_TOKENIZER_BYTES = 256 << 20
@@ -58,17 +56,18 @@ def train_tokenizer(texts: Iterable[str], out: str | Path, vocab_size: int = 819
     """Train a byte-level BPE (any text tokenizes: byte fallback) and save it atomically."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+    from store.files import output_file
+
     if vocab_size < 300:
         raise DataError(f"vocab_size must be >= 300 (256 bytes + merges), got {vocab_size}")
+    if Path(out).is_dir():  # refused before the training, not after it
+        raise InputError(f"{out}: is a directory; give the tokenizer.json path")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOS],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tok.save(str(tmp))
-    os.replace(tmp, out)
+    with output_file(out) as tmp:
+        tok.save(str(tmp))
     return tokenizer_hash(out)

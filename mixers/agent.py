@@ -101,20 +101,13 @@ def transition(obs: Observation, state: list[float], weights: dict[str, float], 
 
 def save_agent(nets, path: str | Path, meta: dict[str, str]) -> Path:
     """Atomic write: the networks' tensors and the metadata in one safetensors file."""
-    import os
-    import uuid
-
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    from store.files import output_file
+
+    with output_file(path) as tmp:
         save_file({k: v.detach().contiguous() for k, v in nets.state_dict().items()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def load_agent(path: str | Path):
