@@ -34,6 +34,10 @@ class Home:
     def from_env(cls, root: str | Path | None = None, store_url: str | None = None,
                  ray_address: str | None = None) -> Home:
         root = Path(root or os.environ.get("CPT_HOME") or "cpt-home").expanduser().resolve()
+        if root.exists() and not root.is_dir():
+            from store.errors import InputError
+
+            raise InputError(f"CPT_HOME {root}: is a file; give a folder (created if missing)")
         os.environ["CPT_HOME"] = str(root)  # specs may refer to ${CPT_HOME}
         url = store_url or os.environ.get("CPT_STORE_URL") or _read_secret(os.environ.get("CPT_STORE_URL_FILE"))
         address = ray_address or os.environ.get("RAY_ADDRESS") or None

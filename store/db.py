@@ -61,6 +61,9 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 def make_engine(url: str) -> Engine:
     """Open an engine and check the database answers; StoreUnreachable names the URL if not."""
+    if url.split("?")[0] in ("sqlite://", "sqlite:///", "sqlite:///:memory:"):
+        raise StoreUnreachable(f"cannot open run store {url!r}: an in-memory SQLite database keeps nothing once "
+                               f"the command ends; give a file (sqlite:////abs/path/store.db)")
     try:
         if url.startswith("sqlite:///"):
             from sqlalchemy.engine import make_url

@@ -49,7 +49,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, tokenizer_json: str | Pat
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        _save_quietly(model, tmp)
         own = [Path(model_path) / f for f in TOKENIZER_FILES if model_path and (Path(model_path) / f).is_file()]
         if own and (Path(model_path) / "tokenizer_config.json").is_file():
             for f in own:
@@ -66,3 +66,16 @@ def export_hf(checkpoint: str | Path, out: str | Path, tokenizer_json: str | Pat
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _save_quietly(model, folder: Path) -> None:
+    """save_pretrained without transformers' "Writing model shards" bar (the CLI says one line)."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(folder, safe_serialization=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()

@@ -72,6 +72,12 @@ def test_bad_inputs_exit_2_with_one_message(tmp_path, synth):
 def test_unreachable_store_exit_2(tmp_path):
     out = cpt("--store", "postgresql+psycopg2://u:hunter2@127.0.0.1:1/x", "runs", "list", home=tmp_path)
     assert out.returncode == 2 and "cannot open run store" in out.stderr and "hunter2" not in out.stderr
+    for url in ("sqlite://", "sqlite:///", "sqlite:///:memory:"):  # would "work" and keep nothing
+        out = cpt("--store", url, "runs", "list", home=tmp_path)
+        assert out.returncode == 2 and "in-memory SQLite database keeps nothing" in out.stderr, out.stderr
+    (tmp_path / "afile").write_text("x")
+    out = cpt("runs", "list", home=tmp_path / "afile")
+    assert out.returncode == 2 and "is a file; give a folder" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_data_prepare_list_and_tokenizer(tmp_path, synth):
