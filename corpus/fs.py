@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from store.errors import DataError
 
 MAX_MANIFEST_BYTES = 64 << 20
+SCHEMES = ("file", "s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs")  # what pyarrow.fs.FileSystem opens
 
 
 def is_uri(location: str | Path) -> bool:
@@ -31,6 +32,17 @@ def is_uri(location: str | Path) -> bool:
 
 def is_remote(location: str | Path) -> bool:
     return is_uri(location) and urlsplit(str(location)).scheme != "file"
+
+
+def scheme_problem(location: str, known: tuple[str, ...] = SCHEMES) -> str | None:
+    """Why `location` cannot be opened by its scheme (checked when a spec is read, not when the
+    first checkpoint is written), or None for a plain path or a known scheme (`+driver` allowed)."""
+    if not is_uri(location):
+        return None
+    scheme = urlsplit(location).scheme.split("+")[0].lower()
+    if scheme in known:
+        return None
+    return f"unsupported URI scheme {scheme + '://'!r}; use a path or one of: {', '.join(s + '://' for s in known)}"
 
 
 def local_path(location: str | Path) -> Path:

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from corpus.fs import is_uri
+from corpus.fs import is_uri, scheme_problem
 from corpus.names import buffer_name
 from orchestrator.spec_parts import (
     _M,
@@ -58,6 +58,9 @@ class RunSpec(_M):
         bad = [d for d in v if not is_name(d)]
         if bad:
             raise ValueError(f"domain name(s) {bad} are not valid names ({NAME_RULE})")
+        for d, location in v.items():
+            if why := scheme_problem(location):
+                raise ValueError(f"domain {d!r}: {why}")
         return v
     stages: list[StageSpec] = Field(min_length=1)
     """Stages in order."""

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 
+from corpus.fs import scheme_problem
 from mixers.base import MixerConfig, parse_mixer
 from store.names import NAME_PATTERN
 from workers.config import SampleLossConfig
@@ -142,12 +143,32 @@ class CheckpointSpec(_M):
     (`s3://bucket/prefix`, `gs://...`) shared by every node (each run writes under RUN_ID/; with a
     URI the run's replay buffers go there too, under RUN_ID/replay/)."""
 
+    @field_validator("uri")
+    @classmethod
+    def _openable(cls, v: str | None) -> str | None:
+        if v is not None and (why := scheme_problem(v)):
+            raise ValueError(why)
+        return v
+
+
+# the tracking stores MLflow opens (its registry's schemes; a `+driver` suffix is allowed)
+MLFLOW_SCHEMES = ("file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "databricks-uc",
+                  "uc")
+
 
 class TrackingSpec(_M):
     mlflow_uri: str | None = None
-    """MLflow tracking URI; None = a local SQLite store in CPT_HOME."""
+    """MLflow tracking URI (http(s):// server, sqlite:///, postgresql://, a folder, ...); None = a
+    local SQLite store in CPT_HOME."""
     experiment: str = Field("cpt", pattern=NAME_PATTERN)
     """MLflow experiment name (the name grammar of store/names.py)."""
     log_every: int = Field(5, ge=1, le=100_000)
     """Steps between live metrics while a round runs (loss, LR, grad norm, per-domain loss,
     tokens/s, with each step's real time), logged to MLflow off the training loop."""
+
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _mlflow_store(cls, v: str | None) -> str | None:
+        if v is not None and (why := scheme_problem(v, MLFLOW_SCHEMES)):
+            raise ValueError(why)
+        return v

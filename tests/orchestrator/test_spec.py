@@ -113,6 +113,26 @@ def test_resource_conflicts_are_explained(synth, over, match):
         parse_spec(dump(synth, **over))
 
 
+@pytest.mark.parametrize("over,match", [
+    ({"checkpoints": {"uri": "ftp://host/ckpt"}}, r"checkpoints.uri: unsupported URI scheme 'ftp://'; use a path or "
+                                                  r"one of: file://, s3://"),
+    ({"tracking": {"mlflow_uri": "bogus://x"}}, r"tracking.mlflow_uri: unsupported URI scheme 'bogus://'.*http://"),
+    ({"domains": {"en": "http://host/en"}}, r"domains: domain 'en': unsupported URI scheme 'http://'"),
+])
+def test_locations_with_a_scheme_nothing_opens_are_refused_up_front(synth, over, match):
+    """Before: a checkpoints.uri of ftp:// failed after the first round had trained, and an MLflow
+    URI of an unknown scheme was a traceback at submit."""
+    with pytest.raises(SpecError, match=match):
+        parse_spec(dump(synth, **over))
+
+
+@pytest.mark.parametrize("over", [{"checkpoints": {"uri": "s3://bucket/prefix?endpoint_override=h:9000"}},
+                                  {"tracking": {"mlflow_uri": "postgresql+psycopg2://u@host/db"}},
+                                  {"tracking": {"mlflow_uri": "http://127.0.0.1:5000"}}])
+def test_locations_with_known_schemes_parse(synth, over):
+    parse_spec(dump(synth, **over))
+
+
 def _epoch_spec(synth, mixer: dict, max_epochs: dict, tokens: int = 32 * 4 * 100) -> str:
     from conftest import tiny_spec
 
