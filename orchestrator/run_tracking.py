@@ -17,6 +17,7 @@ from typing import Any
 
 from orchestrator.home import Home
 from orchestrator.spec import RunSpec
+from store.errors import CptError, TrackingError
 from store.runs import RunStore
 from store.secrets import redact, redacted_yaml
 from workers.plan import RoundPlan, RoundResult
@@ -61,10 +62,18 @@ class RunTracking:
         from orchestrator.tracking import LINK_FILE, Tracker
 
         t = self.spec.tracking
-        self.tracker = Tracker(t.mlflow_uri or self.home.mlflow_uri, t.experiment, self.home.root / "mlartifacts")
+        uri = t.mlflow_uri or self.home.mlflow_uri
         fresh = self.mlflow_id is None
-        self.mlflow_id = self.tracker.start_run(self.run_id, self.spec.name, self.spec.model_dump(mode="json"),
-                                                self.mlflow_id)
+        try:
+            self.tracker = Tracker(uri, t.experiment, self.home.root / "mlartifacts")
+            self.mlflow_id = self.tracker.start_run(self.run_id, self.spec.name, self.spec.model_dump(mode="json"),
+                                                    self.mlflow_id)
+        except CptError:
+            raise
+        except Exception as exc:  # a server that is down, refuses, or is not MLflow: one line, not its traceback
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
+            raise TrackingError(f"tracking.mlflow_uri {redact(uri)}: MLflow cannot be reached ({redact(first)}); "
+                                f"start the server or fix the URI, then `cpt runs resume {self.run_id}`") from None
         self.live = LiveLogger(self.tracker.client, self.mlflow_id)
         ui = t.mlflow_uri if (t.mlflow_uri or "").startswith(("http://", "https://")) else "http://127.0.0.1:5000"
         exp = f"{ui.rstrip('/')}/#/experiments/{self.tracker.experiment_id}/runs"

@@ -73,6 +73,12 @@ class ClusterError(CptError):
     exit_code = 2
 
 
+class TrackingError(CptError):
+    """The MLflow tracking store named by the spec cannot be reached (or refused the run) at its start."""
+
+    exit_code = 2
+
+
 class TrainingError(CptError):
     """A round failed while training, evaluating or saving its checkpoint."""
 
