@@ -16,7 +16,7 @@ def console(stderr: bool = False):
     stream = sys.stderr if stderr else sys.stdout
     # Piped output keeps whole rows (rich would wrap tables at 80 columns).
     width = None if stream.isatty() else 200
-    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width, markup=False)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width, markup=False, emoji=False)
 
 
 def print_json(obj: Any) -> None:

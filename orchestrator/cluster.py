@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from orchestrator.home import Home
+from store.errors import ClusterError
 
 LOOPBACK = "127.0.0.1"
 # Ray starts its worker processes at niceness 15, so a training rank yields to every nice-0
@@ -44,6 +45,24 @@ def is_loopback(address: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """A GCS address (host:port) that nothing answers on is ClusterError at once: ray.init would
+    retry it for minutes. Other forms (`auto`, `ray://`) are left to Ray."""
+    import socket
+
+    if "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ClusterError(f"--address {address}: not a Ray address (HOST:PORT of the head's GCS, e.g. "
+                           f"10.0.0.1:6379)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ClusterError(f"--address {address}: nothing answers there ({exc.strerror or exc}); is the "
+                           f"Ray head running (`cpt cluster status`, `ray start --head`)?") from None
+
+
 def connect(home: Home, num_cpus: int | None = None, dashboard: bool = True,
             run: dict[str, str] | None = None) -> dict[str, Any]:
     """Connect to RAY_ADDRESS/--address, or start a local Ray confined to CPT_HOME and 127.0.0.1
@@ -64,7 +83,12 @@ def connect(home: Home, num_cpus: int | None = None, dashboard: bool = True,
     job_config = JobConfig(metadata={**({"job_name": run["run_id"]} if run else {}),
                                      **{f"cpt_{k}": v for k, v in (run or {}).items()}})
     if home.ray_address:
-        ctx = ray.init(address=home.ray_address, namespace="cpt", log_to_driver=False, job_config=job_config)
+        _check_reachable(home.ray_address)
+        try:
+            ctx = ray.init(address=home.ray_address, namespace="cpt", log_to_driver=False, job_config=job_config)
+        except (ValueError, ConnectionError) as exc:  # a malformed address; a GCS that went away meanwhile
+            raise ClusterError(f"--address {home.ray_address}: cannot connect to Ray "
+                               f"({(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]})") from None
         from orchestrator.local_cluster import read_state
 
         local = read_state(home.root)  # a `cpt cluster up` cluster: its dashboard is known
