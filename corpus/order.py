@@ -11,14 +11,16 @@ retry or resumed controller derives the same sequence ids without shipping them 
   epoch e's permutation; `data` names the exact shards the positions refer to. Reading k
   sequences advances the cursor by k, rolling over into epoch e+1 (a fresh permutation) at n.
   Within an epoch no position repeats and none is skipped, whatever the weights per round.
-- **Composition**: a step's B rows are apportioned to domains by largest remainder on what the
-  round owes each domain (its weight x B per step, plus the rounding carried from earlier steps
-  of the round), so every batch is within one row of its weights and the round's totals are too.
+- **Composition**: a step's B rows go to domains so that after every step each domain's total
+  is its ideal total (weight x B x steps so far) rounded down or up: the round's totals are
+  within one row of the weights, and each batch within two (earliest-deadline-first over unit
+  rows; `batch_counts` says why it cannot fail).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -67,30 +69,49 @@ def permute(pos: np.ndarray, n: int, seed: int, domain: str, epoch: int) -> np.n
 
 
 def batch_counts(weights: Mapping[str, float], names: list[str], batch_size: int, steps: int) -> np.ndarray:
-    """Rows per domain at each step of a round, [steps, len(names)] ints summing to batch_size per row."""
-    w = np.array([max(float(weights.get(d, 0.0)), 0.0) for d in names], dtype=np.float64)
-    if w.sum() <= 0:
+    """Rows per domain at each step of a round, [steps, len(names)] ints summing to batch_size per row.
+
+    After every step k each domain's total is its ideal total (weight x batch_size x k) rounded
+    down or up, never further off (the quota property, at every step, not only the round's end),
+    so each step's rows are within two of its weights and the round's totals within one. Rows
+    are handed out as unit jobs: domain i's j-th row may go no earlier than the step where its
+    ideal total exceeds j - 1 (else i would be a whole row ahead) and no later than the step
+    where it reaches j (else a whole row behind). Earliest-deadline-first over steps of
+    batch_size slots meets every such window whenever some schedule does, and one does (the
+    seat-by-seat quota method of Balinski & Young), so the rule below never fails; among rows due
+    at the same step the larger fractional share goes first, then the earlier name."""
+    w = [max(float(weights.get(d, 0.0)), 0.0) for d in names]
+    total = sum(w)
+    if total <= 0:
         raise ValueError("batch_counts: every weight is zero")
-    share = w / w.sum() * batch_size
-    owed = np.zeros(len(names))
-    out = np.zeros((steps, len(names)), dtype=np.int64)
+    share = [x / total * batch_size for x in w]
+    n = len(names)
+    given = [0] * n
+    out = np.zeros((steps, n), dtype=np.int64)
+    # plain Python over the few domains of a mix: a step costs microseconds (numpy's per-call
+    # overhead would dominate), which matters for stages of millions of steps
     for k in range(steps):
-        owed += share
-        c = np.floor(np.maximum(owed, 0)).astype(np.int64)
-        short = batch_size - int(c.sum())
-        if short > 0:  # largest remainder; ties go to the earlier name (stable sort)
-            order = np.argsort(-(owed - c), kind="stable")
-            c[order[:short]] += 1
-        elif short < 0:  # only when earlier rounding over-served someone: take back from the most served
-            order = np.argsort(owed - c, kind="stable")
-            for i in order:
-                take = min(int(c[i]), -short)
-                c[i] -= take
-                short += take
-                if short == 0:
-                    break
-        out[k] = c
-        owed -= c
+        row, spare, candidates = [0] * n, batch_size, []
+        for i in range(n):
+            ideal = share[i] * (k + 1)  # one product, not a running sum: no drift over a long round
+            whole = round(ideal)
+            if abs(ideal - whole) < 1e-9:  # an exact integer stays one
+                ideal = float(whole)
+            lo = math.floor(ideal)
+            row[i] = max(lo - given[i], 0)  # rows due by the end of this step
+            spare -= row[i]
+            if given[i] + row[i] < math.ceil(ideal):  # one more row would not put it a whole row ahead
+                # (the step by which that row is due, the larger fractional share first, name order)
+                due = math.ceil((lo + 1) / share[i] - 1e-9) if share[i] > 1e-300 else math.inf
+                candidates.append((due, lo - ideal, i))
+        if spare < 0 or spare > len(candidates):  # impossible by the argument above; never guess
+            raise RuntimeError(f"batch_counts: no quota-respecting batch at step {k} (weights {w})")
+        if spare:
+            for _, _, i in sorted(candidates)[:spare]:
+                row[i] += 1
+        for i in range(n):
+            given[i] += row[i]
+        out[k] = row
     return out
 
 
