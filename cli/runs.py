@@ -140,11 +140,16 @@ def _exit_for(status: str) -> None:
 
 
 def _detach_target(home, detach: bool) -> None:
+    """What can be said about the cluster before a run is recorded: --detach needs one, and a
+    GCS address must be well-formed and answer."""
+    from orchestrator.cluster import check_address
     from store.errors import InputError
 
     if detach and not home.ray_address:
         raise InputError("--detach needs a Ray cluster: pass --address or set RAY_ADDRESS "
                          "(the job server URL, e.g. http://127.0.0.1:8265)")
+    if home.ray_address and not detach:
+        check_address(home.ray_address)
 
 
 def _detach(run_id: str) -> str:

@@ -45,15 +45,16 @@ def is_loopback(address: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
-    """A GCS address (host:port) that nothing answers on is ClusterError at once: ray.init would
-    retry it for minutes. Other forms (`auto`, `ray://`) are left to Ray."""
+def check_address(address: str, timeout_s: float = 10.0) -> None:
+    """A GCS address (host:port) that is malformed or that nothing answers on is ClusterError at
+    once (ray.init would retry it for minutes); `submit` asks before it records a run. `auto` and
+    URIs (`ray://`) are left to Ray."""
     import socket
 
-    if "://" in address or ":" not in address:
+    if "://" in address or address == "auto":
         return
     host, _, port = address.rpartition(":")
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ClusterError(f"--address {address}: not a Ray address (HOST:PORT of the head's GCS, e.g. "
                            f"10.0.0.1:6379)")
     try:
@@ -83,7 +84,7 @@ def connect(home: Home, num_cpus: int | None = None, dashboard: bool = True,
     job_config = JobConfig(metadata={**({"job_name": run["run_id"]} if run else {}),
                                      **{f"cpt_{k}": v for k, v in (run or {}).items()}})
     if home.ray_address:
-        _check_reachable(home.ray_address)
+        check_address(home.ray_address)
         try:
             ctx = ray.init(address=home.ray_address, namespace="cpt", log_to_driver=False, job_config=job_config)
         except (ValueError, ConnectionError) as exc:  # a malformed address; a GCS that went away meanwhile
