@@ -62,11 +62,9 @@ def train(out: Path = typer.Option(Path("agent.safetensors"), "--out", "-o", hel
     from mixers.agent import FEATURE_VERSION, save_agent
     from mixers.agent_train import train_agent
     from orchestrator.explore import describe_runs
+    from store.files import check_output
 
-    if out.is_dir():  # refused before the training, not after it
-        from store.errors import InputError
-
-        raise InputError(f"-o {out}: is a directory; give the agent file path")
+    check_output(out, "the agent file path")  # before the training, not after it
     store = state.store()
     stored = store.transitions(num_domains=domains, exclude_runs=exclude_run or None)
     rows = [t for t in stored if t.feature_version == FEATURE_VERSION]

@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from store.errors import DataError, InputError
+from store.errors import DataError
 
 EOS = "<|endoftext|>"
 MAX_TOKENIZER_BYTES = 256 << 20
@@ -56,12 +56,11 @@ def train_tokenizer(texts: Iterable[str], out: str | Path, vocab_size: int = 819
     """Train a byte-level BPE (any text tokenizes: byte fallback) and save it atomically."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from store.files import output_file
+    from store.files import check_output, output_file
 
     if vocab_size < 300:
         raise DataError(f"vocab_size must be >= 300 (256 bytes + merges), got {vocab_size}")
-    if Path(out).is_dir():  # refused before the training, not after it
-        raise InputError(f"{out}: is a directory; give the tokenizer.json path")
+    check_output(out, "the tokenizer.json path")  # before the training, not after it
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

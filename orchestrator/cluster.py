@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from orchestrator.home import Home
-from store.errors import ClusterError
+from store.errors import ClusterError, first_line
 
 LOOPBACK = "127.0.0.1"
 # Ray starts its worker processes at niceness 15, so a training rank yields to every nice-0
@@ -89,7 +89,7 @@ def connect(home: Home, num_cpus: int | None = None, dashboard: bool = True,
             ctx = ray.init(address=home.ray_address, namespace="cpt", log_to_driver=False, job_config=job_config)
         except (ValueError, ConnectionError) as exc:  # a malformed address; a GCS that went away meanwhile
             raise ClusterError(f"--address {home.ray_address}: cannot connect to Ray "
-                               f"({(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]})") from None
+                               f"({first_line(exc, 300) or type(exc).__name__})") from None
         from orchestrator.local_cluster import read_state
 
         local = read_state(home.root)  # a `cpt cluster up` cluster: its dashboard is known

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from store.errors import ClusterError, CptError
+from store.errors import ClusterError, CptError, first_line
 from workers.plan import RoundPlan, RoundResult
 
 
@@ -189,9 +189,9 @@ class WorkerGroup:
             return "worker group stopped"
         failures = getattr(exc, "worker_failures", None) or {}
         if failures:
-            ranks = "; ".join(f"rank {r}: {type(e).__name__}: {_first_line(e)}" for r, e in sorted(failures.items()))
+            ranks = "; ".join(f"rank {r}: {type(e).__name__}: {first_line(e)}" for r, e in sorted(failures.items()))
             return f"{type(exc).__name__}: {ranks}"[:1500]
-        return f"{type(exc).__name__}: {_first_line(exc)}"
+        return f"{type(exc).__name__}: {first_line(exc)}"
 
     def stop(self, timeout: float = 30) -> None:
         """Let the ranks leave their loop and fit() return; kill what does not within `timeout`."""
@@ -225,11 +225,6 @@ class WorkerGroup:
             self._thread.join(5)
         with contextlib.suppress(Exception):
             ray.kill(self.mailbox)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:500] if lines else ""
 
 
 def shortfall(res: dict[str, Any], have: dict[str, float]) -> str | None:

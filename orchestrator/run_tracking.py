@@ -17,7 +17,7 @@ from typing import Any
 
 from orchestrator.home import Home
 from orchestrator.spec import RunSpec
-from store.errors import CptError, TrackingError
+from store.errors import CptError, TrackingError, first_line
 from store.runs import RunStore
 from store.secrets import redact, redacted_yaml
 from workers.plan import RoundPlan, RoundResult
@@ -71,7 +71,7 @@ class RunTracking:
         except CptError:
             raise
         except Exception as exc:  # a server that is down, refuses, or is not MLflow: one line, not its traceback
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
+            first = first_line(exc, 400) or type(exc).__name__
             raise TrackingError(f"tracking.mlflow_uri {redact(uri)}: MLflow cannot be reached ({redact(first)}); "
                                 f"start the server or fix the URI, then `cpt runs resume {self.run_id}`") from None
         self.live = LiveLogger(self.tracker.client, self.mlflow_id)

@@ -97,3 +97,9 @@ class Preempted(CptError):
 
 class LeaseLost(CptError):
     """Another controller took this run over; this one stops without writing anything more."""
+
+
+def first_line(exc: BaseException, limit: int = 500) -> str:
+    """The first line of another library's exception, for a one-line message ("" if it has none)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else ""

@@ -11,13 +11,20 @@ from pathlib import Path
 from store.errors import InputError
 
 
+def check_output(path: str | Path, what: str = "a file path") -> Path:
+    """`path` as a Path, or InputError if it is a folder: callers that work long before they write
+    (training a tokenizer, an agent) ask first, so the refusal does not come after the work."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; give {what}")
+    return path
+
+
 @contextmanager
 def output_file(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path` to write; on success it is renamed onto `path`, on any
     failure removed. A folder that cannot be created or written is InputError (exit 2) naming it."""
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory; give a file path")
+    path = check_output(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
