@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 from orchestrator.home import Home
@@ -121,5 +123,25 @@ def submit_job(address: str, entrypoint: str, env: dict[str, str], run_id: str |
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(address)
-    return client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": env},
-                             metadata={"job_name": run_id, "cpt_run_id": run_id} if run_id else None)
+    return retry_agent_busy(lambda: client.submit_job(
+        entrypoint=entrypoint, runtime_env={"env_vars": env},
+        metadata={"job_name": run_id, "cpt_run_id": run_id} if run_id else None))
+
+
+AGENT_WAIT_S = 60.0
+
+
+def retry_agent_busy(submit: Callable[[], str], wait_s: float = AGENT_WAIT_S,
+                     sleep: Callable[[float], None] = time.sleep) -> str:
+    """`submit()`, retried while the job server answers "No available agent to submit job": a head
+    that has just started (`cpt cluster up`, `ray start`) serves its API seconds before its job
+    agent is up; the server created no job, so trying again is safe. Any other error, or the
+    agent still missing after `wait_s`, is raised as it came."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return submit()
+        except Exception as exc:
+            if "No available agent" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        sleep(1.0)
