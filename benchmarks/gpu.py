@@ -61,8 +61,8 @@ def cpt_run(home: Path, raw: dict) -> list[dict]:
 
     from orchestrator.controller import Controller, create_run
     from orchestrator.spec import parse_spec
+    from store.records import RoundResult
     from store.runs import RunStore
-    from workers.plan import RoundResult
 
     h = scale._home(home)
     store = RunStore(h.store_url)

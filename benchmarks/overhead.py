@@ -45,8 +45,8 @@ def bare_loop(home: Path, steps: int, threads: int) -> tuple[float, float]:
 
     from corpus.sampler import RoundSampler, SequenceSource
     from corpus.tokenizer import load_tokenizer
+    from store.schedules import Cosine
     from workers.model import build_model, token_losses
-    from workers.schedules import Cosine, lr_at
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -63,7 +63,7 @@ def bare_loop(home: Path, steps: int, threads: int) -> tuple[float, float]:
     t_fit = time.perf_counter()
     for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = lr_at(sched, step, steps)
+            g["lr"] = sched.lr(step, steps)
         ids, _ = sampler.batch(step)
         loss = token_losses(model, ids).mean()
         loss.backward()

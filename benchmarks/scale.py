@@ -53,15 +53,16 @@ def cpt_rounds(home: Path, raw: dict, persistent: bool, reporter=None) -> list[d
     import yaml
 
     from orchestrator.controller import Controller, create_run
+    from orchestrator.group import OwnGroups
     from orchestrator.spec import parse_spec
+    from store.records import RoundResult
     from store.runs import RunStore
-    from workers.plan import RoundResult
 
     store = RunStore(f"sqlite:///{home / 'store.db'}")
     text = yaml.safe_dump(raw)
     run_id = create_run(store, _home(home), parse_spec(text), text)
-    ctl = Controller(store, _home(home), run_id, reporter, tracking=False)  # the CLI's poll interval
-    ctl.persistent_group = persistent
+    ctl = Controller(store, _home(home), run_id, reporter, tracking=False,  # the CLI's poll interval
+                     groups=OwnGroups(persistent=persistent))
     assert ctl.run() == "finished"
     out = []
     for r in store.rounds(run_id, status="finished"):

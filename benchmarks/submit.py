@@ -84,8 +84,8 @@ def time_bare(home: Path, env: dict, i: int) -> float:
 
 
 def time_cpt(home: Path, env: dict, spec: Path) -> dict:
+    from store.records import RoundResult
     from store.runs import RunStore
-    from workers.plan import RoundResult
 
     t0 = time.time()
     subprocess.run([sys.executable, "-m", "cli.main", "submit", str(spec), "--quiet"], env=env, check=True,

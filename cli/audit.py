@@ -51,7 +51,7 @@ def samples(run_id: str = typer.Argument(..., help="Run id."),
     """The sequence ids each domain contributed to a round (for audits and data attribution)."""
     from cli.output import print_json, table
     from store.errors import InputError
-    from workers.plan import RoundPlan
+    from store.records import RoundPlan
 
     store = state.store()
     row = pick_round(store, run_id, round_)
@@ -99,7 +99,7 @@ def show_sequence(domain: str = typer.Argument(..., help="Domain name (CPT_HOME/
 
 def _domain_folder(domain: str, run_id: str | None) -> tuple[Path | str, str | None]:
     from store.errors import InputError
-    from workers.plan import RoundPlan
+    from store.records import RoundPlan
 
     if run_id:
         store = state.store()
@@ -121,7 +121,7 @@ def _domain_folder(domain: str, run_id: str | None) -> tuple[Path | str, str | N
 
 def cursor_rows(rounds) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Where each domain's reading stands after the last finished round, and when epochs rolled over."""
-    from workers.plan import RoundResult
+    from store.records import RoundResult
 
     latest: dict[str, dict[str, Any]] = {}
     rollovers = []

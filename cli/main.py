@@ -92,6 +92,19 @@ def mixers(as_json: bool = typer.Option(False, "--json")) -> None:
         table("mixers", ["name", "what", "params"], rows)
 
 
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List the model families a run can build from scratch (`model: {family: NAME, ...}`)."""
+    from cli.output import print_json, table
+    from workers.families import FAMILIES
+
+    rows = [[f.name, f.doc, "yes" if f.gqa else "no"] for f in sorted(FAMILIES.values(), key=lambda f: f.name)]
+    if as_json:
+        print_json([{"name": r[0], "doc": r[1], "gqa": r[2] == "yes"} for r in rows])
+    else:
+        table("model families", ["family", "what", "grouped-query attention"], rows)
+
+
 @schedule_app.command("plot")
 def schedule_plot(spec: Path = typer.Argument(..., help="Run spec YAML."),
                   out: Path = typer.Option(None, "--out", "-o", help="PNG path (default <spec>.lr.png).")) -> None:

@@ -270,7 +270,7 @@ def _throughput(x) -> dict:
     wall minus fit), MFU."""
     if not x.result_json:
         return {"workers": None, "fit_s": None, "overhead_s": None, "mfu": None}
-    from workers.plan import RoundResult
+    from store.records import RoundResult
 
     res = RoundResult.from_json(x.result_json)
     overhead = None if res.fit_s is None or res.round_s is None else res.round_s - res.fit_s

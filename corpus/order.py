@@ -22,9 +22,11 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+
+from store.errors import DataError
 
 _MASK32 = np.uint64(0xFFFFFFFF)
 _ROUNDS = 6
@@ -134,6 +136,49 @@ def read(cursor: Mapping[str, Any], k: int, n: int, seed: int, domain: str) -> n
         out[done:done + take] = permute(np.arange(pos, pos + take), n, seed, domain, epoch)
         done += take
         epoch, pos = epoch + 1, 0
+    return out
+
+
+class Sized(Protocol):
+    """A domain as cursors count it (corpus.sampler.SequenceSource, or the planner's DomainSize)."""
+
+    n: int
+    """Sequences per epoch."""
+    data_id: str
+    """The exact shards the sequence ids refer to."""
+    where: str
+    """Its folder or URI (for messages)."""
+
+
+def start_cursors(previous: Mapping[str, Mapping[str, Any]], sizes: Mapping[str, Sized],
+                  restart_changed: set[str] = frozenset()) -> dict[str, dict[str, Any]]:
+    """Cursors a round starts from: where each domain stopped, or at its start if never read.
+
+    A cursor that names other data than the domain holds now is an error (the shards changed
+    under a running run), except for domains in `restart_changed` (replay buffers, refilled
+    between stages: a new buffer is read from a new epoch 0)."""
+    out = {}
+    for d, src in sizes.items():
+        cur = previous.get(d)
+        if cur is None or (cur["data"] != src.data_id and d in restart_changed):
+            out[d] = new_cursor(src.data_id)
+        elif cur["data"] != src.data_id:
+            raise DataError(f"domain {d!r} ({src.where}) changed since the run last read it "
+                            f"(shards differ): the run's data accounting would be wrong; restore the "
+                            f"original shards or start a new run")
+        else:
+            out[d] = dict(cur)
+    return out
+
+
+def end_cursors(cursors: Mapping[str, Mapping[str, Any]], weights: Mapping[str, float], n: Mapping[str, int],
+                batch_size: int, steps: int) -> dict[str, dict[str, Any]]:
+    """Cursors after a round of `steps` steps at `weights` (domains not read keep theirs)."""
+    names = sorted(d for d, w in weights.items() if w > 0)
+    total = batch_counts(weights, names, batch_size, steps).sum(0)
+    out = {d: dict(c) for d, c in cursors.items()}
+    for i, d in enumerate(names):
+        out[d] = advance(cursors[d], int(total[i]), n[d])
     return out
 
 

@@ -55,6 +55,10 @@ class SequenceSource:
         shards = [s["sha256"] for s in data.manifest["shards"] if s["split"] == "train"]
         self.data_id = hashlib.sha256(f"{self.window}:{self.stride}:{','.join(shards)}".encode()).hexdigest()[:16]
 
+    @property
+    def where(self) -> str:
+        return str(self.data.folder)
+
     @classmethod
     def open(cls, name: str, folder: str, seq_len: int, tokenizer_hash: str | None = None) -> SequenceSource:
         return cls(DomainData.open(name, folder, tokenizer_hash), seq_len)
@@ -88,27 +92,6 @@ class SequenceSource:
         self.close()
 
 
-def start_cursors(previous: Mapping[str, Mapping[str, Any]], sources: Mapping[str, SequenceSource],
-                  restart_changed: set[str] = frozenset()) -> dict[str, dict[str, Any]]:
-    """Cursors a round starts from: where each domain stopped, or at its start if never read.
-
-    A cursor that names other data than the domain holds now is an error (the shards changed
-    under a running run), except for domains in `restart_changed` (replay buffers, refilled
-    between stages: a new buffer is read from a new epoch 0)."""
-    out = {}
-    for d, src in sources.items():
-        cur = previous.get(d)
-        if cur is None or (cur["data"] != src.data_id and d in restart_changed):
-            out[d] = order.new_cursor(src.data_id)
-        elif cur["data"] != src.data_id:
-            raise DataError(f"domain {d!r} ({src.data.folder}) changed since the run last read it "
-                            f"(shards differ): the run's data accounting would be wrong; restore the "
-                            f"original shards or start a new run")
-        else:
-            out[d] = dict(cur)
-    return out
-
-
 class RoundSampler:
     """The global batches of one round, sliced per rank: a pure function of the plan's fields."""
 
@@ -129,7 +112,7 @@ class RoundSampler:
               steps: int, seed: int = 0) -> RoundSampler:
         """A first round: every domain read from its start (benchmarks, tools)."""
         live = {d: s for d, s in sources.items() if weights.get(d, 0) > 0}
-        return cls(sources, weights, start_cursors({}, live), batch_size, steps, seed, 0, 0)
+        return cls(sources, weights, order.start_cursors({}, live), batch_size, steps, seed, 0, 0)
 
     def step_ids(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(sequence id, domain index) of every row of the global batch at round step k, in row order."""

@@ -25,7 +25,7 @@ from pydantic import Field
 from corpus.names import source_name
 from mixers.base import Mixer, MixerConfig, Observation, RoundRecord, register
 from store.errors import CheckpointError
-from workers.plan import RoundResult
+from store.records import RoundResult
 
 FEATURE_VERSION = "2"
 WINDOW = 3

@@ -6,9 +6,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from corpus.names import source_name
+from store.configs import Config
 from store.errors import InputError, RegistryError, SpecError
 
 
@@ -67,10 +68,8 @@ class Observation:
         return self.round_index / max(1, self.num_rounds)
 
 
-class MixerConfig(BaseModel):
+class MixerConfig(Config):
     """A mixer's typed config; each registered mixer subclasses it with its own fields."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False)
 
     kind: str = ""
     """Registered name of the mixer (`cpt mixers` lists them); the spec's `kind`."""

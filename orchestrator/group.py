@@ -20,8 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from store.configs import Resources
 from store.errors import ClusterError, CptError, first_line
-from workers.plan import RoundPlan, RoundResult
+from store.records import RoundPlan, RoundResult
 
 
 class GroupFailed(Exception):
@@ -96,7 +97,7 @@ def _mailbox_class():
 class WorkerGroup:
     """One Ray Train worker group for one run, alive across rounds and stages."""
 
-    def __init__(self, run_id: str, resources: dict[str, Any], storage: Path,
+    def __init__(self, run_id: str, resources: Resources, storage: Path,
                  report: Callable[[str], None] | None = None):
         self.run_id, self.res, self.storage, self.report = run_id, resources, storage, report
         self.name = f"cpt-{run_id}-{uuid.uuid4().hex[:6]}"
@@ -115,21 +116,21 @@ class WorkerGroup:
         from workers.train import train_loop
 
         check_fits(self.res, self.report)
-        n, gpus = self.res["workers"], self.res["gpus_per_worker"]
+        n = self.res.workers
         # the mailbox lives on the controller's own node (as Ray Train's controller does): it shares
         # the controller's fate, never a worker node's, so losing a node costs ranks, not the channel
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self.mailbox = _mailbox_class().options(name=f"{self.name}-mailbox", scheduling_strategy=here).remote()
-        per_worker = {"CPU": self.res["cpus_per_worker"], **({"GPU": gpus} if gpus else {})}
         trainer = TorchTrainer(
             train_loop, train_loop_config={"mailbox": self.mailbox, "resources": self.res},
-            scaling_config=ScalingConfig(num_workers=n, use_gpu=gpus > 0, resources_per_worker=per_worker,
-                                         placement_strategy=self.res.get("placement", "pack").upper()),
+            scaling_config=ScalingConfig(num_workers=n, use_gpu=self.res.uses_gpu,
+                                         resources_per_worker=self.res.per_worker(),
+                                         placement_strategy=self.res.placement.upper()),
             run_config=RunConfig(name=self.name, storage_path=str(self.storage),
                                  failure_config=FailureConfig(max_failures=0)),
-            torch_config=NodeBoundTorchConfig(backend="nccl" if gpus > 0 else "gloo"))
+            torch_config=NodeBoundTorchConfig(backend="nccl" if self.res.uses_gpu else "gloo"))
         self._thread = threading.Thread(target=self._fit, args=(trainer,), name=self.name, daemon=True)
         self._thread.start()
         ray.get(self.mailbox.members.remote())  # the mailbox is up before the first plan goes in
@@ -227,18 +228,84 @@ class WorkerGroup:
             ray.kill(self.mailbox)
 
 
-def shortfall(res: dict[str, Any], have: dict[str, float]) -> str | None:
+class Groups:
+    """Where a controller gets its worker group: `get` one for a run, `release` it after (kill=True
+    when it failed, was cancelled or must not be reused)."""
+
+    persistent = True
+    """Keep the group across the run's rounds (False: a new group every round, a benchmark's baseline)."""
+
+    def get(self, run_id: str, res: Resources, storage: Path, report: Callable[[str], None]) -> WorkerGroup:
+        raise NotImplementedError
+
+    def release(self, group: WorkerGroup, kill: bool) -> None:
+        raise NotImplementedError
+
+
+class OwnGroups(Groups):
+    """A group per run (the default): started with the run, stopped with it."""
+
+    def __init__(self, persistent: bool = True):
+        self.persistent = persistent
+
+    def get(self, run_id, res, storage, report):
+        group = WorkerGroup(run_id, res, storage, report=report)
+        group.start()
+        return group
+
+    def release(self, group, kill):
+        group.kill() if kill else group.stop()
+
+
+class SharedGroups(Groups):
+    """Groups handed from run to run: a run released without a kill returns its group to a pool,
+    and the next run with the same resources takes it instead of starting one (runs side by side
+    get groups of their own). `cpt agent explore`'s trajectories and the test suite's end-to-end
+    runs skip a group start each this way. The ranks rebuild their model when a plan's model
+    differs and re-initialise it for a run's first round; a group released with kill=True (a
+    failure, a cancel) is killed, never reused."""
+
+    def __init__(self):
+        self.idle: dict[str, list[WorkerGroup]] = {}
+        self.lock = threading.Lock()
+
+    def get(self, run_id, res, storage, report):
+        with self.lock:
+            pool = self.idle.get(res.model_dump_json(), [])
+            while pool:
+                group = pool.pop()
+                if group.alive:
+                    group.report = report
+                    return group
+        return OwnGroups().get(run_id, res, storage, report)
+
+    def release(self, group, kill):
+        if kill or not group.alive:
+            group.kill()
+            return
+        with self.lock:
+            self.idle.setdefault(group.res.model_dump_json(), []).append(group)
+
+    def close(self) -> None:
+        with self.lock:
+            groups = [g for pool in self.idle.values() for g in pool]
+            self.idle.clear()
+        for group in groups:
+            group.stop()
+
+
+def shortfall(res: Resources, have: dict[str, float]) -> str | None:
     """What the group needs that the cluster does not have (a message naming the resource), or None."""
-    n = res["workers"]
+    n = res.workers
     for key, field in (("CPU", "cpus_per_worker"), ("GPU", "gpus_per_worker")):
-        need = n * res[field]
-        if need > have.get(key, 0) + 1e-9:
-            return (f"resources: {n} worker(s) x {field} {res[field]:g} = {need:g} {key}s, but the Ray cluster has "
+        each = getattr(res, field)
+        if n * each > have.get(key, 0) + 1e-9:
+            return (f"resources: {n} worker(s) x {field} {each:g} = {n * each:g} {key}s, but the Ray cluster has "
                     f"{have.get(key, 0):g}; lower resources.workers or resources.{field}, or add nodes")
     return None
 
 
-def check_fits(res: dict[str, Any], report: Callable[[str], None] | None = None,
+def check_fits(res: Resources, report: Callable[[str], None] | None = None,
                resources: Callable[[], dict[str, float]] | None = None,
                sleep: Callable[[float], None] = time.sleep) -> None:
     """Fail fast, naming the resource, when the cluster cannot hold the group; with
@@ -247,7 +314,7 @@ def check_fits(res: dict[str, Any], report: Callable[[str], None] | None = None,
         import ray
 
         resources = ray.cluster_resources
-    wait_s = float(res.get("wait_s") or 0)
+    wait_s = res.wait_s
     deadline = time.monotonic() + wait_s
     said = False
     while (short := shortfall(res, resources())) is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestrator.spec import RunSpec
-from workers.schedules import lr_at, stage_lrs
+from store.schedules import stage_lrs
 
 MAX_POINTS = 4000  # a plot samples the schedule: its memory never scales with a user's token budget
 
@@ -33,7 +33,7 @@ def sampled_lrs(spec: RunSpec, max_points: int = MAX_POINTS) -> tuple[list[int],
     out = []
     for g in steps:
         i = max(j for j, s in enumerate(starts) if s <= g)
-        out.append(lr_at(spec.stages[i].schedule, g - starts[i], spec.stage_steps(i)))
+        out.append(spec.stages[i].schedule.lr(g - starts[i], spec.stage_steps(i)))
     return steps, out
 
 

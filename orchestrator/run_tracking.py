@@ -15,19 +15,20 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from orchestrator.callbacks import RoundCallback
 from orchestrator.home import Home
 from orchestrator.spec import RunSpec
 from store.errors import CptError, TrackingError, first_line
+from store.records import RoundPlan, RoundResult
 from store.runs import RunStore
 from store.secrets import redact, redacted_yaml
-from workers.plan import RoundPlan, RoundResult
 
 ML_VIEW = "workflowType=machine_learning"
 
 
-class RunTracking:
-    """MLflow for one run. With tracking off (`enabled=False`) nothing reaches MLflow and `announce`
-    names only the Ray dashboard."""
+class RunTracking(RoundCallback):
+    """MLflow for one run, as one of the controller's round callbacks. With tracking off
+    (`enabled=False`) nothing reaches MLflow and `announce` names only the Ray dashboard."""
 
     def __init__(self, store: RunStore, home: Home, spec: RunSpec, run_id: str, workdir: Path,
                  message: Callable[[str], None], domains: Callable[[], Iterable[str]], mlflow_id: str | None,
@@ -88,7 +89,7 @@ class RunTracking:
             self.tracker.log_artifact(self.mlflow_id, spec_path)
             self.tracker.log_artifact(self.mlflow_id, plot_lr(self.spec, self.workdir / "lr_schedule.png"))
 
-    def progress(self, plan: RoundPlan, records: list[dict[str, Any]]) -> None:
+    def progress(self, round_id: int, plan: RoundPlan, records: list[dict[str, Any]]) -> None:
         """Live records of a running round, handed to the background logger (never blocks)."""
         if self.live is None:
             return
@@ -98,17 +99,17 @@ class RunTracking:
         for p in records:
             self.live.log(record_metrics(p, plan.global_step_start, plan.stage_step_start, everyone))
 
-    def log_round(self, round_id: int, i: int, r: int, weights: dict[str, float], result: RoundResult,
-                  step_start: int) -> None:
+    def log_round(self, round_id: int, plan: RoundPlan, result: RoundResult) -> None:
         """Log a finished round; an MLflow outage never stops training: the round stays without an
         MLflow id and is logged at a later round boundary (or on resume)."""
         if self.tracker is None:
             return
         from dataclasses import asdict
 
+        i, r = plan.stage_index, plan.round_index
         try:
             cid = self.tracker.log_round(self.mlflow_id, self.spec.name, self.spec.stages[i].name, i, r,
-                                         self._everyone(weights), asdict(result), step_start)
+                                         self._everyone(plan.weights), asdict(result), plan.global_step_start)
         except Exception as exc:
             if round_id not in self.unlogged:
                 self.unlogged.append(round_id)
@@ -127,16 +128,14 @@ class RunTracking:
             if row is None or row.mlflow_run_id is not None:
                 self.unlogged.remove(round_id)
                 continue
-            self.log_round(row.id, row.stage_index, row.round_index, row.weights,
-                           RoundResult.from_json(row.result_json), row.step_start)
+            self.log_round(row.id, RoundPlan.from_json(row.plan_json), RoundResult.from_json(row.result_json))
             if round_id in self.unlogged:  # still down
                 return
 
-    def round_finished(self, round_id: int, i: int, r: int, weights: dict[str, float], result: RoundResult,
-                       step_start: int) -> None:
+    def round_finished(self, round_id: int, plan: RoundPlan, result: RoundResult) -> None:
         """After a round's commit: earlier unlogged rounds first, then this one, then the plots."""
         self.log_unlogged()
-        self.log_round(round_id, i, r, weights, result, step_start)
+        self.log_round(round_id, plan, result)
         self.draw_artifacts()
 
     def draw_artifacts(self) -> None:
@@ -165,7 +164,7 @@ class RunTracking:
 
         self.live.submit(draw)
 
-    def end(self, status: str) -> None:
+    def run_ended(self, status: str) -> None:
         """The run's end: last plots, the live backlog flushed (bounded), unlogged rounds, the status."""
         if self.tracker is None or self.mlflow_id is None:
             return

@@ -17,20 +17,13 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from corpus.fs import is_uri, scheme_problem
 from corpus.names import buffer_name
-from orchestrator.spec_parts import (
-    _M,
-    MAX_STAGE_STEPS,
-    CheckpointSpec,
-    ResourceSpec,
-    StageSpec,
-    TrackingSpec,
-)
+from orchestrator.spec_parts import MAX_STAGE_STEPS, CheckpointSpec, StageSpec, TrackingSpec
+from store.configs import Config, ModelConfig, OptimizerConfig, Resources
 from store.errors import SpecError
 from store.names import NAME_PATTERN, NAME_RULE, is_name
-from workers.config import ModelConfig, OptimizerConfig
 
 
-class RunSpec(_M):
+class RunSpec(Config):
     """A continual pre-training run: stages of rounds over domains of token shards."""
 
     name: str = Field(pattern=NAME_PATTERN)
@@ -68,7 +61,7 @@ class RunSpec(_M):
     """AdamW settings shared by all stages."""
     eval_batches: int = Field(4, gt=0, le=10_000)
     """Validation batches per domain after each round."""
-    resources: ResourceSpec = Field(default_factory=ResourceSpec)
+    resources: Resources = Field(default_factory=Resources)
     """The worker group on Ray (ranks, CPUs/GPUs per rank, strategy, precision)."""
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     """MLflow settings."""
@@ -78,8 +71,11 @@ class RunSpec(_M):
     @model_validator(mode="after")
     def _cross(self) -> RunSpec:
         from mixers.base import build_mixer
+        from workers.families import problem
 
         self._check_batch()
+        if why := problem(self.model):
+            raise SpecError(why)
         seen: set[str] = set()
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
@@ -203,7 +199,7 @@ class RunSpec(_M):
 
 def _format_error(exc: ValidationError) -> str:
     lines = []
-    from workers.schedules import SCHEDULES
+    from store.schedules import SCHEDULES
 
     for err in exc.errors():
         parts = list(err["loc"])

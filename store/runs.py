@@ -26,7 +26,7 @@ from store.models import Event, Round, Run, Stage, Transition
 from store.secrets import redact
 
 if TYPE_CHECKING:  # the contract's types only: the store saves their JSON and depends on nothing above it
-    from workers.plan import RoundPlan, RoundResult
+    from store.records import RoundPlan, RoundResult
 
 RUN_TRANSITIONS = {
     "pending": {"running", "cancelled", "failed"},

@@ -60,7 +60,7 @@ def long_reference(tmp_path_factory, synth, ray_local):
 
     Returns (store, run_id, results): results are the finished rounds' RoundResults in order."""
     from orchestrator.controller import Controller
-    from workers.plan import RoundResult
+    from store.records import RoundResult
 
     home, store, run_id = recorded_run(tmp_path_factory.mktemp("long-reference"), long_spec(synth))
     assert Controller(store, home, run_id, tracking=False).run() == "finished"

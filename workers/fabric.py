@@ -10,9 +10,8 @@ the version without that import. Ranks and world size come from Ray Train's cont
 from __future__ import annotations
 
 import sys
-from typing import Any
 
-from workers.config import OptimizerConfig
+from store.configs import OptimizerConfig, Resources
 
 
 def _import_fabric():
@@ -79,7 +78,7 @@ def _ray_environment(fabric_module):
     return RayEnvironment()
 
 
-def make_fabric(resources: dict[str, Any]):
+def make_fabric(resources: Resources):
     """A launched Fabric for this rank. Ray Train already created the process group; Fabric reads
     ranks and world size from Ray's context and reuses that group."""
     import logging
@@ -96,9 +95,9 @@ def make_fabric(resources: dict[str, Any]):
         logging.getLogger(name).setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     local = ctx.get_local_world_size()
-    gpu = resources.get("gpus_per_worker", 0) > 0 and torch.cuda.is_available()
+    gpu = resources.uses_gpu and torch.cuda.is_available()
     env = _ray_environment(lf)
-    if resources.get("strategy") == "fsdp":
+    if resources.strategy == "fsdp":
         strategy = FSDPStrategy(cluster_environment=env, state_dict_type="full")
     elif ctx.get_world_size() == 1:
         # one rank has nothing to synchronise: DDP would still copy every gradient into its buckets
@@ -107,26 +106,26 @@ def make_fabric(resources: dict[str, Any]):
     else:
         strategy = DDPStrategy(cluster_environment=env)
     fabric = Fabric(accelerator="cuda" if gpu else "cpu", devices=local, num_nodes=ctx.get_world_size() // local,
-                    strategy=strategy, precision=resources.get("precision", "32-true"))
+                    strategy=strategy, precision=resources.precision)
     fabric.launch()
     return fabric
 
 
-def prepare_model(raw, resources: dict[str, Any]):
+def prepare_model(raw, resources: Resources):
     """Per-model GPU-path options before wrapping: activation checkpointing, torch.compile."""
-    if resources.get("activation_checkpointing"):
+    if resources.activation_checkpointing:
         # transformers' own per-layer checkpointing: any family, any strategy
         raw.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if resources.get("compile"):
+    if resources.compile:
         raw.compile()  # in place: parameter names (and so checkpoints) stay the same
     return raw
 
 
-def make_optimizer(model, opt: OptimizerConfig | dict[str, Any]):
-    """AdamW with weight decay on matrices only (embeddings and norms' vectors excluded by rank)."""
+def make_optimizer(model, opt: OptimizerConfig):
+    """AdamW with weight decay on matrices only (embeddings and norms' vectors excluded by rank);
+    the LR is set per step."""
     import torch
 
-    opt = OptimizerConfig.model_validate(opt)
     decay, no_decay = [], []
     for p in model.parameters():
         (decay if p.dim() >= 2 else no_decay).append(p)

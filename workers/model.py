@@ -1,4 +1,5 @@
-"""The causal LM: a Hugging Face Llama built from a config, or loaded from a local checkpoint."""
+"""The causal LM: a Hugging Face model of a registered family (workers/families.py) built from a
+config, or loaded from a local checkpoint."""
 
 from __future__ import annotations
 
@@ -6,21 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from store.configs import ModelConfig
 from store.errors import CheckpointError
-from workers.config import ModelConfig
-
-
-def llama_config(model: ModelConfig | dict[str, Any], vocab_size: int, seq_len: int):
-    from transformers import LlamaConfig
-
-    model = ModelConfig.model_validate(model)
-    return LlamaConfig(
-        vocab_size=vocab_size, hidden_size=model.hidden_size, num_hidden_layers=model.num_layers,
-        num_attention_heads=model.num_heads, num_key_value_heads=model.num_kv_heads or model.num_heads,
-        intermediate_size=model.intermediate_size, max_position_embeddings=seq_len,
-        tie_word_embeddings=model.tie_embeddings, attention_dropout=0.0,
-        bos_token_id=None, eos_token_id=None, pad_token_id=None, attn_implementation="sdpa",
-    )
 
 
 def is_cpt_checkpoint(path: str | Path) -> bool:
@@ -52,7 +40,9 @@ def check_hf_checkpoint(path: str | Path, vocab_size: int | None = None, tokeniz
 def build_model(model: ModelConfig | dict[str, Any], vocab_size: int, seq_len: int, seed: int):
     """A fresh model (seeded init) or a local HF checkpoint loaded from safetensors only."""
     import torch
-    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    from workers.families import family
 
     model = ModelConfig.model_validate(model)
     if model.path and is_cpt_checkpoint(model.path):
@@ -69,9 +59,10 @@ def build_model(model: ModelConfig | dict[str, Any], vocab_size: int, seq_len: i
             raise CheckpointError(f"{model.path}: vocab_size {m.config.vocab_size} does not match the "
                                   f"run's tokenizer ({vocab_size})")
         return m
+    config = family(model.family).config(model, vocab_size, seq_len)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return LlamaForCausalLM(llama_config(model, vocab_size, seq_len))
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
 def token_losses(model, ids):

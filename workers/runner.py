@@ -20,44 +20,49 @@ import torch
 
 from corpus.sampler import RoundSampler, SequenceSource, val_batches
 from corpus.shards import DomainData
+from store.configs import Resources, SampleLossConfig
 from store.errors import TrainingError
+from store.records import RoundPlan, RoundResult
 from workers.checkpoint import full_state, read_checkpoint, restore_state, save_state
-from workers.config import SampleLossConfig
-from workers.fabric import make_fabric, prepare_model
-from workers.model import model_signature, token_losses
-from workers.plan import RoundPlan, RoundResult
+from workers.fabric import make_fabric, make_optimizer, prepare_model
+from workers.model import build_model, model_signature, token_losses
 from workers.sample_weights import sample_weights
 
-FRESH = "<fresh>"
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
 
 
 class RoundRunner:
-    def __init__(self, resources: dict[str, Any], mailbox):
+    def __init__(self, resources: Resources, mailbox):
         self.res, self.mailbox = resources, mailbox
         self.fabric = make_fabric(resources)
         self.rank, self.world = self.fabric.global_rank, self.fabric.world_size
         self.model = self.optimizer = None
-        self.at: str | None = None  # the checkpoint the in-memory state is (FRESH: the seeded init)
+        self.built: str | None = None  # the model config (and data shape) the in-memory model was built from
+        self.at: str | None = None  # the checkpoint the in-memory state is (fresh(seed): a seeded init)
         self.signature: str | None = None
 
     # ---- setup --------------------------------------------------------------------------------
+    @staticmethod
+    def _blueprint(plan: RoundPlan) -> str:
+        return f"{plan.model.model_dump_json()}|{plan.vocab_size}|{plan.seq_len}"
+
     def _build(self, plan: RoundPlan) -> None:
-        raw = plan.model.build(plan.vocab_size, plan.seq_len, plan.seed)
+        raw = build_model(plan.model, plan.vocab_size, plan.seq_len, plan.seed)
         self.signature = model_signature(raw)
         self.n_params = sum(p.numel() for p in raw.parameters())
         self.tied = bool(getattr(raw.config, "tie_word_embeddings", False))
         self.model = self.fabric.setup_module(prepare_model(raw, self.res))
-        self.optimizer = self.fabric.setup_optimizers(plan.optimizer.build(self.model))
-        self.at = FRESH
+        self.optimizer = self.fabric.setup_optimizers(make_optimizer(self.model, plan.optimizer))
+        self.built, self.at = self._blueprint(plan), _fresh(plan)
 
     def _restore(self, plan: RoundPlan) -> None:
-        if self.model is None:
+        if self.model is None or self.built != self._blueprint(plan):  # a group shared by runs of other models
+            self.model = self.optimizer = None
             self._build(plan)
-        target = plan.init_checkpoint or FRESH
+        target = plan.init_checkpoint or _fresh(plan)
         if target != self.at:  # a retry, a resume, or a group that never saw this checkpoint
-            if target == FRESH:
-                fresh = plan.model.build(plan.vocab_size, plan.seq_len, plan.seed)
+            if plan.init_checkpoint is None:
+                fresh = build_model(plan.model, plan.vocab_size, plan.seq_len, plan.seed)
                 restore_state(self.model, self.optimizer, fresh.state_dict(), None, self.tied)
             else:  # restore_state starts the optimizer empty, then loads its state only if asked
                 weights, opt_state = read_checkpoint(target, self.signature, plan.load_optimizer)
@@ -187,7 +192,7 @@ class RoundRunner:
     @torch.no_grad()
     def evaluate(self, domains: dict[str, DomainData], plan: RoundPlan) -> dict[str, float]:
         """Mean per-domain validation loss; DDP ranks split the fixed batches, FSDP ranks run them all."""
-        sharded = self.res.get("strategy") == "fsdp" and self.world > 1
+        sharded = self.res.strategy == "fsdp" and self.world > 1
         module = self.model if sharded else self.model.module  # DDP: the unwrapped module, no collectives
         module.eval()
         names = list(plan.eval_domains)
@@ -231,6 +236,11 @@ class RoundRunner:
 
     def close(self) -> None:
         self.model = self.optimizer = None
+
+
+def _fresh(plan: RoundPlan) -> str:
+    """The in-memory state of a seeded fresh model (a run's start)."""
+    return f"<fresh:{plan.seed}>"
 
 
 def _finite(x: float) -> bool:

@@ -47,12 +47,13 @@ def test_the_wait_ends_when_the_cluster_has_grown():
     """The wait loop itself (orchestrator.group.check_fits): a cluster that gains a node while the
     group waits is used as soon as it fits; without wait_s the same shortfall fails at once."""
     from orchestrator.group import check_fits
+    from store.configs import Resources
 
     sizes = iter([{"CPU": 2.0}, {"CPU": 2.0}, {"CPU": 4.0}])
     slept, said = [], []
-    check_fits({"workers": 3, "cpus_per_worker": 1, "gpus_per_worker": 0, "wait_s": 60}, said.append,
+    check_fits(Resources(workers=3, wait_s=60), said.append,
                resources=lambda: next(sizes), sleep=slept.append)
     assert len(slept) == 2 and len(said) == 1 and "has 2" in said[0]
     with pytest.raises(ClusterError, match="set resources.wait_s"):
-        check_fits({"workers": 3, "cpus_per_worker": 1, "gpus_per_worker": 0, "wait_s": 0}, said.append,
+        check_fits(Resources(workers=3), said.append,
                    resources=lambda: {"CPU": 2.0}, sleep=slept.append)

@@ -13,7 +13,7 @@ class FakeSource:
     """Only what RoundSampler needs for ids (no tokens): a domain of n sequences."""
 
     def __init__(self, name: str, n: int):
-        self.name, self.n, self.data_id, self.window = name, n, f"id-{name}", 9
+        self.name, self.n, self.data_id, self.window, self.where = name, n, f"id-{name}", 9, name
 
 
 @given(n=st.integers(1, 3000), seed=st.integers(0, 2**31), epoch=st.integers(0, 50))
@@ -73,7 +73,8 @@ def test_a_single_batch_is_largest_remainder():
 def _chain(sizes: dict[str, int], rounds: list[dict[str, float]], b: int, steps: int, seed: int = 0,
            stored: bool = True):
     """Run the samplers of a sequence of rounds (cursors handed on through JSON, as the store does)."""
-    from corpus.sampler import RoundSampler, start_cursors
+    from corpus.order import start_cursors
+    from corpus.sampler import RoundSampler
 
     sources = {d: FakeSource(d, n) for d, n in sizes.items()}
     cursors: dict = {}
@@ -92,6 +93,8 @@ def _chain(sizes: dict[str, int], rounds: list[dict[str, float]], b: int, steps:
         for d, ids in s.round_ids().items():  # the batches serve exactly the round's ids
             assert sorted(per_step[d]) == sorted(ids.tolist())
         cursors = s.end_cursors()
+        # the controller's closed-form cursors (no sampler, no tokens) are the ranks' cursors
+        assert order.end_cursors(s.cursors, w, sizes, b, steps) == cursors
         if stored:
             cursors = json.loads(json.dumps(cursors))
     return read, cursors

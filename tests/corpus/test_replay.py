@@ -32,7 +32,8 @@ def test_fifo_keeps_the_latest(tmp_path):
 
 
 def test_persistence_roundtrip_and_aligned_sampling(tmp_path, synth):
-    from corpus.sampler import RoundSampler, SequenceSource, start_cursors
+    from corpus.order import start_cursors
+    from corpus.sampler import RoundSampler, SequenceSource
 
     src = synth["domains"]["en"]
     source = SequenceSource.open("en", str(src), 16)

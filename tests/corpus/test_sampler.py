@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from corpus.sampler import RoundSampler, SequenceSource, start_cursors, val_batches
+from corpus.order import start_cursors
+from corpus.sampler import RoundSampler, SequenceSource, val_batches
 from corpus.shards import DomainData
 from store.errors import DataError
 

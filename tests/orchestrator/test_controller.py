@@ -12,8 +12,8 @@ import yaml
 from conftest import long_spec, recorded_run, tiny_spec
 from orchestrator.controller import Controller, SilentReporter
 from orchestrator.reports import stage_summary
+from store.records import RoundPlan, RoundResult
 from tests_helpers import cli_env, cpt, cpt_until_round_runs, final_losses
-from workers.plan import RoundPlan, RoundResult
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]

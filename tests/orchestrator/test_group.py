@@ -3,10 +3,11 @@
 from pathlib import Path
 
 from orchestrator.group import WorkerGroup
+from store.configs import Resources
 
 
 def _group(error: BaseException | None) -> WorkerGroup:
-    g = WorkerGroup("r1", {"workers": 2, "cpus_per_worker": 1, "gpus_per_worker": 0}, Path("/nonexistent"))
+    g = WorkerGroup("r1", Resources(workers=2), Path("/nonexistent"))
     g.error = error
     return g
 

@@ -11,9 +11,9 @@ from orchestrator.controller import Controller, SilentReporter, create_run
 from orchestrator.explore import explore
 from orchestrator.home import Home
 from orchestrator.spec import parse_spec
+from store.records import RoundPlan
 from store.runs import RunStore
 from tests_helpers import cpt
-from workers.plan import RoundPlan
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ import yaml
 
 import netns
 from conftest import long_spec
-from workers.plan import RoundResult
+from store.records import RoundResult
 
 pytestmark = pytest.mark.e2e
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.reports import compare, curve, stage_summary, summary, write_report
+from store.records import RoundPlan, RoundResult
 from store.runs import RunStore
-from workers.plan import RoundPlan, RoundResult
 
 ROOT = Path(__file__).resolve().parents[2]
 

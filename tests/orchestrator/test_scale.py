@@ -8,7 +8,7 @@ import pytest
 from conftest import long_spec, recorded_run
 from orchestrator import cluster
 from orchestrator.controller import Controller, SilentReporter
-from workers.plan import RoundResult
+from store.records import RoundResult
 
 pytestmark = pytest.mark.e2e
 

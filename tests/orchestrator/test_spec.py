@@ -254,14 +254,12 @@ def _infinite_pair(synth, first: dict, second: dict) -> dict:
 
 def test_an_infinite_stage_continues_at_the_previous_constant_lr(synth):
     """resume_const: the second stage starts where the first ended (its constant LR), no re-warm."""
-    from workers.schedules import lr_at
-
     raw = _infinite_pair(synth, {"warmup": 0.1, "cooldown": 0.4, "constant": 0.5},
                          {"resume_const": True, "constant": 0.5})
     spec = parse_spec(yaml.safe_dump(raw))
     first, second = spec.stages[0].schedule, spec.stages[1].schedule
-    assert lr_at(first, spec.stage_steps(0), spec.stage_steps(0)) == pytest.approx(1e-3)
-    lrs = [lr_at(second, t, spec.stage_steps(1)) for t in range(spec.stage_steps(1))]
+    assert first.lr(spec.stage_steps(0), spec.stage_steps(0)) == pytest.approx(1e-3)
+    lrs = [second.lr(t, spec.stage_steps(1)) for t in range(spec.stage_steps(1))]
     assert lrs[:4] == pytest.approx([1e-3] * 4) and lrs[-1] < 1e-3  # constant from step 0, then the anneal
 
 

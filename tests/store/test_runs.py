@@ -1,8 +1,8 @@
 import pytest
 
 from store.errors import InvalidTransition, NotFound, StoreUnreachable
+from store.records import RoundPlan, RoundResult
 from store.runs import RunStore
-from workers.plan import RoundPlan, RoundResult
 
 
 def _plan(run_id: str, stage=0, rnd=0, attempt=1) -> RoundPlan:

@@ -2,7 +2,7 @@
 
 Frozen dataclasses, JSON round-trippable, persisted in the round row. A worker needs nothing
 but the plan to do its work, so a round re-run from its stored plan reproduces it. The plan
-carries typed configs (workers/config.py: model, optimizer, schedule, per-sample loss), checked
+carries typed configs (store/configs.py, store/schedules.py: model, optimizer, schedule, per-sample loss), checked
 when the plan is made and again when it is read back; the rank builds its components from them.
 """
 
@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 
-from workers.config import ModelConfig, OptimizerConfig, SampleLossConfig, ScheduleSpec
+from store.configs import ModelConfig, OptimizerConfig, SampleLossConfig
+from store.schedules import ScheduleSpec
 
 _SCHEDULE = TypeAdapter(ScheduleSpec)
 
@@ -46,7 +47,7 @@ class RoundPlan:
     global_step_start: int
     """First step of this round counted from the start of the run (for logging)."""
     schedule: ScheduleSpec
-    """The stage's LR schedule (workers/schedules.py): `schedule.lr(step, stage_steps)`."""
+    """The stage's LR schedule (store/schedules.py): `schedule.lr(step, stage_steps)`."""
     model: ModelConfig
     """Model config (architecture from scratch, or a local HF checkpoint dir)."""
     tokenizer_hash: str

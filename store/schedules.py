@@ -1,4 +1,4 @@
-"""LR schedules as pure functions of the step within a stage.
+"""LR schedules: typed configs that compute their own LR as a pure function of the stage step.
 
 Each stage re-warms from 0 and re-decays over its own steps (Ibrahim et al. 2024); the
 'infinite' schedule instead cools down once to a constant LR that later stages continue at.
@@ -7,18 +7,28 @@ the tests compare against transformers' own schedule functions.
 Every schedule checks its fields against each other (min_lr <= const_lr <= peak_lr, phase
 fractions that fit in the stage); a decaying schedule takes `min_lr` or `min_lr_ratio` (the
 paper's 0.1 x peak).
+
+Adding a schedule is one class in this file: subclass `Schedule` (or `Decaying`), give it a
+`kind: Literal["name"]` tag and an `lr(step, total)`, and decorate it with `@register`; the
+spec's union of schedules (`ScheduleSpec`) is built from the registry below, so `cpt validate`
+knows it at once. Registration refuses a class without its own `lr` or tag (at import, not on a
+rank in the middle of training).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from store.configs import Config
 
 
-class _Sched(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True, allow_inf_nan=False)
+class Schedule(Config):
+    """What every schedule has: a peak LR and a linear warmup from 0."""
+
+    model_config = ConfigDict(frozen=True)
 
     peak_lr: float = Field(3e-3, gt=0, le=1)
     """LR at the end of warmup (the re-warm target)."""
@@ -29,11 +39,22 @@ class _Sched(BaseModel):
         return int(round(self.warmup * total))
 
     def lr(self, step: int, total: int) -> float:
-        """LR at `step` (0-based, within the stage) of a stage of `total` steps (pure: `lr_at`)."""
-        return lr_at(self, step, total)
+        """LR at `step` (0-based, within the stage) of a stage of `total` steps. Pure."""
+        raise NotImplementedError
+
+    def _clamp(self, step: int, total: int) -> tuple[int, int, float | None]:
+        """(step clamped to [0, total], warmup steps, the warmup LR if `step` is still warming up):
+        phase 1 of every schedule."""
+        if total <= 0:
+            raise ValueError("total steps must be positive")
+        step = min(max(step, 0), total)
+        w = self.warmup_steps(total)
+        return step, w, (self.peak_lr * step / w if step < w else None)
 
 
-class _Decaying(_Sched):
+class Decaying(Schedule):
+    """A schedule that ends the stage at `min_lr`."""
+
     min_lr: float = Field(3e-4, ge=0)
     """LR at the last step of the stage (0.1 x peak in Ibrahim et al. 2024)."""
     min_lr_ratio: float | None = Field(None, ge=0, le=1)
@@ -57,21 +78,57 @@ class _Decaying(_Sched):
         return self
 
 
-class Cosine(_Decaying):
+SCHEDULES: dict[str, type[Schedule]] = {}
+
+
+def register(cls: type[Schedule]) -> type[Schedule]:
+    """Add a schedule to the registry (and so to the spec's union); refuses an incomplete class."""
+    kind = cls.model_fields.get("kind")
+    if kind is None or not isinstance(kind.default, str):
+        raise TypeError(f"schedule {cls.__name__} needs a `kind: Literal[...]` tag with a default")
+    if "lr" not in cls.__dict__:
+        raise TypeError(f"schedule {cls.__name__} must define its own lr(step, total)")
+    if kind.default in SCHEDULES:
+        raise TypeError(f"schedule kind {kind.default!r} is registered twice")
+    SCHEDULES[kind.default] = cls
+    return cls
+
+
+def _cos_interp(hi: float, lo: float, progress: float) -> float:
+    return lo + (hi - lo) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@register
+class Cosine(Decaying):
     """Linear warmup, then cosine decay to min_lr over the rest of the stage."""
 
     kind: Literal["cosine"] = "cosine"
     """Selects this schedule: `schedule: {kind: cosine, ...}` in a stage."""
 
+    def lr(self, step: int, total: int) -> float:
+        step, w, warm = self._clamp(step, total)
+        if warm is not None:  # 1. warmup
+            return warm
+        return _cos_interp(self.peak_lr, self.min_lr, (step - w) / max(1, total - w))  # 2. cosine decay
 
-class Linear(_Decaying):
+
+@register
+class Linear(Decaying):
     """Linear warmup, then linear decay to min_lr (Defazio et al. 2023)."""
 
     kind: Literal["linear"] = "linear"
     """Selects this schedule: `schedule: {kind: linear, ...}` in a stage."""
 
+    def lr(self, step: int, total: int) -> float:
+        step, w, warm = self._clamp(step, total)
+        if warm is not None:  # 1. warmup
+            return warm
+        # 2. linear decay
+        return self.min_lr + (self.peak_lr - self.min_lr) * max(0.0, (total - step) / max(1, total - w))
 
-class WSD(_Decaying):
+
+@register
+class WSD(Decaying):
     """Warmup-stable-decay (MiniCPM): constant at peak, then a short decay at the end."""
 
     kind: Literal["wsd"] = "wsd"
@@ -89,8 +146,25 @@ class WSD(_Decaying):
             raise ValueError("warmup + decay must not exceed 1")
         return self
 
+    def lr(self, step: int, total: int) -> float:
+        step, w, warm = self._clamp(step, total)
+        if warm is not None:  # 1. warmup
+            return warm
+        d = int(round(self.decay * total))
+        if step < total - d:  # 2. stable at peak
+            return self.peak_lr
+        p, hi, lo = (step - (total - d)) / max(1, d), self.peak_lr, self.min_lr  # 3. decay
+        if self.shape == "exp":
+            return hi * (lo / hi) ** p
+        if self.shape == "1-sqrt":
+            return lo + (hi - lo) * (1.0 - math.sqrt(p))
+        if self.shape == "linear":
+            return lo + (hi - lo) * (1.0 - p)
+        return _cos_interp(hi, lo, p)
 
-class Infinite(_Decaying):
+
+@register
+class Infinite(Decaying):
     """Infinite schedule: warmup, cooldown to const_lr, constant, exponential anneal to min_lr."""
 
     kind: Literal["infinite"] = "infinite"
@@ -131,8 +205,30 @@ class Infinite(_Decaying):
                              f"{self.peak_lr:g}")
         return self
 
+    def lr(self, step: int, total: int) -> float:
+        step, w, warm = self._clamp(step, total)
+        if warm is not None:  # 1. warmup
+            return warm
+        n, c, k = step - w, int(round(self.cooldown * total)), int(round(self.constant * total))
+        hi, mid = self.peak_lr, self.const_lr
+        if n <= c and c > 0:  # 2. cooldown to const_lr
+            x = n / c
+            if self.cooldown_shape == "cosine":
+                return _cos_interp(hi, mid, x)
 
-class Constant(_Sched):
+            def h(v: float) -> float:
+                return 1.0 / math.sqrt(1.0 + self.timescale * v) - 1.0
+
+            return hi + (mid - hi) * h(x) / h(1.0)
+        m = n - c - k
+        if m <= 0:  # 3. constant
+            return mid
+        anneal = max(1, total - w - c - k)  # 4. exponential anneal to min_lr
+        return mid * math.exp(-math.log(mid / self.min_lr) * min(m, anneal) / anneal)
+
+
+@register
+class Constant(Schedule):
     """Optional warmup, then a constant LR (e.g. continuing at a small LR without re-warm)."""
 
     kind: Literal["constant"] = "constant"
@@ -140,65 +236,15 @@ class Constant(_Sched):
     warmup: float = Field(0.0, ge=0, lt=1)
     """Warmup length as a fraction of the stage's steps (0: no re-warm)."""
 
-
-ScheduleSpec = Annotated[Cosine | Linear | WSD | Infinite | Constant, Field(discriminator="kind")]
-SCHEDULES = {c.model_fields["kind"].default: c for c in (Cosine, Linear, WSD, Infinite, Constant)}
-
-
-def _cos_interp(hi: float, lo: float, progress: float) -> float:
-    return lo + (hi - lo) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    def lr(self, step: int, total: int) -> float:
+        step, w, warm = self._clamp(step, total)
+        return self.peak_lr if warm is None else warm  # 1. warmup, 2. constant
 
 
-def lr_at(spec: _Sched, step: int, total: int) -> float:
-    """LR at `step` (0-based, within the stage) of a stage of `total` steps. Pure."""
-    if total <= 0:
-        raise ValueError("total steps must be positive")
-    step = min(max(step, 0), total)
-    w = spec.warmup_steps(total)
-    if step < w:
-        return spec.peak_lr * step / w
-    n = step - w
-    if isinstance(spec, Constant):
-        return spec.peak_lr
-    if isinstance(spec, Cosine):
-        return _cos_interp(spec.peak_lr, spec.min_lr, n / max(1, total - w))
-    if isinstance(spec, Linear):
-        return spec.min_lr + (spec.peak_lr - spec.min_lr) * max(0.0, (total - step) / max(1, total - w))
-    if isinstance(spec, WSD):
-        d = int(round(spec.decay * total))
-        stable_end = total - d
-        if step < stable_end:
-            return spec.peak_lr
-        p = (step - stable_end) / max(1, d)
-        hi, lo = spec.peak_lr, spec.min_lr
-        if spec.shape == "exp":
-            return hi * (lo / hi) ** p
-        if spec.shape == "1-sqrt":
-            return lo + (hi - lo) * (1.0 - math.sqrt(p))
-        if spec.shape == "linear":
-            return lo + (hi - lo) * (1.0 - p)
-        return _cos_interp(hi, lo, p)
-    if isinstance(spec, Infinite):
-        c = int(round(spec.cooldown * total))
-        k = int(round(spec.constant * total))
-        hi, mid = spec.peak_lr, spec.const_lr
-        if n <= c and c > 0:
-            x = n / c
-            if spec.cooldown_shape == "cosine":
-                return _cos_interp(hi, mid, x)
-
-            def h(v: float) -> float:
-                return 1.0 / math.sqrt(1.0 + spec.timescale * v) - 1.0
-
-            return hi + (mid - hi) * h(x) / h(1.0)
-        m = n - c - k
-        if m <= 0:
-            return mid
-        anneal = max(1, total - w - c - k)
-        return mid * math.exp(-math.log(mid / spec.min_lr) * min(m, anneal) / anneal)
-    raise TypeError(f"unknown schedule {type(spec).__name__}")
+# every registered schedule, told apart by `kind` (a stage's `schedule: {kind: ..., ...}`)
+ScheduleSpec = Annotated[Union[tuple(SCHEDULES.values())], Field(discriminator="kind")]  # noqa: UP007
 
 
-def stage_lrs(spec: _Sched, total: int) -> list[float]:
+def stage_lrs(schedule: Schedule, total: int) -> list[float]:
     """LR at every step of a stage (for plots and tests)."""
-    return [lr_at(spec, t, total) for t in range(total)]
+    return [schedule.lr(t, total) for t in range(total)]

@@ -5,7 +5,7 @@ import torch
 from pydantic import ValidationError
 from transformers import optimization as hf
 
-from workers.schedules import WSD, Constant, Cosine, Infinite, Linear, lr_at, stage_lrs
+from store.schedules import WSD, Constant, Cosine, Infinite, Linear, stage_lrs
 
 
 def _hf_lrs(make, total: int, peak: float) -> list[float]:
@@ -23,7 +23,7 @@ def test_cosine_hand_table():
     s = Cosine(peak_lr=1.0, min_lr=0.1, warmup=0.2)  # 10 steps: 2 warmup, 8 decay
     expected = [0.0, 0.5] + [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * n / 8)) for n in range(8)]
     assert stage_lrs(s, 10) == pytest.approx(expected)
-    assert lr_at(s, 2, 10) == pytest.approx(1.0) and lr_at(s, 10, 10) == pytest.approx(0.1)
+    assert s.lr(2, 10) == pytest.approx(1.0) and s.lr(10, 10) == pytest.approx(0.1)
 
 
 def test_cosine_matches_transformers():
@@ -49,7 +49,7 @@ def test_wsd_matches_transformers(shape):
 def test_wsd_exponential_hand_values():
     s = WSD(peak_lr=1.0, min_lr=0.01, warmup=0.0, decay=0.5, shape="exp")  # 10 steps: 5 stable, 5 decay
     assert stage_lrs(s, 10) == pytest.approx([1.0] * 5 + [0.01 ** (k / 5) for k in range(5)])
-    assert lr_at(s, 10, 10) == pytest.approx(0.01)
+    assert s.lr(10, 10) == pytest.approx(0.01)
 
 
 def test_infinite_phases_hand_table():
@@ -60,14 +60,14 @@ def test_infinite_phases_hand_table():
     assert lrs[2:9] == pytest.approx([0.5 + 0.25 * (1 + math.cos(math.pi * n / 6)) for n in range(7)])
     assert lrs[8:14] == pytest.approx([0.5] * 6)
     assert lrs[14:] == pytest.approx([0.5 * (0.1 ** (m / 6)) for m in range(6)])
-    assert lr_at(s, 20, 20) == pytest.approx(0.05)
+    assert s.lr(20, 20) == pytest.approx(0.05)
 
 
 def test_infinite_inv_sqrt_cooldown_ends_at_const():
     s = Infinite(peak_lr=1.0, const_lr=0.4, min_lr=0.1, warmup=0.0, cooldown=0.5, constant=0.5,
                  cooldown_shape="inv_sqrt", timescale=4.0)
     lrs = stage_lrs(s, 10)
-    assert lrs[0] == pytest.approx(1.0) and lr_at(s, 5, 10) == pytest.approx(0.4)
+    assert lrs[0] == pytest.approx(1.0) and s.lr(5, 10) == pytest.approx(0.4)
     assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
 
 
@@ -93,7 +93,7 @@ def test_constant_and_rewarm_is_per_stage(synth):
 def test_invalid_schedules_rejected(bad):
     from pydantic import TypeAdapter
 
-    from workers.schedules import ScheduleSpec
+    from store.schedules import ScheduleSpec
 
     with pytest.raises(ValidationError):
         TypeAdapter(ScheduleSpec).validate_python(bad)
@@ -103,7 +103,7 @@ def test_inv_sqrt_timescale_drops_faster_early():
     def first_drop(alpha: float) -> float:
         s = Infinite(peak_lr=1.0, const_lr=0.4, min_lr=0.1, warmup=0.0, cooldown=0.5, constant=0.5,
                      cooldown_shape="inv_sqrt", timescale=alpha)
-        return 1.0 - lr_at(s, 1, 10)
+        return 1.0 - s.lr(1, 10)
 
     assert first_drop(8.0) > first_drop(1.0)
 
@@ -119,14 +119,14 @@ def test_inv_sqrt_timescale_drops_faster_early():
 def test_schedule_fields_are_checked_against_each_other(kind, fields, match):
     from pydantic import ValidationError
 
-    from workers.schedules import SCHEDULES
+    from store.schedules import SCHEDULES
 
     with pytest.raises(ValidationError, match=match):
         SCHEDULES[kind](**fields)
 
 
 def test_min_lr_ratio_sets_min_lr_and_survives_a_dump():
-    from workers.schedules import SCHEDULES, Cosine
+    from store.schedules import SCHEDULES, Cosine
 
     s = Cosine(peak_lr=3e-3, min_lr_ratio=0.1)
     assert s.min_lr == pytest.approx(3e-4)
@@ -134,15 +134,40 @@ def test_min_lr_ratio_sets_min_lr_and_survives_a_dump():
     assert again == s
 
 
-def test_a_schedule_object_gives_its_own_lr():
-    """The typed schedule in a RoundPlan is what the rank calls: `schedule.lr(step, total)` is the
-    pure function of the stage-local step, for every kind."""
+def test_every_registered_schedule_warms_up_stays_in_bounds_and_is_in_the_spec_union():
+    """Each kind the registry knows validates through the spec's union and computes its own LR:
+    linear warmup from 0 to peak (transformers' convention, written out here), never above peak or
+    below 0, and a decaying schedule ends the stage at its min_lr."""
     from pydantic import TypeAdapter
 
-    from workers.schedules import SCHEDULES, ScheduleSpec, lr_at
+    from store.schedules import SCHEDULES, Decaying, ScheduleSpec
 
+    assert set(SCHEDULES) == {"cosine", "linear", "wsd", "infinite", "constant"}
     for kind in SCHEDULES:
         sched = TypeAdapter(ScheduleSpec).validate_python({"kind": kind, "warmup": 0.1})
+        assert type(sched) is SCHEDULES[kind]
         lrs = [sched.lr(step, 50) for step in range(51)]
-        assert lrs == [lr_at(sched, step, 50) for step in range(51)] and max(lrs) <= sched.peak_lr
-        assert lrs[0] < lrs[10]  # warms up from 0
+        assert lrs[:5] == pytest.approx([sched.peak_lr * t / 5 for t in range(5)]), kind
+        assert lrs[5] == pytest.approx(sched.peak_lr), kind
+        assert all(0 <= x <= sched.peak_lr for x in lrs), kind
+        if isinstance(sched, Infinite):  # the default phases fill the stage: it ends at its constant LR
+            assert lrs[-1] == pytest.approx(sched.const_lr)
+        elif isinstance(sched, Decaying):
+            assert lrs[-1] == pytest.approx(sched.min_lr), kind
+
+
+def test_a_schedule_without_its_own_lr_or_tag_is_refused_when_registered():
+    from typing import Literal
+
+    from store.schedules import Decaying, register
+
+    with pytest.raises(TypeError, match="must define its own lr"):
+        @register
+        class Forgot(Decaying):
+            kind: Literal["forgot"] = "forgot"
+
+    with pytest.raises(TypeError, match="needs a `kind"):
+        @register
+        class Untagged(Decaying):
+            def lr(self, step: int, total: int) -> float:
+                return self.peak_lr
