@@ -67,10 +67,9 @@ def last_checkpoint(store, run_id: str) -> str:
 
 
 def stage_stats(store, run_id: str, stage: int) -> tuple[int, float]:
-    import json
 
     rs = [r for r in store.rounds(run_id, status="finished") if r.stage_index == stage]
-    return sum(r.tokens for r in rs), sum(json.loads(r.result_json)["wall_s"] for r in rs)
+    return sum(r.tokens for r in rs), sum(r.result.wall_s for r in rs)
 
 
 def main() -> None:

@@ -61,7 +61,6 @@ def cpt_run(home: Path, raw: dict) -> list[dict]:
 
     from orchestrator.controller import Controller, create_run
     from orchestrator.spec import parse_spec
-    from store.records import RoundResult
     from store.runs import RunStore
 
     h = scale._home(home)
@@ -70,7 +69,7 @@ def cpt_run(home: Path, raw: dict) -> list[dict]:
     run_id = create_run(store, h, parse_spec(text), text)
     assert Controller(store, h, run_id, tracking=False, poll_s=0.05).run() == "finished"
     shutil.rmtree(store.get_run(run_id).workdir, ignore_errors=True)  # the next run's checkpoints need the disk
-    return [{"tokens_per_s": (x := RoundResult.from_json(r.result_json)).tokens_per_s, "mfu": x.mfu,
+    return [{"tokens_per_s": (x := r.result).tokens_per_s, "mfu": x.mfu,
              "fit_s": x.fit_s, "round_s": x.round_s} for r in store.rounds(run_id, status="finished")]
 
 

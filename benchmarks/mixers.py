@@ -119,7 +119,7 @@ def scores(store, rid: str, setting) -> dict:
 
     sources, target = setting
     done = store.rounds(rid, status="finished")
-    before = json.loads(done[0].result_json)["eval_before"]
+    before = done[0].result.eval_before
     after = done[-1].eval_losses
     share = [sum(w for d, w in r.weights.items() if source_name(d) in sources) for r in done]
     return {"src": statistics.fmean(after[s] for s in sources), "tgt": after[target],

@@ -55,7 +55,6 @@ def cpt_rounds(home: Path, raw: dict, persistent: bool, reporter=None) -> list[d
     from orchestrator.controller import Controller, create_run
     from orchestrator.group import OwnGroups
     from orchestrator.spec import parse_spec
-    from store.records import RoundResult
     from store.runs import RunStore
 
     store = RunStore(f"sqlite:///{home / 'store.db'}")
@@ -66,7 +65,7 @@ def cpt_rounds(home: Path, raw: dict, persistent: bool, reporter=None) -> list[d
     assert ctl.run() == "finished"
     out = []
     for r in store.rounds(run_id, status="finished"):
-        res = RoundResult.from_json(r.result_json)
+        res = r.result
         out.append({"round_s": res.round_s, "fit_s": res.fit_s, "eval_s": res.eval_s, "save_s": res.save_s,
                     "overhead_s": res.round_s - res.fit_s,
                     "orchestration_s": res.round_s - res.fit_s - res.eval_s - res.save_s,

@@ -84,7 +84,6 @@ def time_bare(home: Path, env: dict, i: int) -> float:
 
 
 def time_cpt(home: Path, env: dict, spec: Path) -> dict:
-    from store.records import RoundResult
     from store.runs import RunStore
 
     t0 = time.time()
@@ -93,7 +92,7 @@ def time_cpt(home: Path, env: dict, spec: Path) -> dict:
     store = RunStore(f"sqlite:///{home / 'store.db'}", migrate=False)
     run = store.list_runs(1)[0]
     (rnd,) = store.rounds(run.id, status="finished")
-    res = RoundResult.from_json(rnd.result_json)
+    res = rnd.result
     return {"first_step_s": res.step_times[0] - t0, "round_started_s": res.started_at - t0}
 
 

@@ -51,11 +51,10 @@ def samples(run_id: str = typer.Argument(..., help="Run id."),
     """The sequence ids each domain contributed to a round (for audits and data attribution)."""
     from cli.output import print_json, table
     from store.errors import InputError
-    from store.records import RoundPlan
 
     store = state.store()
     row = pick_round(store, run_id, round_)
-    out = round_samples(RoundPlan.from_json(row.plan_json))
+    out = round_samples(row.plan)
     if domain is not None:
         if domain not in out:
             raise InputError(f"--domain {domain!r}: round {round_} trained on {sorted(out)}")
@@ -99,14 +98,13 @@ def show_sequence(domain: str = typer.Argument(..., help="Domain name (CPT_HOME/
 
 def _domain_folder(domain: str, run_id: str | None) -> tuple[Path | str, str | None]:
     from store.errors import InputError
-    from store.records import RoundPlan
 
     if run_id:
         store = state.store()
         run = store.get_run(run_id)
         # where the controller itself said the data was (replay buffers included, local or a URI)
         rounds = store.rounds(run_id)
-        paths = RoundPlan.from_json(rounds[-1].plan_json).domain_paths if rounds else dict(run.spec_json["domains"])
+        paths = rounds[-1].plan.domain_paths if rounds else dict(run.spec_json["domains"])
         if domain not in paths:
             raise InputError(f"{domain!r}: run {run_id} has domains {sorted(paths)}")
         return paths[domain], run.spec_json["tokenizer"]
@@ -121,14 +119,13 @@ def _domain_folder(domain: str, run_id: str | None) -> tuple[Path | str, str | N
 
 def cursor_rows(rounds) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Where each domain's reading stands after the last finished round, and when epochs rolled over."""
-    from store.records import RoundResult
 
     latest: dict[str, dict[str, Any]] = {}
     rollovers = []
     for x in rounds:
-        if x.status != "finished" or not x.result_json:
+        if x.status != "finished" or x.result is None:
             continue
-        for d, c in RoundResult.from_json(x.result_json).cursors.items():
+        for d, c in x.result.cursors.items():
             if d in latest and c["epoch"] > latest[d]["epoch"]:
                 rollovers.append(f"{d}: epoch {c['epoch']} began in round {x.stage_index}.{x.round_index}")
             latest[d] = c

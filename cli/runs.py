@@ -268,11 +268,9 @@ def _mlflow_url(run) -> str | None:
 def _throughput(x) -> dict:
     """Per-round scale facts from the stored result: ranks, fit time, overhead (controller-side round
     wall minus fit), MFU."""
-    if not x.result_json:
+    res = x.result
+    if res is None:
         return {"workers": None, "fit_s": None, "overhead_s": None, "mfu": None}
-    from store.records import RoundResult
-
-    res = RoundResult.from_json(x.result_json)
     overhead = None if res.fit_s is None or res.round_s is None else res.round_s - res.fit_s
     return {"workers": res.workers, "fit_s": res.fit_s, "overhead_s": overhead, "mfu": res.mfu}
 

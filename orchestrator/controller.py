@@ -204,8 +204,8 @@ class Controller:
             done = self.store.finished_round(self.run_id, i, r)
             if done is not None:  # committed before a resume
                 if done.mlflow_run_id is None:
-                    self.tracking.log_round(done.id, RoundPlan.from_json(done.plan_json),
-                                            RoundResult.from_json(done.result_json))
+                    self.tracking.log_round(done.id, done.plan,
+                                            done.result)
                 continue
             self.store.set_stage_status(self.run_id, i, "running")
             self._run_round(i, r, mixer, reference, self._finished())

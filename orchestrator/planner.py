@@ -45,7 +45,7 @@ class Finished:
     def from_row(cls, row) -> Finished:
         """From a store.models.Round of status finished."""
         return cls(row.stage_index, row.round_index, row.weights, row.eval_losses or {}, row.checkpoint_uri,
-                   RoundPlan.from_json(row.plan_json), RoundResult.from_json(row.result_json), row.mixer_state)
+                   row.plan, row.result, row.mixer_state)
 
 
 @dataclass(frozen=True)

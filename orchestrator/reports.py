@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ def curve(store: RunStore, run_id: str) -> list[dict[str, Any]]:
 def _curve(done: list) -> list[dict[str, Any]]:
     points, tokens = [], 0
     if done:
-        before = json.loads(done[0].result_json).get("eval_before")
+        before = done[0].result.eval_before
         if before:
             points.append({"tokens": 0, "step": done[0].step_start, "stage": -1, "losses": before})
     for r in done:
@@ -44,13 +43,12 @@ def summary(store: RunStore, run_id: str, domains: list[str] | None = None) -> d
     before_last = [p for p in pts if p["stage"] < last_stage]
     base = before_last[-1]["losses"] if before_last and (last_stage > 0 or spec["model"].get("path")) else None
     forgetting = {d: final[d] - base[d] for d in old if d in base} if base else None
-    results = [json.loads(r.result_json) for r in done]
     return {
         "run_id": run_id, "name": run.name, "status": run.status,
         **_restrict(final, domains or sorted(final)),
         "forgetting": forgetting,
         "tokens": sum(r.tokens or 0 for r in done),
-        "wall_s": sum(x["wall_s"] for x in results),
+        "wall_s": sum(r.result.wall_s for r in done),
         "rounds": len(done),
     }
 
@@ -117,9 +115,9 @@ def write_report(store: RunStore, run_id: str, out: Path) -> Path:
     imgs = {"validation loss over tokens": _png(plot_curves({s["name"]: pts}, doms))}
     lrs, steps = [], []
     for r in done:
-        res = json.loads(r.result_json)
-        lrs += res["lrs"]
-        steps += list(range(r.step_start, r.step_start + len(res["lrs"])))
+        res = r.result
+        lrs += res.lrs
+        steps += list(range(r.step_start, r.step_start + len(res.lrs)))
     fig, ax = plt.subplots(figsize=(8, 3))
     ax.plot(steps, lrs)
     ax.set_xlabel("global step")
@@ -164,10 +162,9 @@ def stage_summary(store: RunStore, run_id: str) -> list[dict[str, Any]]:
     """Per-domain eval losses before the run and after each stage (from finished rounds)."""
     rows: list[dict[str, Any]] = []
     done = store.rounds(run_id, status="finished")
-    if done and done[0].result_json:
-        before = json.loads(done[0].result_json).get("eval_before")
-        if before:
-            rows.append({"point": "start", "losses": before})
+    before = done[0].result.eval_before if done else None
+    if before:
+        rows.append({"point": "start", "losses": before})
     for stage in store.stages(run_id):
         last = [x for x in done if x.stage_index == stage.index]
         if last:

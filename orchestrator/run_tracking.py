@@ -128,7 +128,7 @@ class RunTracking(RoundCallback):
             if row is None or row.mlflow_run_id is not None:
                 self.unlogged.remove(round_id)
                 continue
-            self.log_round(row.id, RoundPlan.from_json(row.plan_json), RoundResult.from_json(row.result_json))
+            self.log_round(row.id, row.plan, row.result)
             if round_id in self.unlogged:  # still down
                 return
 

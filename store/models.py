@@ -7,6 +7,8 @@ from datetime import datetime, timezone
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from store.records import RoundPlan, RoundResult
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
@@ -27,7 +29,6 @@ class Run(Base):
     workdir: Mapped[str] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    mixer_state: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
@@ -77,8 +78,6 @@ class Round(Base):
     """Global step after the round's last step (exclusive)."""
     lr_segment: Mapped[dict] = mapped_column(JSON)
     """Schedule spec plus the stage-local step range this round covers."""
-    data_cursor: Mapped[dict] = mapped_column(JSON)
-    """(seed, stage, round, step range): all the data order depends on."""
     init_checkpoint: Mapped[str | None] = mapped_column(Text, nullable=True)
     checkpoint_uri: Mapped[str | None] = mapped_column(Text, nullable=True)
     plan_json: Mapped[str] = mapped_column(Text)
@@ -95,6 +94,16 @@ class Round(Base):
     """Latest live record while the round runs: step, loss, LR, tokens/s, grad norm, time."""
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    @property
+    def plan(self) -> RoundPlan:
+        """The round's plan, typed (the one place plan_json is parsed)."""
+        return RoundPlan.from_json(self.plan_json)
+
+    @property
+    def result(self) -> RoundResult | None:
+        """The worker's result, typed, once the round finished (the one place result_json is parsed)."""
+        return RoundResult.from_json(self.result_json) if self.result_json else None
 
 
 class Event(Base):

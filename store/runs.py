@@ -132,7 +132,7 @@ class RunStore:
         self._retry(do)
 
     def update_run(self, run_id: str, **fields) -> None:
-        """Non-state fields (mlflow_run_id, mixer_state)."""
+        """Non-state fields (mlflow_run_id, ray_job_id)."""
         def do() -> None:
             with self._tx() as s:
                 run = self._get(s, Run, run_id, "run")
@@ -196,9 +196,6 @@ class RunStore:
                           attempt=plan.attempt, status="planned", weights=plan.weights,
                           step_start=plan.global_step_start,
                           step_end=plan.global_step_start + plan.num_steps, lr_segment=lr_segment,
-                          data_cursor={"seed": plan.seed, "stage": plan.stage_index,
-                                       "round": plan.round_index, "stage_step_start": plan.stage_step_start,
-                                       "num_steps": plan.num_steps, "cursors": plan.cursors},
                           init_checkpoint=plan.init_checkpoint, plan_json=plan.to_json(),
                           mixer_state=mixer_state)
                 s.add(r)

@@ -13,7 +13,25 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import pgserver
+from orchestrator.group import SharedGroups  # noqa: E402
 from synth import make_domains  # noqa: E402
+
+REQUIRE_ALL = os.environ.get("CPT_REQUIRE_ALL") == "1"
+# worker groups handed from one in-process test run to the next (one per resource shape; a group a
+# test kills is replaced): each run skips a group start, as `cpt agent explore`'s trajectories do
+GROUPS = SharedGroups()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CPT_REQUIRE_ALL=1 (CI, which has root, `ip`, PostgreSQL and Chromium) a test that would
+    skip for a missing dependency or privilege fails instead: a skip must never pass CI silently."""
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_ALL and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CPT_REQUIRE_ALL=1, which forbids skips: {reason}"
 
 
 @pytest.fixture(scope="session")
@@ -60,11 +78,10 @@ def long_reference(tmp_path_factory, synth, ray_local):
 
     Returns (store, run_id, results): results are the finished rounds' RoundResults in order."""
     from orchestrator.controller import Controller
-    from store.records import RoundResult
 
     home, store, run_id = recorded_run(tmp_path_factory.mktemp("long-reference"), long_spec(synth))
-    assert Controller(store, home, run_id, tracking=False).run() == "finished"
-    return store, run_id, [RoundResult.from_json(r.result_json) for r in store.rounds(run_id, status="finished")]
+    assert Controller(store, home, run_id, tracking=False, groups=GROUPS).run() == "finished"
+    return store, run_id, [r.result for r in store.rounds(run_id, status="finished")]
 
 
 @pytest.fixture
@@ -87,6 +104,7 @@ def ray_local(tmp_path_factory):
     import ray
 
     yield
+    GROUPS.close()
     ray.shutdown()
 
 

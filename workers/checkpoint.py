@@ -31,13 +31,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(folder: str | Path, model, optimizer, meta: dict[str, Any]) -> Path:
-    """Save a plain (unwrapped) model and its AdamW optimizer."""
-    state = {k: v.detach() for k, v in model.state_dict().items()}
-    tensors, steps = _optimizer_tensors(model, optimizer)
-    return save_state(folder, state, tensors, steps, meta, getattr(model.config, "tie_word_embeddings", False))
-
-
 def _local(folder: str | Path) -> Path:
     """A local folder to read a checkpoint from: the folder itself, or a cached copy of a URI."""
     from corpus import fs
@@ -86,21 +79,6 @@ def save_state(folder: str | Path, model_state: dict, opt_tensors: dict, opt_ste
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
-
-
-def _optimizer_tensors(model, optimizer) -> tuple[dict, dict]:
-    names = {id(p): n for n, p in model.named_parameters()}
-    tensors, steps = {}, {}
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            st = optimizer.state.get(p)
-            if not st:
-                continue
-            n = names[id(p)]
-            tensors[f"{n}::exp_avg"] = st["exp_avg"].detach().contiguous().cpu()
-            tensors[f"{n}::exp_avg_sq"] = st["exp_avg_sq"].detach().contiguous().cpu()
-            steps[n] = float(st["step"])
-    return tensors, steps
 
 
 def full_state(model, optimizer) -> tuple[dict, dict, dict[str, float]]:
@@ -204,24 +182,3 @@ def load_checkpoint(folder: str | Path, model, expect_signature: str | None = No
     if getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()
     return meta
-
-
-def load_optimizer_state(folder: str | Path, model, optimizer) -> None:
-    """Restore AdamW moments and step counts saved by save_checkpoint, matched by parameter name."""
-    import torch
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    try:
-        tensors = load_file(str(folder / OPTIM_FILE))
-        steps = json.loads((folder / META_FILE).read_text()).get("optimizer", {}).get("steps", {})
-    except (SafetensorError, FileNotFoundError, OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{folder / OPTIM_FILE}: cannot read ({exc})") from None
-    for n, p in model.named_parameters():
-        if f"{n}::exp_avg" in tensors:
-            optimizer.state[p] = {
-                "step": torch.tensor(steps[n], dtype=torch.float32),
-                "exp_avg": tensors[f"{n}::exp_avg"].to(p.device),
-                "exp_avg_sq": tensors[f"{n}::exp_avg_sq"].to(p.device),
-            }

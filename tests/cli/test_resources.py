@@ -3,7 +3,7 @@ failed with the reason, not pending."""
 
 import pytest
 
-from conftest import recorded_run, tiny_spec
+from conftest import GROUPS, recorded_run, tiny_spec
 from store.errors import ClusterError
 
 pytestmark = pytest.mark.e2e
@@ -18,7 +18,7 @@ def test_a_group_larger_than_the_cluster_fails_fast_and_is_recorded(tmp_path, sy
 
     home, store, run_id = recorded_run(tmp_path / "home", tiny_spec(synth, resources=resources, batch_size=6))
     with pytest.raises(ClusterError) as err:
-        Controller(store, home, run_id, tracking=False).run()
+        Controller(store, home, run_id, tracking=False, groups=GROUPS).run()
     assert err.value.exit_code == 2 and match in str(err.value)
     run = store.get_run(run_id)
     assert run.status == "failed" and match in run.error
@@ -32,7 +32,7 @@ def test_an_autoscaling_wait_says_so_and_times_out_naming_the_resource(tmp_path,
 
     spec = tiny_spec(synth, resources={"workers": 3, "cpus_per_worker": 1, "wait_s": 3}, batch_size=6)
     home, store, run_id = recorded_run(tmp_path / "home", spec)
-    ctl = Controller(store, home, run_id, tracking=False)
+    ctl = Controller(store, home, run_id, tracking=False, groups=GROUPS)
     said: list[str] = []
     ctl.reporter.message = said.append
     t0 = time.monotonic()

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import long_spec, recorded_run, tiny_spec
+from conftest import GROUPS, long_spec, recorded_run, tiny_spec
 from orchestrator.controller import Controller, SilentReporter
 from orchestrator.reports import stage_summary
-from store.records import RoundPlan, RoundResult
 from tests_helpers import cli_env, cpt, cpt_until_round_runs, final_losses
 
 pytestmark = pytest.mark.e2e
@@ -25,7 +24,7 @@ def _setup(tmp_path, synth, **over):
 
 def test_two_stage_run_trains_and_records_everything(tmp_path, synth, ray_local):
     home, store, run_id = _setup(tmp_path, synth, checkpoints={"keep_last": 1})
-    assert Controller(store, home, run_id).run() == "finished"
+    assert Controller(store, home, run_id, groups=GROUPS).run() == "finished"
 
     run = store.get_run(run_id)
     assert run.status == "finished" and run.mlflow_run_id
@@ -35,7 +34,7 @@ def test_two_stage_run_trains_and_records_everything(tmp_path, synth, ray_local)
     assert [(r.step_start, r.step_end) for r in rounds] == [(0, 4), (4, 8), (8, 12), (12, 16)]
     assert rounds[0].weights == {"en": 1.0} and rounds[2].weights == pytest.approx({"de": 0.75, "en": 0.25})
     # optimizer state carries over within a stage, and is reset at the stage start
-    plans = [RoundPlan.from_json(r.plan_json) for r in rounds]
+    plans = [r.plan for r in rounds]
     assert [p.load_optimizer for p in plans] == [False, True, False, True]
     assert [p.init_checkpoint for p in plans[1:]] == [r.checkpoint_uri for r in rounds[:-1]]
     # retention (keep_last 1 + stage ends): the end of each stage stays, the round inside each is gone
@@ -73,7 +72,7 @@ def test_two_stage_run_trains_and_records_everything(tmp_path, synth, ray_local)
     assert all(len(client.get_metric_history(c.info.run_id, "train_loss")) == 4 for c in children)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"spec.yaml", "lr_schedule.png", "mixture.png", "loss_curves.png"} <= artifacts
-    _check_data_accounting(home.root, run_id, plans, [RoundResult.from_json(r.result_json) for r in rounds],
+    _check_data_accounting(home.root, run_id, plans, [r.result for r in rounds],
                            run.spec_json["tokenizer"])
 
 
@@ -126,13 +125,13 @@ def test_cancel_mid_round_stops_cleanly(tmp_path, synth, ray_local):
             if seen == [0, 1] and step < 60:
                 store.request_cancel(run_id)
 
-    ctl = Controller(store, home, run_id, CancelInsideSecondRound(), tracking=False, poll_s=0.05)
+    ctl = Controller(store, home, run_id, CancelInsideSecondRound(), tracking=False, poll_s=0.05, groups=GROUPS)
     assert ctl.run() == "cancelled"
     assert store.get_run(run_id).status == "cancelled"
     # the round in flight is stopped and recorded cancelled (its group killed), nothing left open
     assert [r.status for r in store.rounds(run_id)] == ["finished", "cancelled"]
     # and it can be resumed to the end
-    assert Controller(store, home, run_id, tracking=False).run() == "finished"
+    assert Controller(store, home, run_id, tracking=False, groups=GROUPS).run() == "finished"
     assert len(store.rounds(run_id, status="finished")) == 4
 
 
@@ -162,7 +161,7 @@ def test_resume_after_controller_is_killed_matches_uninterrupted_run(tmp_path, s
     assert (interrupted.attempt, interrupted.status, interrupted.checkpoint_uri) == (1, "failed", None)
     assert (retried.attempt, retried.status) == (2, "finished")
     # the next round starts from the retried attempt's checkpoint, never the interrupted one's folder
-    assert RoundPlan.from_json(store.rounds(run_id)[3].plan_json).init_checkpoint == retried.checkpoint_uri
+    assert store.rounds(run_id)[3].plan.init_checkpoint == retried.checkpoint_uri
 
     from mlflow.tracking import MlflowClient
 

@@ -10,7 +10,6 @@ import yaml
 
 import netns
 from conftest import long_spec
-from store.records import RoundResult
 
 pytestmark = pytest.mark.e2e
 
@@ -75,7 +74,7 @@ def test_a_node_dying_mid_round_retries_the_round_on_the_node_left(tmp_path, syn
     assert [(r.stage_index, r.round_index, r.attempt, r.status) for r in rounds][:3] == [
         (0, 0, 1, "finished"), (0, 1, 1, "failed"), (0, 1, 2, "finished")]
     assert rounds[1].error and rounds[1].checkpoint_uri is None
-    got = [RoundResult.from_json(r.result_json) for r in store.rounds(run_id, status="finished")]
+    got = [r.result for r in store.rounds(run_id, status="finished")]
     ref = long_reference[2]
     assert [r.workers for r in got] == [2, 2, 2, 2]  # the retry ran both ranks on the node left
     assert got[-1].eval_losses == pytest.approx(ref[-1].eval_losses, rel=1e-4)

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import urllib.error
+import urllib.request
 
 import pytest
 
@@ -21,19 +22,26 @@ def _loopback(addr: str) -> bool:
     return host.startswith("127.") or host == "::1"
 
 
+def _connects(gcs: str, token: str | None) -> subprocess.CompletedProcess:
+    """A fresh Ray client process connecting to `gcs`: without auth (token None) or with the token."""
+    code = f"import ray; ray.init(address={gcs!r}, log_to_driver=False); print('connected')"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keep 127.0.0.1 (else Ray swaps in the host's address)
+    env["RAY_AUTH_MODE"] = "disabled" if token is None else "token"
+    if token is not None:
+        env["RAY_AUTH_TOKEN"] = token
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+
 def test_unauthenticated_clients_are_refused(ray_head):
     for token in (None, "not-the-token"):
         with pytest.raises(urllib.error.HTTPError) as exc:
             ray_head.get("/api/jobs/", token=token)
         assert exc.value.code in (401, 403)
     assert isinstance(ray_head.get("/api/jobs/"), list)  # the right token is let in
-    code = f"import ray; ray.init(address={ray_head.gcs!r}, log_to_driver=False); print('connected')"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(RAY_AUTH_MODE="disabled", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")  # a client without auth
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    out = _connects(ray_head.gcs, None)
     assert out.returncode != 0 and "connected" not in out.stdout
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=ray_head.token)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    out = _connects(ray_head.gcs, ray_head.token)
     assert out.returncode == 0 and "connected" in out.stdout, out.stderr[-2000:]
 
 
@@ -46,11 +54,19 @@ def test_started_head_listens_on_loopback_only(ray_head):
     assert len(addrs) >= 4 and all(map(_loopback, addrs)), addrs
 
 
-def test_embedded_cluster_uses_token_auth_and_loopback_only(ray_local):
+def test_embedded_cluster_refuses_clients_without_its_token_and_listens_on_loopback_only(ray_local):
     import ray
 
     node = ray._private.worker._global_node
-    assert os.environ["RAY_AUTH_MODE"] == "token"
+    dashboard = node.address_info["webui_url"]
+    assert dashboard.startswith("127.0.0.1:")
+    for token in (None, "not-the-token"):  # the cluster itself refuses a client without its token
+        req = urllib.request.Request(f"http://{dashboard}/api/jobs/")
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(req, timeout=10)
+        assert exc.value.code in (401, 403)
     assert ray.get(ray.remote(lambda: os.environ.get("RAY_AUTH_MODE")).remote()) == "token"
     pids = [int(p) for p in subprocess.run(["pgrep", "-f", node.get_session_dir_path()], capture_output=True,
                                            text=True).stdout.split()]
@@ -62,7 +78,7 @@ def test_nothing_outside_tests_switches_ray_auth_off():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    folders = ("orchestrator", "workers", "mixers", "store", "cli", "benchmarks")
+    folders = ("orchestrator", "workers", "mixers", "store", "corpus", "cli", "benchmarks")
     files = [p for d in folders for p in (root / d).rglob("*") if p.suffix in (".py", ".sh")]
     files += [root / "Makefile", root / ".ci" / "run"]
     assert len(files) > 20

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import recorded_run, tiny_spec
+from conftest import GROUPS, recorded_run, tiny_spec
 from orchestrator.controller import Controller, SilentReporter, create_run
 from orchestrator.home import Home
 from orchestrator.spec import parse_spec
@@ -49,7 +49,7 @@ class KillWorkerOnce(SilentReporter):
 
 
 def _controller(store, home, run_id, reporter):
-    ctl = Controller(store, home, run_id, reporter, tracking=False, poll_s=0.02)
+    ctl = Controller(store, home, run_id, reporter, tracking=False, poll_s=0.02, groups=GROUPS)
     reporter.ctl = ctl
     return ctl
 
@@ -100,7 +100,7 @@ def test_disk_full_while_checkpointing_fails_cleanly(tmp_path, synth, ray_local)
         pytest.skip(f"cannot mount a tiny tmpfs here: {mount.stderr.decode().strip()}")
     try:
         with pytest.raises(TrainingError, match="No space left on device"):
-            Controller(store, home, run_id, tracking=False).run()
+            Controller(store, home, run_id, tracking=False, groups=GROUPS).run()
         rounds = store.rounds(run_id)
         assert [r.status for r in rounds] == ["finished", "failed"]
         assert "No space left on device" in rounds[1].error and store.get_run(run_id).status == "failed"
@@ -117,7 +117,7 @@ def test_resume_ignores_and_removes_half_written_checkpoints(tmp_path, synth, ra
     partial = ckpts / ".s0-r0-a1.tmp-deadbeef"
     partial.mkdir(parents=True)
     (partial / "model.safetensors").write_bytes(b"half")
-    assert Controller(store, home, run_id, tracking=False).run() == "finished"
+    assert Controller(store, home, run_id, tracking=False, groups=GROUPS).run() == "finished"
     assert not partial.exists()
 
 
@@ -133,7 +133,7 @@ def test_concurrent_runs_share_one_ray_and_one_store(tmp_path, synth, ray_local)
             text = yaml.safe_dump(tiny_spec(synth, name=f"conc{i}", seed=i, resources={"cpus_per_worker": 0.5}))
             run_id = create_run(store, home, parse_spec(text), text)
             ids.append(run_id)
-            Controller(store, home, run_id).run()
+            Controller(store, home, run_id, groups=GROUPS).run()
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 

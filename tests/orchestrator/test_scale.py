@@ -5,10 +5,9 @@ import signal
 
 import pytest
 
-from conftest import long_spec, recorded_run
+from conftest import GROUPS, long_spec, recorded_run
 from orchestrator import cluster
 from orchestrator.controller import Controller, SilentReporter
-from store.records import RoundResult
 
 pytestmark = pytest.mark.e2e
 
@@ -38,12 +37,12 @@ class GroupWatcher(SilentReporter):
 
 def _run(root, spec, reporter=None):
     home, store, run_id = recorded_run(root, spec)
-    ctl = Controller(store, home, run_id, reporter, tracking=False, poll_s=0.05)
+    ctl = Controller(store, home, run_id, reporter, tracking=False, poll_s=0.05, groups=GROUPS)
     if reporter is not None:
         reporter.ctl = ctl
     assert ctl.run() == "finished"
     rounds = store.rounds(run_id, status="finished")
-    return store, run_id, [RoundResult.from_json(r.result_json) for r in rounds]
+    return store, run_id, [r.result for r in rounds]
 
 
 def _flat(results):

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import GROUPS
 from orchestrator.data_check import check_data
 from orchestrator.spec import load_spec, parse_spec
 from store.errors import DataError, RegistryError, SpecError
@@ -163,7 +164,7 @@ def test_max_epochs_exceeded_at_run_time_fails_before_training(tmp_path, synth, 
     home, store, run_id = recorded_run(tmp_path / "home", yaml.safe_load(
         _epoch_spec(synth, {"kind": "temperature"}, {"en": 1})))
     with pytest.raises(DataError, match=r"stages.0.max_epochs.en: round 0.0 would read domain 'en' into epoch 2"):
-        Controller(store, home, run_id, tracking=False).run()
+        Controller(store, home, run_id, tracking=False, groups=GROUPS).run()
     assert store.get_run(run_id).status == "failed" and store.rounds(run_id) == []
 
 
@@ -178,7 +179,7 @@ def test_a_run_whose_data_vanished_before_it_started_is_failed_not_pending(tmp_p
     home, store, run_id = recorded_run(tmp_path / "home", spec)
     shutil.rmtree(tmp_path / "en")
     with pytest.raises(DataError, match="shard folder does not exist"):
-        Controller(store, home, run_id, tracking=False).run()
+        Controller(store, home, run_id, tracking=False, groups=GROUPS).run()
     run = store.get_run(run_id)
     assert run.status == "failed" and "does not exist" in run.error
 

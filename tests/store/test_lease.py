@@ -32,7 +32,7 @@ def test_second_controller_is_refused_naming_the_owner(run):
     b.release()
 
 
-def test_stale_heartbeat_is_taken_over_and_the_old_owner_notices(run):
+def test_stale_heartbeat_is_taken_over_and_the_old_owners_next_renewal_marks_its_lease_lost(run):
     store, run_id = run
     a = RunLease(store, run_id, ttl_s=60)
     a.acquire()
@@ -41,7 +41,7 @@ def test_stale_heartbeat_is_taken_over_and_the_old_owner_notices(run):
     b = RunLease(store, run_id, ttl_s=60)
     b.acquire()
     assert "lease taken over from " + a.owner in [e.message for e in store.events(run_id)][-1]
-    assert not a.renew() and a.lost.is_set()  # the old controller finds out and stops writing
+    assert not a.renew() and a.lost.is_set()  # what the old controller's round loop checks (LeaseLost)
     a.release()  # releasing a lost lease changes nothing
     assert store.get_run(run_id).lease_owner == b.owner
     b.release()

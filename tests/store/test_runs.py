@@ -45,15 +45,13 @@ def test_round_commit_point_and_plan_roundtrip(store):
     plan = _plan(run_id)
     rid = store.plan_round(plan, {"kind": "cosine"}, {"n": 1})
     row = store.rounds(run_id)[0]
-    assert row.status == "planned" and RoundPlan.from_json(row.plan_json) == plan
-    assert row.data_cursor == {"seed": 0, "stage": 0, "round": 0, "stage_step_start": 0, "num_steps": 5,
-                               "cursors": plan.cursors}
+    assert row.status == "planned" and row.plan == plan
     store.start_round(rid)
     assert store.finished_round(run_id, 0, 0) is None
     store.finish_round(rid, _result())
     done = store.finished_round(run_id, 0, 0)
     assert done.eval_losses == {"a": 1.0, "b": 2.0} and done.train_loss == 2.5 and done.mixer_state == {"n": 1}
-    assert RoundResult.from_json(done.result_json) == _result()
+    assert done.result == _result()
     with pytest.raises(InvalidTransition):
         store.fail_round(rid, "late failure")
 
@@ -125,6 +123,9 @@ def test_concurrent_writers_lose_nothing(store_url):
     assert len(store.list_runs(1000)) == 4 * 10
     for run_id in (i for batch in ids for i in batch):
         assert store.get_run(run_id).status == "finished"
+        assert [r.status for r in store.rounds(run_id)] == ["finished"]
+    # every round's mixing transition committed with it, exactly once
+    assert sorted(t.run_id for t in store.transitions()) == sorted(i for batch in ids for i in batch)
 
 
 def _create_many(args):
@@ -134,6 +135,10 @@ def _create_many(args):
     for _ in range(10):
         run_id = store.create_run("c", "", {}, "/w", [("s", 0, 1, 1)])
         store.set_run_status(run_id, "running")
+        rid = store.plan_round(_plan(run_id), {"kind": "cosine"}, None)
+        store.start_round(rid)
+        store.finish_round(rid, _result(), {"num_domains": 1, "domains": ["a"], "state": [0.0], "action": [1.0],
+                                            "reward": 0.0, "next_state": [0.0], "done": True, "mixer": "static"})
         store.set_run_status(run_id, "finished")
         out.append(run_id)
     return out
