@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -27,8 +26,6 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-# benchmarks/mixers.py would shadow the `mixers` package: keep this folder off the import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 PEAK, MIN = 3e-3, 3e-4
 SHIFTS = {"weak": ("prose-en", "tech-en"), "strong": ("prose-en", "prose-de")}
 PAPER_REPLAY = {"weak": 0.05, "strong": 0.25}

@@ -25,7 +25,6 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 MODEL = {"hidden_size": 512, "num_layers": 7, "num_heads": 8, "intermediate_size": 1376}  # scale.py's 25M
 
 

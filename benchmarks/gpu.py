@@ -26,7 +26,6 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
 _spec = importlib.util.spec_from_file_location("bench_scale", Path(__file__).with_name("scale.py"))
 scale = importlib.util.module_from_spec(_spec)

@@ -30,7 +30,6 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 MODEL = {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 352}
 
 

@@ -7,7 +7,7 @@
   fitted to Bellman targets plus the conservative penalty (log-sum-exp of Q over sampled actions,
   importance-corrected, minus Q of the logged actions: actions never tried are not overvalued),
   and an actor that maximises Q through reparameterised Dirichlet samples, with an entropy bonus.
-benchmarks/mixers.py trains both on the same transitions and evaluates both.
+benchmarks/mixing.py trains both on the same transitions and evaluates both.
 
 Model selection: trajectories (run, stage) are split into training and held-out ones by a seeded
 shuffle; every `eval_every` epochs the policy is scored on the held-out trajectories and the best

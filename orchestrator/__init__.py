@@ -1,1 +1,1 @@
-"""Controller side of a run: spec, round loop, Ray, MLflow."""
+"""The controller side of a run: spec, the pure round planner and its driver, the worker group, Ray, MLflow."""

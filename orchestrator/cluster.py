@@ -1,4 +1,4 @@
-"""Ray: start an embedded local cluster or connect to an existing one; run rounds as tasks.
+"""Ray: start an embedded local cluster or connect to an existing one, and submit detached runs as Ray Jobs.
 
 Secure by default: every Ray this module starts or joins uses token authentication
 (`RAY_AUTH_MODE=token`; `ray.init` makes a token for a local cluster, a cluster started with

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import yaml
 
 from orchestrator.controller import Controller, Reporter, create_run
+from orchestrator.group import SharedGroups
 from orchestrator.home import Home
 from orchestrator.spec import RunSpec, parse_spec
 from store.runs import RunStore
@@ -65,18 +66,22 @@ def explore(store: RunStore, home: Home, spec: RunSpec, n: int, concentration: f
     if not todo:
         return done
     cluster.connect(home)  # once, before the controller threads
+    groups = SharedGroups()  # a trajectory takes over a finished one's worker group: no group start each
 
     def one(run_id: str) -> tuple[str, str]:
         try:
-            status = Controller(RunStore(store.url), home, run_id, reporter, tracking=tracking).run()
+            status = Controller(RunStore(store.url), home, run_id, reporter, tracking=tracking, groups=groups).run()
         except Exception as exc:  # one failed trajectory must not stop the others; it is recorded
             status = f"failed: {exc}"
         if reporter:
             reporter.message(f"trajectory {run_id}: {status}")
         return run_id, status
 
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        return {**done, **dict(pool.map(one, todo))}
+    try:
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            return {**done, **dict(pool.map(one, todo))}
+    finally:
+        groups.close()
 
 
 def describe_runs(store: RunStore, run_ids: list[str]) -> dict[str, str]:

@@ -270,13 +270,19 @@ class SharedGroups(Groups):
         self.lock = threading.Lock()
 
     def get(self, run_id, res, storage, report):
+        key = res.model_dump_json()
         with self.lock:
-            pool = self.idle.get(res.model_dump_json(), [])
+            pool = self.idle.get(key, [])
             while pool:
                 group = pool.pop()
                 if group.alive:
                     group.report = report
                     return group
+            # idle groups of other shapes hold resources the new group may need: stop them first
+            others = [g for k, gs in self.idle.items() if k != key for g in gs]
+            self.idle = {k: gs for k, gs in self.idle.items() if k == key}
+        for group in others:
+            group.stop()
         return OwnGroups().get(run_id, res, storage, report)
 
     def release(self, group, kill):

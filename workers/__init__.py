@@ -1,1 +1,1 @@
-"""Training on the worker group: model, schedules, sampler, the rank loop (Lightning Fabric), checkpoints, export."""
+"""Training on the worker group: model families, the rank loop (Lightning Fabric), checkpoints, export."""

@@ -10,22 +10,22 @@ import pytest
 import yaml
 
 from conftest import long_spec
-from tests_helpers import cpt, cpt_until_round_runs, final_losses
+from tests_helpers import children, cpt, cpt_until_round_runs, final_losses
 
 pytestmark = pytest.mark.e2e
 
 
-def _group_processes(pgid: int) -> dict[int, str]:
-    """pid -> command line of every process in a process group (the CLI, its Ray, the ranks)."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getpgid(int(entry)) == pgid:
-                    with open(f"/proc/{entry}/cmdline", "rb") as f:
-                        out[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace")
-            except (ProcessLookupError, FileNotFoundError, PermissionError):
-                continue
+def _descendants(pid: int) -> dict[int, str]:
+    """pid -> command line of every process below `pid` (the CLI's Ray, its workers, the ranks)."""
+    out, todo = {}, children(pid)
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                out[p] = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except FileNotFoundError:
+            continue
+        todo += children(p)
     return out
 
 
@@ -46,17 +46,18 @@ def test_second_controller_refused_sigterm_interrupts_ctrl_c_cancels_and_resume_
     while not any(r.status == "running" and r.progress for r in store.rounds(run_id)):
         assert time.time() < deadline, "no progress in the store while a round runs"
         time.sleep(0.02)
+    everything = _descendants(proc.pid)  # the ranks run in sessions of their own, below the CLI's raylet
+    ranks = [pid for pid, cmd in everything.items() if cmd.startswith("ray::RayTrainWorker")]
+    assert ranks, everything
     os.killpg(proc.pid, signal.SIGSTOP)
-    ranks = [pid for pid, cmd in _group_processes(proc.pid).items() if "RayTrainWorker" in cmd]
-    assert ranks, _group_processes(proc.pid)
+    for pid in ranks:
+        os.kill(pid, signal.SIGSTOP)
     try:
         out = cpt(home, "runs", "resume", run_id, "--quiet")
         # meanwhile, any terminal sees where the running round stands (read from the store)
         shown = json.loads(cpt(home, "runs", "show", run_id, "--json").stdout)
     finally:  # all but the ranks go on: the round cannot end before the SIGTERM below lands inside it
-        for pid in _group_processes(proc.pid):
-            if pid not in ranks:
-                os.kill(pid, signal.SIGCONT)
+        os.killpg(proc.pid, signal.SIGCONT)
     assert out.returncode == 2 and owner in out.stderr and "Traceback" not in out.stderr
     assert store.get_run(run_id).lease_owner == owner and store.get_run(run_id).status == "running"
     p = shown["progress"]

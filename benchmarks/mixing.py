@@ -17,8 +17,8 @@ proxy model on other settings (prose-en->tech-de, code-py->tech-de, prose-en+cod
 2 and 3 domains) and other seeds; AWR and CQL train on the same transitions, each selecting its
 epoch on held-out *exploration* trajectories. Nothing is tuned on the evaluation settings.
 
-    python benchmarks/mixers.py [--tokens 100000] [--trajectories 64] [--seeds 3] [--eval-batches 4]
-    python benchmarks/mixers.py --quick     # smoke check: fewer tokens, seeds and mixers (< 15 min)
+    python benchmarks/mixing.py [--tokens 100000] [--trajectories 64] [--seeds 3] [--eval-batches 4]
+    python benchmarks/mixing.py --quick     # smoke check: fewer tokens, seeds and mixers (< 15 min)
 Re-running reuses finished runs and trajectories (a stopped benchmark continues).
 Raw results: benchmarks/results/mixers.json (mixers-quick.json for --quick), one row per mixer
 and evaluation setting: {"rows": [{"pair", "mixer", "seeds", "balanced_mean", "balanced_std", ...}]}.
@@ -33,7 +33,6 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
@@ -42,8 +41,6 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-# benchmarks/mixers.py would shadow the `mixers` package: keep this folder off the import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 EVAL = [(("prose-en",), "prose-de"), (("tech-en",), "code-py"), (("prose-en", "tech-en"), "prose-de")]
 PROXY = [(("prose-en",), "tech-de"), (("code-py",), "tech-de"), (("prose-en", "code-py"), "tech-de")]
 COSINE = {"kind": "cosine", "peak_lr": 3e-3, "min_lr": 3e-4, "warmup": 0.02}
