@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import yaml
 
 from orchestrator.controller import Controller, Reporter, create_run
-from orchestrator.group import SharedGroups
+from orchestrator.group import Groups, SharedGroups
 from orchestrator.home import Home
 from orchestrator.spec import RunSpec, parse_spec
 from store.runs import RunStore
@@ -50,7 +50,8 @@ def _existing(store: RunStore, texts: list[str]) -> dict[int, tuple[str, str]]:
 
 
 def explore(store: RunStore, home: Home, spec: RunSpec, n: int, concentration: float = 1.0,
-            parallel: int = 2, tracking: bool = False, reporter: Reporter | None = None) -> dict[str, str]:
+            parallel: int = 2, tracking: bool = False, reporter: Reporter | None = None,
+            groups: Groups | None = None) -> dict[str, str]:
     """Run n trajectories, `parallel` controllers at a time on one Ray cluster; returns run id -> status
     (trajectories that finished before are reported as finished and not re-run)."""
     from orchestrator import cluster
@@ -66,7 +67,9 @@ def explore(store: RunStore, home: Home, spec: RunSpec, n: int, concentration: f
     if not todo:
         return done
     cluster.connect(home)  # once, before the controller threads
-    groups = SharedGroups()  # a trajectory takes over a finished one's worker group: no group start each
+    # a trajectory takes over a finished one's worker group: no group start each
+    own = groups is None
+    groups = SharedGroups() if own else groups
 
     def one(run_id: str) -> tuple[str, str]:
         try:
@@ -81,7 +84,8 @@ def explore(store: RunStore, home: Home, spec: RunSpec, n: int, concentration: f
         with ThreadPoolExecutor(max_workers=parallel) as pool:
             return {**done, **dict(pool.map(one, todo))}
     finally:
-        groups.close()
+        if own:
+            groups.close()
 
 
 def describe_runs(store: RunStore, run_ids: list[str]) -> dict[str, str]:

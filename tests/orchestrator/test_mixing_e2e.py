@@ -78,13 +78,15 @@ def test_explore_train_and_run_the_agent(tmp_path, synth, ray_local):
     store = RunStore(home.store_url)
     spec = tiny_spec(synth)
     spec["stages"][1].update({"replay": {"fraction": 0.25}})
-    results = explore(store, home, parse_spec(yaml.safe_dump(spec)), n=2, concentration=0.5, parallel=2)
+    results = explore(store, home, parse_spec(yaml.safe_dump(spec)), n=2, concentration=0.5, parallel=2,
+                      groups=GROUPS)
     assert sorted(results.values()) == ["finished", "finished"]
     two = store.transitions(num_domains=2, feature_version="2")
     assert len(two) == 4 and {t.mixer for t in two} == {"dirichlet"}
     assert len({tuple(t.action) for t in two}) == 4  # every round drew a different mixture
     # exploring again is resumable: the finished trajectories are kept, only the missing one runs
-    again = explore(store, home, parse_spec(yaml.safe_dump(spec)), n=3, concentration=0.5, parallel=2)
+    again = explore(store, home, parse_spec(yaml.safe_dump(spec)), n=3, concentration=0.5, parallel=2,
+                    groups=GROUPS)
     assert set(results) < set(again) and sorted(again.values()) == ["finished"] * 3
     assert len(store.list_runs()) == 3 and len(store.transitions(num_domains=2)) == 6
 
