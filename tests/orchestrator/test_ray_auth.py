@@ -67,7 +67,7 @@ def test_embedded_cluster_refuses_clients_without_its_token_and_listens_on_loopb
         with pytest.raises(urllib.error.HTTPError) as exc:
             urllib.request.urlopen(req, timeout=10)
         assert exc.value.code in (401, 403)
-    assert ray.get(ray.remote(lambda: os.environ.get("RAY_AUTH_MODE")).remote()) == "token"
+    assert ray.get(ray.remote(num_cpus=0)(lambda: os.environ.get("RAY_AUTH_MODE")).remote()) == "token"
     pids = [int(p) for p in subprocess.run(["pgrep", "-f", node.get_session_dir_path()], capture_output=True,
                                            text=True).stdout.split()]
     addrs = _listening([*pids, node.all_processes["gcs_server"][0].process.pid])
