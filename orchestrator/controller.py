@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import signal
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +25,7 @@ from orchestrator.group import GroupFailed, Groups, OwnGroups, WorkerGroup
 from orchestrator.home import Home
 from orchestrator.planner import DataInfo, DomainSize, Finished, RoundPlanner
 from orchestrator.run_tracking import RunTracking
+from orchestrator.signals import stop_signals
 from orchestrator.spec import RunSpec, parse_spec
 from store.errors import Cancelled, CptError, InputError, LeaseLost, Preempted, TrainingError
 from store.lease import RunLease
@@ -35,31 +33,6 @@ from store.records import RoundPlan, RoundResult
 from store.runs import RunStore
 
 __all__ = ["Controller", "Reporter", "RetryPolicy", "SilentReporter", "create_run"]
-
-
-@contextmanager
-def stop_signals(flags: dict[str, bool]):
-    """SIGTERM and a first Ctrl-C only set a flag that the round loop acts on at its next check
-    (at most poll_s away): an exception raised from a signal handler could land inside a library
-    (MLflow, SQLAlchemy) that wraps or swallows it. A second Ctrl-C interrupts at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def term(signum, frame):
-        flags["preempted"] = True
-
-    def intr(signum, frame):
-        if flags.get("interrupted"):
-            raise KeyboardInterrupt
-        flags["interrupted"] = True
-
-    previous = signal.signal(signal.SIGTERM, term), signal.signal(signal.SIGINT, intr)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous[0])
-        signal.signal(signal.SIGINT, previous[1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,8 +177,7 @@ class Controller:
             done = self.store.finished_round(self.run_id, i, r)
             if done is not None:  # committed before a resume
                 if done.mlflow_run_id is None:
-                    self.tracking.log_round(done.id, done.plan,
-                                            done.result)
+                    self.tracking.log_round(done.id, done.plan, done.result)
                 continue
             self.store.set_stage_status(self.run_id, i, "running")
             self._run_round(i, r, mixer, reference, self._finished())

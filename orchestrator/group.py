@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from orchestrator.placement import check_fits
 from store.configs import Resources
-from store.errors import ClusterError, CptError, first_line
+from store.errors import CptError, first_line
 from store.records import RoundPlan, RoundResult
 
 
@@ -298,37 +298,3 @@ class SharedGroups(Groups):
             self.idle.clear()
         for group in groups:
             group.stop()
-
-
-def shortfall(res: Resources, have: dict[str, float]) -> str | None:
-    """What the group needs that the cluster does not have (a message naming the resource), or None."""
-    n = res.workers
-    for key, field in (("CPU", "cpus_per_worker"), ("GPU", "gpus_per_worker")):
-        each = getattr(res, field)
-        if n * each > have.get(key, 0) + 1e-9:
-            return (f"resources: {n} worker(s) x {field} {each:g} = {n * each:g} {key}s, but the Ray cluster has "
-                    f"{have.get(key, 0):g}; lower resources.workers or resources.{field}, or add nodes")
-    return None
-
-
-def check_fits(res: Resources, report: Callable[[str], None] | None = None,
-               resources: Callable[[], dict[str, float]] | None = None,
-               sleep: Callable[[float], None] = time.sleep) -> None:
-    """Fail fast, naming the resource, when the cluster cannot hold the group; with
-    `resources.wait_s` > 0 (an autoscaling cluster) wait that long for it to grow first, saying so."""
-    if resources is None:
-        import ray
-
-        resources = ray.cluster_resources
-    wait_s = res.wait_s
-    deadline = time.monotonic() + wait_s
-    said = False
-    while (short := shortfall(res, resources())) is not None:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise ClusterError(short + (f" (after waiting {wait_s:g} s for it to grow: resources.wait_s)"
-                                        if wait_s else " (an autoscaling cluster: set resources.wait_s)"))
-        if report is not None and not said:
-            report(f"waiting up to {wait_s:g} s for the cluster to grow: {short}")
-            said = True
-        sleep(min(2.0, left))

@@ -44,9 +44,9 @@ def test_an_autoscaling_wait_says_so_and_times_out_naming_the_resource(tmp_path,
 
 
 def test_the_wait_ends_when_the_cluster_has_grown():
-    """The wait loop itself (orchestrator.group.check_fits): a cluster that gains a node while the
+    """The wait loop itself (orchestrator.placement.check_fits): a cluster that gains a node while the
     group waits is used as soon as it fits; without wait_s the same shortfall fails at once."""
-    from orchestrator.group import check_fits
+    from orchestrator.placement import check_fits
     from store.configs import Resources
 
     sizes = iter([{"CPU": 2.0}, {"CPU": 2.0}, {"CPU": 4.0}])
