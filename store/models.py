@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from store.records import RoundPlan, RoundResult
@@ -51,9 +51,9 @@ class Stage(Base):
     index: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16))
-    step_start: Mapped[int] = mapped_column(Integer)
+    step_start: Mapped[int] = mapped_column(BigInteger)
     """Global step at which the stage starts."""
-    total_steps: Mapped[int] = mapped_column(Integer)
+    total_steps: Mapped[int] = mapped_column(BigInteger)
     num_rounds: Mapped[int] = mapped_column(Integer)
 
     run: Mapped[Run] = relationship(back_populates="stages")
@@ -72,9 +72,9 @@ class Round(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     status: Mapped[str] = mapped_column(String(16), index=True)
     weights: Mapped[dict] = mapped_column(JSON)
-    step_start: Mapped[int] = mapped_column(Integer)
+    step_start: Mapped[int] = mapped_column(BigInteger)
     """Global step of the round's first step."""
-    step_end: Mapped[int] = mapped_column(Integer)
+    step_end: Mapped[int] = mapped_column(BigInteger)
     """Global step after the round's last step (exclusive)."""
     lr_segment: Mapped[dict] = mapped_column(JSON)
     """Schedule spec plus the stage-local step range this round covers."""
@@ -84,7 +84,8 @@ class Round(Base):
     result_json: Mapped[str | None] = mapped_column(Text, nullable=True)
     eval_losses: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     train_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
-    tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """Tokens the round trained on (64-bit: a round can pass 2^31)."""
     tokens_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     mixer_state: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     """Mixer state after proposing this round's weights (restored on resume)."""

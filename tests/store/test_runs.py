@@ -110,6 +110,23 @@ def test_not_found_and_unreachable(store, tmp_path):
         RunStore(f"sqlite:///{blocker}/sub/store.db")
 
 
+def test_a_round_over_2_pow_31_tokens_commits_and_reads_back(store):
+    """512 steps x 1024 sequences x 4096 tokens is 2^31 tokens: on PostgreSQL an INTEGER column
+    refused that commit (`integer out of range`), so the run could never pass such a round."""
+    import dataclasses
+
+    run_id = _run(store)
+    big = 2**31 + 4096
+    plan = dataclasses.replace(_plan(run_id), global_step_start=2**31 + 7, num_steps=512)
+    rid = store.plan_round(plan, {"kind": "cosine"}, None)
+    store.start_round(rid)
+    store.finish_round(rid, dataclasses.replace(_result(), tokens=big))
+    row = store.finished_round(run_id, 0, 0)
+    assert (row.tokens, row.step_start, row.step_end) == (big, 2**31 + 7, 2**31 + 7 + 512)
+    sid = store.create_run("r", "", {}, "/w", [("s", 2**33, 2**32, 1)])
+    assert (store.stages(sid)[0].step_start, store.stages(sid)[0].total_steps) == (2**33, 2**32)
+
+
 def test_concurrent_writers_lose_nothing(store_url):
     """Several processes hammer one store (SQLite: WAL + busy timeout + retries; Postgres: MVCC)."""
     import multiprocessing as mp
