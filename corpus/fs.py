@@ -141,6 +141,20 @@ def fetch_shard(uri: str, sha256: str) -> Path:
     return target
 
 
+def upload_files(files: list[Path], uri: str) -> None:
+    """Copy local files into the folder at a URI, in the order given."""
+    fs, base = _filesystem(uri)
+    try:
+        fs.create_dir(base, recursive=True)
+        for p in files:
+            with open(p, "rb") as src, fs.open_output_stream(f"{base.rstrip('/')}/{p.name}") as dst:
+                while chunk := src.read(8 << 20):
+                    dst.write(chunk)
+    except Exception as exc:
+        raise DataError(f"{_shown(uri)}: upload failed ({type(exc).__name__}: {str(exc).splitlines()[0]})") \
+            from None
+
+
 def upload_folder(local: Path, uri: str, last: str = "manifest.json") -> None:
     """Copy a finished local folder to a URI with `last` (its manifest or metadata) written last:
     a reader that sees that file sees every file it describes."""
@@ -159,12 +173,31 @@ def upload_folder(local: Path, uri: str, last: str = "manifest.json") -> None:
 
 def local_copy(uri: str, kind: str = "checkpoints") -> Path:
     """A local copy of a remote folder (a checkpoint), downloaded once per node into the cache:
-    fetched into a temp folder and renamed, so a copy that exists is complete."""
-    import shutil
+    fetched into a temp folder and renamed, so a copy that exists is complete. The ranks of a node
+    ask at once; a lock file makes one of them download while the others wait for its copy."""
+    import fcntl
 
     target = cache_root() / kind / hashlib.sha256(uri.encode()).hexdigest()[:24]
     if target.is_dir():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(f".{target.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        if target.is_dir():  # another rank of this node fetched it meanwhile
+            return target
+        return _download(uri, target)
+
+
+def evict(uri: str, kind: str = "checkpoints") -> None:
+    """Drop this node's cached copy of a remote folder (a checkpoint restored from, no longer needed)."""
+    import shutil
+
+    shutil.rmtree(cache_root() / kind / hashlib.sha256(uri.encode()).hexdigest()[:24], ignore_errors=True)
+
+
+def _download(uri: str, target: Path) -> Path:
+    import shutil
+
     fs, base = _filesystem(uri)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.mkdir(parents=True)
@@ -188,6 +221,22 @@ def local_copy(uri: str, kind: str = "checkpoints") -> Path:
         raise DataError(f"{_shown(uri)}: cannot download ({type(exc).__name__}: {str(exc).splitlines()[0]})") \
             from None
     return target
+
+
+def list_folders(location: str) -> list[str]:
+    """Names of the sub-folders of a local folder or a URI ([] if it does not exist)."""
+    if not is_remote(location):
+        folder = local_path(location)
+        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    import pyarrow.fs as pafs
+
+    fs, base = _filesystem(location)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    except Exception as exc:
+        raise DataError(f"{_shown(location)}: cannot list ({type(exc).__name__}: {str(exc).splitlines()[0]})") \
+            from None
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
 
 def delete_folder(uri: str) -> None:

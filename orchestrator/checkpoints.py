@@ -1,13 +1,16 @@
 """Where a run's round checkpoints go, and which stay: the controller's side of checkpoint storage.
 
-Writing is the ranks' job (workers/checkpoint.py: gather, write to a temp folder, rename). Here:
-the folder a round's attempt writes to (the run's folder, or `checkpoints.uri` shared by every
-node), retention after each commit (the last K rounds and the stages' last rounds stay; never the
-one resume starts from), and the temp folders of saves that died half-way.
+Writing is the ranks' job (workers/checkpoint.py: each rank its shards, published by rename or
+uploaded with the metadata last). Here: the folder a round's attempt writes to (the run's folder,
+or `checkpoints.uri` shared by every node: a plain or shared folder, `file://`, or an object
+store), retention after each commit (the last K rounds and the stages' last rounds stay; never
+the one resume starts from; attempts that published but never committed go too), and the temp
+folders of saves that died half-way.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -16,49 +19,79 @@ from orchestrator.spec import RunSpec
 from store.errors import CptError
 from store.runs import RunStore
 
+ATTEMPT = re.compile(r"^s(\d+)-r(\d+)-a(\d+)$")
+
+
+def run_folder(spec: RunSpec, workdir: Path, run_id: str) -> str:
+    """The folder (or URI) holding every checkpoint of this run."""
+    from corpus import fs
+
+    base = spec.checkpoints.uri
+    if base is None:
+        return str(workdir / "checkpoints")
+    if not fs.is_remote(base):  # a plain or shared folder, or file://: a local path
+        return str(fs.local_path(base) / run_id)
+    return fs.join(base, run_id)
+
 
 def location(spec: RunSpec, workdir: Path, run_id: str, name: str) -> str:
     """The folder (or URI) of checkpoint `name` of this run."""
     from corpus import fs
 
-    base = spec.checkpoints.uri
-    if base is None:
-        return str(workdir / "checkpoints" / name)
-    return fs.join(fs.join(base, run_id), name)
+    return fs.join(run_folder(spec, workdir, run_id), name)
 
 
 def prune(store: RunStore, spec: RunSpec, workdir: Path, run_id: str, message: Callable[[str], None]) -> None:
-    """Retention: delete round checkpoints beyond the last K and the stages' last rounds.
+    """Retention: delete every attempt folder of this run that is neither kept nor in flight.
 
-    Runs after the commit of a newer round, so the checkpoint resume starts from is never one of them."""
+    Kept: the last K finished rounds and the stages' last rounds. Deleted: older finished rounds,
+    and attempts of rounds up to the last committed one that never committed (a crash after their
+    upload, a retried attempt). A folder of a later round (still being written) and anything not
+    named like an attempt is left alone. Runs after a commit, so resume's checkpoint is kept."""
     from corpus import fs
 
     keep = spec.checkpoints
     if keep.keep_last is None:
         return
     done = store.rounds(run_id, status="finished")
-    kept = {r.checkpoint_uri for r in done[-keep.keep_last:]}
+    if not done:
+        return
+    kept = {(r.stage_index, r.round_index, r.attempt) for r in done[-keep.keep_last:]}
     if keep.keep_stage_ends:
-        kept |= {r.checkpoint_uri for r in done if r.round_index == spec.stages[r.stage_index].rounds - 1}
-    for r in done:
-        if r.checkpoint_uri in kept:
+        kept |= {(r.stage_index, r.round_index, r.attempt) for r in done
+                 if r.round_index == spec.stages[r.stage_index].rounds - 1}
+    last = (done[-1].stage_index, done[-1].round_index)
+    base = run_folder(spec, workdir, run_id)
+    try:
+        names = fs.list_folders(base)
+    except CptError as exc:  # retention must not fail a run
+        message(f"checkpoint retention: {exc}")
+        return
+    for name in names:
+        m = ATTEMPT.match(name)
+        if m is None:
             continue
-        if fs.is_remote(r.checkpoint_uri):
-            if r.checkpoint_uri.startswith(location(spec, workdir, run_id, "")):  # only this run's own
-                try:
-                    fs.delete_folder(r.checkpoint_uri)
-                except CptError as exc:  # retention must not fail a run
-                    message(f"checkpoint retention: {exc}")
+        key = tuple(int(x) for x in m.groups())
+        if key in kept or key[:2] > last:
             continue
-        path = Path(r.checkpoint_uri)
-        if path.is_dir() and path.parent == workdir / "checkpoints":
-            shutil.rmtree(path, ignore_errors=True)
+        try:
+            if fs.is_remote(base):
+                fs.delete_folder(fs.join(base, name))
+            else:
+                shutil.rmtree(Path(base) / name, ignore_errors=True)
+        except CptError as exc:
+            message(f"checkpoint retention: {exc}")
 
 
-def remove_partial(workdir: Path, message: Callable[[str], None]) -> None:
+def remove_partial(spec: RunSpec, workdir: Path, run_id: str, message: Callable[[str], None]) -> None:
     """Temp folders of saves a dead worker never finished: never referenced, so just garbage."""
-    folder = workdir / "checkpoints"
-    for tmp in folder.glob(".*.tmp-*") if folder.exists() else []:
+    from corpus import fs
+
+    base = run_folder(spec, workdir, run_id)
+    folder = Path(base)
+    if fs.is_remote(base) or not folder.exists():
+        return
+    for tmp in folder.glob(".*.tmp-*"):
         shutil.rmtree(tmp, ignore_errors=True)
         message(f"removed partial checkpoint {tmp.name}")
 

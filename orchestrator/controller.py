@@ -118,7 +118,7 @@ class Controller:
         if abandoned:
             self._message(f"abandoned {abandoned} unfinished round attempt(s); they re-run as new attempts")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        checkpoints.remove_partial(self.workdir, self._message)
+        checkpoints.remove_partial(self.spec, self.workdir, self.run_id, self._message)
 
     def _run_leased(self) -> str:
         from orchestrator import cluster

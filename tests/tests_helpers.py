@@ -72,3 +72,24 @@ def cpt_until_round_runs(home: Path, args: list[str], finished: int, timeout: fl
         time.sleep(0.2)
     proc.kill()
     raise AssertionError("the round never started")
+
+
+def round_plan(run_id: str, stage=0, rnd=0, attempt=1):
+    """A small valid RoundPlan (store tests, retention tests)."""
+    from store.records import RoundPlan
+
+    return RoundPlan(run_id=run_id, stage_index=stage, round_index=rnd, attempt=attempt, seed=0,
+                     weights={"a": 0.5, "b": 0.5}, domain_paths={"a": "/a", "b": "/b"}, eval_domains=["a", "b"],
+                     stage_step_start=0, num_steps=5, stage_steps=10, global_step_start=0,
+                     schedule={"kind": "cosine"}, model={}, tokenizer_hash="h", vocab_size=300, seq_len=8,
+                     batch_size=2, optimizer={}, init_checkpoint=None, load_optimizer=False,
+                     checkpoint_dir="/c", eval_batches=1)
+
+
+def round_result():
+    """A small valid RoundResult."""
+    from store.records import RoundResult
+
+    return RoundResult(checkpoint="/c", eval_losses={"a": 1.0, "b": 2.0}, eval_before=None,
+                       train_losses=[3.0, 2.0], domain_train_losses={"a": 2.5}, lrs=[0.1, 0.2], tokens=32,
+                       domain_tokens={"a": 32}, tokens_per_s=10.0, wall_s=1.0)

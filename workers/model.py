@@ -66,12 +66,40 @@ def build_model(model: ModelConfig | dict[str, Any], vocab_size: int, seq_len: i
 
 
 def token_losses(model, ids):
-    """Mean next-token loss of each sequence in a [B, L+1] batch -> [B]."""
+    """Mean next-token loss of each sequence in a [B, L+1] batch -> [B] (training: full logits)."""
     import torch.nn.functional as F
 
     logits = model(input_ids=ids[:, :-1]).logits
     loss = F.cross_entropy(logits.float().transpose(1, 2), ids[:, 1:], reduction="none")
     return loss.mean(dim=1)
+
+
+LOGIT_BYTES = 64 * 1024**2
+"""The most fp32 logits evaluation holds at once (per micro-batch), whatever the vocabulary."""
+# families whose logits are not a plain output layer over the last hidden states
+_SCALED_LOGITS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def eval_losses(model, ids, logit_bytes: int = LOGIT_BYTES):
+    """`token_losses` without ever holding a [B, L, V] logit tensor: the base model's last hidden
+    states go through the output layer a slice of positions at a time, each slice's loss reduced
+    at once (at vocab 128k and seq 4096 one sequence's fp32 logits are 2 GB; a slice here is 64 MB). A model whose
+    logits are more than that layer (soft-capped, scaled) falls back to its own forward."""
+    import torch
+    import torch.nn.functional as F
+
+    head = model.get_output_embeddings()
+    base = model.base_model
+    if head is None or base is model or any(getattr(model.config, k, None) for k in _SCALED_LOGITS):
+        return token_losses(model, ids)
+    hidden = base(input_ids=ids[:, :-1]).last_hidden_state  # [B, L, H]
+    rows, length = hidden.shape[:2]
+    step = max(1, logit_bytes // (4 * head.weight.shape[0] * rows))
+    total = torch.zeros(rows, dtype=torch.float64, device=hidden.device)
+    for s in range(0, length, step):
+        logits = head(hidden[:, s:s + step]).float()
+        total += F.cross_entropy(logits.transpose(1, 2), ids[:, 1 + s:1 + s + step], reduction="none").sum(1)
+    return (total / length).float()
 
 
 def model_signature(model) -> str:

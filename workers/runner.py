@@ -25,7 +25,7 @@ from store.errors import TrainingError
 from store.records import RoundPlan, RoundResult
 from workers.checkpoint import full_state, read_checkpoint, restore_state, save_state
 from workers.fabric import make_fabric, make_optimizer, prepare_model
-from workers.model import build_model, model_signature, token_losses
+from workers.model import build_model, eval_losses, model_signature, token_losses
 from workers.sample_weights import sample_weights
 
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
@@ -191,19 +191,31 @@ class RoundRunner:
 
     @torch.no_grad()
     def evaluate(self, domains: dict[str, DomainData], plan: RoundPlan) -> dict[str, float]:
-        """Mean per-domain validation loss; DDP ranks split the fixed batches, FSDP ranks run them all."""
+        """Mean per-domain validation loss over fixed batches. Ranks split the batches (batch j goes
+        to rank j % N) and run them in micro-batches of the training micro-batch size, the loss
+        computed a slice of positions at a time (workers/model.py: eval_losses): memory does not
+        grow with the global batch or the vocabulary. Under FSDP every rank runs the same number of
+        forwards (a rank without a batch in the last pass repeats one and drops it)."""
         sharded = self.res.strategy == "fsdp" and self.world > 1
-        module = self.model if sharded else self.model.module  # DDP: the unwrapped module, no collectives
+        module = self.model if sharded else getattr(self.model, "module", self.model)
         module.eval()
         names = list(plan.eval_domains)
+        micro = plan.micro_batch_size or max(1, plan.batch_size // self.world)
         acc = torch.zeros(len(names), 2, dtype=torch.float64)
         for i, name in enumerate(names):
             batches = val_batches(domains[name], plan.seq_len, plan.batch_size, plan.eval_batches)
-            for j, b in enumerate(batches):
-                if sharded or j % self.world == self.rank:
-                    acc[i, 0] += token_losses(module, b.to(self.fabric.device)).mean().item()
-                    acc[i, 1] += 1
-        if not sharded and self.world > 1:
+            passes = -(-len(batches) // self.world)  # ceil: the same on every rank
+            for p in range(passes):
+                j = p * self.world + self.rank
+                if j >= len(batches) and not sharded:
+                    break
+                batch = batches[min(j, len(batches) - 1)]
+                for m in range(0, len(batch), micro):
+                    losses = eval_losses(module, batch[m:m + micro].to(self.fabric.device)).double().cpu()
+                    if j < len(batches):
+                        acc[i, 0] += losses.sum()
+                        acc[i, 1] += len(losses)
+        if self.world > 1:
             acc = self.fabric.all_reduce(acc.to(self.fabric.device), reduce_op="sum").cpu()
         self.model.train()
         return {n: float(acc[i, 0] / acc[i, 1]) for i, n in enumerate(names)}

@@ -1,23 +1,8 @@
 import pytest
 
 from store.errors import InvalidTransition, NotFound, StoreUnreachable
-from store.records import RoundPlan, RoundResult
 from store.runs import RunStore
-
-
-def _plan(run_id: str, stage=0, rnd=0, attempt=1) -> RoundPlan:
-    return RoundPlan(run_id=run_id, stage_index=stage, round_index=rnd, attempt=attempt, seed=0,
-                     weights={"a": 0.5, "b": 0.5}, domain_paths={"a": "/a", "b": "/b"}, eval_domains=["a", "b"],
-                     stage_step_start=0, num_steps=5, stage_steps=10, global_step_start=0,
-                     schedule={"kind": "cosine"}, model={}, tokenizer_hash="h", vocab_size=300, seq_len=8,
-                     batch_size=2, optimizer={}, init_checkpoint=None, load_optimizer=False,
-                     checkpoint_dir="/c", eval_batches=1)
-
-
-def _result() -> RoundResult:
-    return RoundResult(checkpoint="/c", eval_losses={"a": 1.0, "b": 2.0}, eval_before=None,
-                       train_losses=[3.0, 2.0], domain_train_losses={"a": 2.5}, lrs=[0.1, 0.2], tokens=32,
-                       domain_tokens={"a": 32}, tokens_per_s=10.0, wall_s=1.0)
+from tests_helpers import round_plan, round_result
 
 
 @pytest.fixture
@@ -42,28 +27,28 @@ def test_run_lifecycle_writes_events(store):
 
 def test_round_commit_point_and_plan_roundtrip(store):
     run_id = _run(store)
-    plan = _plan(run_id)
+    plan = round_plan(run_id)
     rid = store.plan_round(plan, {"kind": "cosine"}, {"n": 1})
     row = store.rounds(run_id)[0]
     assert row.status == "planned" and row.plan == plan
     store.start_round(rid)
     assert store.finished_round(run_id, 0, 0) is None
-    store.finish_round(rid, _result())
+    store.finish_round(rid, round_result())
     done = store.finished_round(run_id, 0, 0)
     assert done.eval_losses == {"a": 1.0, "b": 2.0} and done.train_loss == 2.5 and done.mixer_state == {"n": 1}
-    assert done.result == _result()
+    assert done.result == round_result()
     with pytest.raises(InvalidTransition):
         store.fail_round(rid, "late failure")
 
 
 def test_attempts_and_abandon(store):
     run_id = _run(store)
-    rid = store.plan_round(_plan(run_id), {}, None)
+    rid = store.plan_round(round_plan(run_id), {}, None)
     store.start_round(rid)
     assert store.next_attempt(run_id, 0, 0) == 2
     assert store.abandon_open_rounds(run_id, "controller died") == 1
     assert store.rounds(run_id)[0].status == "failed"
-    store.plan_round(_plan(run_id, attempt=2), {}, None)
+    store.plan_round(round_plan(run_id, attempt=2), {}, None)
     assert [r.attempt for r in store.rounds(run_id)] == [1, 2]
 
 
@@ -71,9 +56,9 @@ def test_duplicate_attempt_is_rejected_atomically(store):
     from sqlalchemy.exc import IntegrityError
 
     run_id = _run(store)
-    store.plan_round(_plan(run_id), {}, None)
+    store.plan_round(round_plan(run_id), {}, None)
     with pytest.raises(IntegrityError):
-        store.plan_round(_plan(run_id), {}, None)
+        store.plan_round(round_plan(run_id), {}, None)
     # the failed transaction left neither a second round nor its event behind
     assert len(store.rounds(run_id)) == 1
     assert sum(e.entity == "round" for e in store.events(run_id)) == 1
@@ -117,10 +102,10 @@ def test_a_round_over_2_pow_31_tokens_commits_and_reads_back(store):
 
     run_id = _run(store)
     big = 2**31 + 4096
-    plan = dataclasses.replace(_plan(run_id), global_step_start=2**31 + 7, num_steps=512)
+    plan = dataclasses.replace(round_plan(run_id), global_step_start=2**31 + 7, num_steps=512)
     rid = store.plan_round(plan, {"kind": "cosine"}, None)
     store.start_round(rid)
-    store.finish_round(rid, dataclasses.replace(_result(), tokens=big))
+    store.finish_round(rid, dataclasses.replace(round_result(), tokens=big))
     row = store.finished_round(run_id, 0, 0)
     assert (row.tokens, row.step_start, row.step_end) == (big, 2**31 + 7, 2**31 + 7 + 512)
     sid = store.create_run("r", "", {}, "/w", [("s", 2**33, 2**32, 1)])
@@ -152,9 +137,9 @@ def _create_many(args):
     for _ in range(10):
         run_id = store.create_run("c", "", {}, "/w", [("s", 0, 1, 1)])
         store.set_run_status(run_id, "running")
-        rid = store.plan_round(_plan(run_id), {"kind": "cosine"}, None)
+        rid = store.plan_round(round_plan(run_id), {"kind": "cosine"}, None)
         store.start_round(rid)
-        store.finish_round(rid, _result(), {"num_domains": 1, "domains": ["a"], "state": [0.0], "action": [1.0],
+        store.finish_round(rid, round_result(), {"num_domains": 1, "domains": ["a"], "state": [0.0], "action": [1.0],
                                             "reward": 0.0, "next_state": [0.0], "done": True, "mixer": "static"})
         store.set_run_status(run_id, "finished")
         out.append(run_id)
