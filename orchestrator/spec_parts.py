@@ -86,8 +86,14 @@ class CheckpointSpec(Config):
     """Also keep each stage's last round (the model after each stage: what CPT users compare and export)."""
     uri: str | None = None
     """Where round checkpoints go: None = the run's folder under CPT_HOME; or a folder or a URI
-    (`s3://bucket/prefix`, `gs://...`) shared by every node (each run writes under RUN_ID/; with a
-    URI the run's replay buffers go there too, under RUN_ID/replay/)."""
+    (`s3://bucket/prefix`, `gs://...`, `file:///shared/...`) every node reaches (each run writes
+    under RUN_ID/; with an object-store URI the run's replay buffers go there too, under
+    RUN_ID/replay/). With ranks on several nodes it must be storage they all reach: each rank
+    writes its own part of a sharded checkpoint."""
+    format: Literal["sharded", "full"] = "sharded"
+    """sharded: every rank writes its part (torch.distributed.checkpoint), nothing is gathered, any
+    number of workers resumes it; full: the whole state gathered to rank 0 and written by it (one
+    safetensors file per model and optimizer, as cpt wrote before; fine for small models)."""
 
     @field_validator("uri")
     @classmethod

@@ -80,6 +80,9 @@ class RoundPlan:
     domain the run has read so far, so the result's cursors carry the ones this round skips."""
     log_every: int = 5
     """Steps between live metric reports while the round runs (tracking.log_every)."""
+    checkpoint_format: str = "full"
+    """sharded (each rank writes its part, any world size reads it) or full (rank 0 writes the
+    gathered state); a plan stored before the sharded format existed reads back as full."""
 
     def __post_init__(self) -> None:
         # plain dicts (a stored plan, a test) become the typed configs, validated

@@ -1,4 +1,7 @@
-"""Atomic round checkpoints: model + AdamW state as safetensors, metadata as JSON.
+"""Round checkpoints in the full format (`checkpoints.format: full`, and every checkpoint cpt wrote
+before the sharded format, workers/sharded.py, which is the default): model + AdamW state gathered
+to rank 0 and written by it as safetensors, metadata as JSON; plus what both formats share (the
+metadata, where a checkpoint is read from).
 
 Written into a hidden temp folder, files and folder fsynced, then renamed and the parent fsynced:
 a checkpoint folder that exists is complete. The format does not depend on how the model was
@@ -169,10 +172,21 @@ def read_checkpoint(folder: str | Path, expect_signature: str | None, with_optim
     return state, opt
 
 
+def is_sharded(meta: dict) -> bool:
+    from workers.sharded import FORMAT
+
+    return meta.get("format") == FORMAT
+
+
 def load_checkpoint(folder: str | Path, model, expect_signature: str | None = None) -> dict:
-    """Load weights from a checkpoint folder into a plain `model`; returns its metadata."""
+    """Load weights from a checkpoint folder (either format) into a plain `model`; returns its metadata."""
     folder = _local(folder)
     meta = read_meta(folder, expect_signature)
+    if is_sharded(meta):
+        from workers.sharded import load_weights
+
+        load_weights(folder, model)
+        return meta
     state, _ = read_checkpoint(folder, None, with_optimizer=False)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != "lm_head.weight"]

@@ -12,7 +12,10 @@ from store.errors import CheckpointError
 
 
 def is_cpt_checkpoint(path: str | Path) -> bool:
-    return (Path(path) / "meta.json").is_file() and (Path(path) / "model.safetensors").is_file()
+    """A round checkpoint of cpt (either format): meta.json beside full weights or a sharded index."""
+    path = Path(path)
+    weights = (path / "model.safetensors").is_file() or (path / "index.json").is_file()
+    return (path / "meta.json").is_file() and weights
 
 
 def check_hf_checkpoint(path: str | Path, vocab_size: int | None = None, tokenizer_hash: str | None = None) -> None:

@@ -23,7 +23,8 @@ from corpus.shards import DomainData
 from store.configs import Resources, SampleLossConfig
 from store.errors import TrainingError
 from store.records import RoundPlan, RoundResult
-from workers.checkpoint import full_state, read_checkpoint, restore_state, save_state
+from workers import sharded
+from workers.checkpoint import full_state, is_sharded, read_checkpoint, read_meta, restore_state, save_state
 from workers.fabric import make_fabric, make_optimizer, prepare_model
 from workers.model import build_model, eval_losses, model_signature, token_losses
 from workers.sample_weights import sample_weights
@@ -36,6 +37,7 @@ class RoundRunner:
         self.res, self.mailbox = resources, mailbox
         self.fabric = make_fabric(resources)
         self.rank, self.world = self.fabric.global_rank, self.fabric.world_size
+        self.ckpt_group = _checkpoint_group()
         self.model = self.optimizer = None
         self.built: str | None = None  # the model config (and data shape) the in-memory model was built from
         self.at: str | None = None  # the checkpoint the in-memory state is (fresh(seed): a seeded init)
@@ -64,7 +66,10 @@ class RoundRunner:
             if plan.init_checkpoint is None:
                 fresh = build_model(plan.model, plan.vocab_size, plan.seq_len, plan.seed)
                 restore_state(self.model, self.optimizer, fresh.state_dict(), None, self.tied)
-            else:  # restore_state starts the optimizer empty, then loads its state only if asked
+            elif is_sharded(read_meta(target, self.signature)):  # any world size wrote it: DCP reshards
+                sharded.read(target, self.model, self.optimizer, plan.load_optimizer, self.ckpt_group)
+                self._evict(target)
+            else:  # the full format: restore_state starts the optimizer empty, loads its state if asked
                 weights, opt_state = read_checkpoint(target, self.signature, plan.load_optimizer)
                 restore_state(self.model, self.optimizer, weights, opt_state, self.tied)
             self.at = target
@@ -220,15 +225,36 @@ class RoundRunner:
         self.model.train()
         return {n: float(acc[i, 0] / acc[i, 1]) for i, n in enumerate(names)}
 
+    def _evict(self, target: str) -> None:
+        """A remote checkpoint's copy on this node, once every rank has read it: dropped."""
+        from corpus import fs
+
+        if not fs.is_remote(target):
+            return
+        if self.ckpt_group is not None:
+            import torch.distributed as dist
+
+            dist.barrier(group=self.ckpt_group)
+        import ray.train
+
+        if ray.train.get_context().get_local_rank() == 0:
+            fs.evict(target)
+
     def save(self, plan: RoundPlan) -> str:
-        """Gather the full state (a collective under FSDP), rank 0 writes it, every rank learns the outcome."""
+        """The round's checkpoint: sharded (each rank writes its part, DCP) or, with
+        `checkpoints.format: full`, gathered to rank 0 and written by it. Every rank learns the outcome."""
+        meta = {"run_id": plan.run_id, "stage": plan.stage_index, "round": plan.round_index,
+                "attempt": plan.attempt, "global_step": plan.global_step_start + plan.num_steps,
+                "model_signature": self.signature, "tokenizer_hash": plan.tokenizer_hash,
+                "model_config": self.model.module.config.to_dict()}
+        if plan.checkpoint_format == "sharded":
+            sharded.write(plan.checkpoint_dir, sharded.state_of(self.model, self.optimizer), meta, self.rank,
+                          self.ckpt_group)
+            self.at = plan.checkpoint_dir
+            return plan.checkpoint_dir
         model_sd, opt_tensors, opt_steps = full_state(self.model, self.optimizer)
         error = None
         if self.rank == 0:
-            meta = {"run_id": plan.run_id, "stage": plan.stage_index, "round": plan.round_index,
-                    "attempt": plan.attempt, "global_step": plan.global_step_start + plan.num_steps,
-                    "model_signature": self.signature, "tokenizer_hash": plan.tokenizer_hash,
-                    "model_config": self.model.module.config.to_dict()}
             try:
                 save_state(plan.checkpoint_dir, model_sd, opt_tensors, opt_steps, meta, self.tied)
             except Exception as exc:  # OSError, or safetensors' own error type for a full disk
@@ -248,6 +274,14 @@ class RoundRunner:
 
     def close(self) -> None:
         self.model = self.optimizer = None
+
+
+def _checkpoint_group():
+    """A gloo process group of all ranks for checkpoint collectives (None in one process): separate
+    from the training group, so a save can run beside training, and on CPU whatever the device."""
+    import torch.distributed as dist
+
+    return dist.new_group(backend="gloo") if dist.is_available() and dist.is_initialized() else None
 
 
 def _fresh(plan: RoundPlan) -> str:

@@ -38,7 +38,7 @@ def test_two_stage_run_trains_and_records_everything(tmp_path, synth, ray_local)
     assert [p.load_optimizer for p in plans] == [False, True, False, True]
     assert [p.init_checkpoint for p in plans[1:]] == [r.checkpoint_uri for r in rounds[:-1]]
     # retention (keep_last 1 + stage ends): the end of each stage stays, the round inside each is gone
-    kept = [(Path(r.checkpoint_uri) / "model.safetensors").is_file() for r in rounds]
+    kept = [(Path(r.checkpoint_uri) / "meta.json").is_file() for r in rounds]
     assert kept == [False, True, False, True]
     ckpt_dir = Path(run.workdir) / "checkpoints"
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["s0-r1-a1", "s1-r1-a1"]  # no half-written folder
