@@ -276,13 +276,20 @@ def _throughput(x) -> dict:
 
 
 @runs_app.command("resume")
-def resume(run_id: str = typer.Argument(...), quiet: bool = typer.Option(False, help="No live display.")) -> None:
+def resume(run_id: str = typer.Argument(...), quiet: bool = typer.Option(False, help="No live display."),
+           workers: int = typer.Option(None, "--workers", min=1, max=4096,
+                                       help="Resume on this many ranks (the checkpoint, data order and global "
+                                            "batch do not depend on it).")) -> None:
     """Continue a run after its last finished round (after a crash, kill or cancel)."""
     from store.errors import InputError
 
     run = state.store().get_run(run_id)
     if run.status == "finished":
         raise InputError(f"run {run_id} is already finished")
+    if workers is not None:
+        from orchestrator.controller import resize_run
+
+        resize_run(state.store(), run_id, workers)
     _exit_for(_drive(run_id, quiet))
 
 

@@ -141,6 +141,16 @@ class RunStore:
 
         self._retry(do)
 
+    def add_event(self, run_id: str, message: str) -> None:
+        """A note in the run's event log that is not a state change (e.g. a resize before a resume)."""
+        def do() -> None:
+            with self._tx() as s:
+                run = self._get(s, Run, run_id, "run")
+                s.add(Event(run_id=run_id, entity="run", entity_id=run_id, from_state=run.status,
+                            to_state=run.status, message=redact(message)))
+
+        self._retry(do)
+
     def request_cancel(self, run_id: str) -> str:
         """Ask a running run to stop; a run that is not running, or whose controller is dead
         (no live lease holder), is cancelled at once."""
