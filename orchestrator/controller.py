@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mixers.base import build_mixer
+from mixers.base import Observation, build_mixer
 from orchestrator import checkpoints
 from orchestrator.callbacks import Reporter, RoundCallback, SilentReporter, StoreProgress, ToReporter
 from orchestrator.group import GroupFailed, Groups, OwnGroups, WorkerGroup
@@ -47,6 +47,33 @@ class RetryPolicy:
 
     def retry(self, attempt: int, error: BaseException) -> bool:
         return isinstance(error, GroupFailed) and attempt < self.max_attempts
+
+
+class WriteLost(Exception):
+    """A round's asynchronous checkpoint never became durable: the stage re-runs from its last commit."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Pending:
+    """A round whose result is in while its checkpoint is still being written: it commits (store
+    row, transition, retention, callbacks) once the ranks report the write durable."""
+
+    round_id: int
+    plan: RoundPlan
+    result: RoundResult
+    obs: Observation
+    weights: dict[str, float]
+    mixer: str
+    mixer_state: dict
+    seq: int
+
+    def finished(self) -> Finished:
+        return Finished(self.plan.stage_index, self.plan.round_index, self.weights, self.result.eval_losses,
+                        self.result.checkpoint, self.plan, self.result, self.mixer_state)
+
+    def with_write(self, write_s: float | None) -> Pending:
+        return dataclasses.replace(self, result=dataclasses.replace(self.result, checkpoint_pending=False,
+                                                                    checkpoint_write_s=write_s))
 
 
 def create_run(store: RunStore, home: Home, spec: RunSpec, spec_yaml: str) -> str:
@@ -92,6 +119,7 @@ class Controller:
         self.callbacks: list[RoundCallback] = [ToReporter(lambda: self.reporter, self.spec.total_steps()),
                                                StoreProgress(store), self.tracking]
         self.planner: RoundPlanner | None = None
+        self.pending: Pending | None = None  # a round waiting for its checkpoint to be durable
         self.group: WorkerGroup | None = None
         self.manifests: dict[str, Any] | None = None  # set by a submit that just checked the data
         self._signals: dict[str, bool] = {}
@@ -184,19 +212,30 @@ class Controller:
     def _finished(self) -> list[Finished]:
         return [Finished.from_row(x) for x in self.store.rounds(self.run_id, status="finished")]
 
+    def _done(self) -> list[Finished]:
+        """What the next round starts from: the committed rounds and one whose checkpoint is still
+        being written (its result is known; its commit waits for the write)."""
+        return self._finished() + ([self.pending.finished()] if self.pending else [])
+
     def _run_stage(self, i: int) -> None:
         st = self.spec.stages[i]
         mixer = build_mixer(st.mixer, where=f"stages.{i}.mixer")
         reference = self._reference_losses(getattr(st.mixer, "reference_run", None))
-        self.planner.restore(mixer, i, self._finished())  # a resumed stage continues the same policy
-        for r, _ in enumerate(self.spec.round_bounds(i)):
-            done = self.store.finished_round(self.run_id, i, r)
-            if done is not None:  # committed before a resume
-                if done.mlflow_run_id is None:
-                    self.tracking.log_round(done.id, done.plan, done.result)
-                continue
-            self.store.set_stage_status(self.run_id, i, "running")
-            self._run_round(i, r, mixer, reference, self._finished())
+        while True:
+            try:
+                self.planner.restore(mixer, i, self._finished())  # a resumed stage continues the same policy
+                for r, _ in enumerate(self.spec.round_bounds(i)):
+                    done = self.store.finished_round(self.run_id, i, r)
+                    if done is not None:  # committed before a resume
+                        if done.mlflow_run_id is None:
+                            self.tracking.log_round(done.id, done.plan, done.result)
+                        continue
+                    self.store.set_stage_status(self.run_id, i, "running")
+                    self._run_round(i, r, mixer, reference, self._done())
+                self._drain()  # the stage's last checkpoint is durable before its buffers fill
+                break
+            except WriteLost:  # a round whose checkpoint never became durable re-runs, then what followed it
+                mixer = build_mixer(st.mixer, where=f"stages.{i}.mixer")
         self._fill_replay_buffers(i)
         self.store.set_stage_status(self.run_id, i, "finished")
 
@@ -248,7 +287,7 @@ class Controller:
             plan = planner.plan(i, r, weights, attempt, done, self._size)
             round_id = self.store.plan_round(plan, planner.lr_segment(plan), mixer.state_dict())
             try:
-                result = self._execute(round_id, plan, self.spec.stages[i].name)
+                result, seq = self._execute(round_id, plan, self.spec.stages[i].name)
                 break
             except GroupFailed as exc:  # a rank died or Ray lost it
                 self.store.fail_round(round_id, f"{type(exc).__name__}: {exc}"[:4000])
@@ -256,13 +295,52 @@ class Controller:
                     raise TrainingError(f"stage {i} round {r} failed {attempt} times; last error: "
                                         f"{type(exc).__name__}: {str(exc)[:500]}") from exc
                 self._message(f"round {i}.{r} attempt {attempt} failed ({type(exc).__name__}); retrying")
+                if self.pending is not None:  # its write died with the group: it re-runs first
+                    self._lose_pending(f"its checkpoint write was lost with the group ({type(exc).__name__})")
+                    raise WriteLost() from exc
                 attempt += 1
-        self.store.finish_round(round_id, result, planner.commit(obs, weights, result, mixer.name))
+        state = mixer.state_dict()
+        pending = Pending(round_id, plan, result, obs, weights, mixer.name, state, seq)
+        if result.checkpoint_pending:
+            self.pending = pending  # committed when the ranks report the write durable
+        else:
+            self._commit(pending)
+
+    def _commit(self, p: Pending) -> None:
+        """The round's commit point (its checkpoint is durable), then retention and the callbacks."""
+        self.store.finish_round(p.round_id, p.result, self.planner.commit(p.obs, p.weights, p.result, p.mixer))
         if not self.groups.persistent:
             self._drop_group(kill=False)
         checkpoints.prune(self.store, self.spec, self.workdir, self.run_id, self._message)
         for cb in self.callbacks:
-            cb.round_finished(round_id, plan, result)
+            cb.round_finished(p.round_id, p.plan, p.result)
+
+    def _settle(self, saved: tuple[float | None, str | None]) -> None:
+        """The pending round's write is over: commit it, or fail the run with the write's error."""
+        p, (write_s, error) = self.pending, saved
+        self.pending = None
+        if error is not None:
+            self.store.fail_round(p.round_id, f"checkpoint write failed: {error}"[:4000])
+            raise TrainingError(f"stage {p.plan.stage_index} round {p.plan.round_index}: checkpoint write failed: "
+                                f"{error[:500]}")
+        self._commit(p.with_write(write_s))
+
+    def _drain(self) -> None:
+        """Wait until the pending round's checkpoint is durable and commit it (a stage's end, a stop)."""
+        while self.pending is not None:
+            try:
+                _, _, saved = self._group().poll(self.poll_s, saving=self.pending.seq)
+            except GroupFailed as exc:
+                self._drop_group(kill=True)
+                self._lose_pending(f"its checkpoint write was lost with the group ({type(exc).__name__})")
+                raise WriteLost() from exc
+            if saved is not None:
+                self._settle(saved)
+
+    def _lose_pending(self, why: str) -> None:
+        if self.pending is not None:
+            self.store.fail_round(self.pending.round_id, why)
+            self.pending = None
 
     # ---- the worker group ------------------------------------------------------------------------
     def _group(self) -> WorkerGroup:
@@ -277,21 +355,23 @@ class Controller:
             group, self.group = self.group, None
             self.groups.release(group, kill)
 
-    def _execute(self, round_id: int, plan: RoundPlan, stage_name: str) -> RoundResult:
+    def _execute(self, round_id: int, plan: RoundPlan, stage_name: str) -> tuple[RoundResult, int]:
         self.store.start_round(round_id)
         try:  # from here on every way out (a signal included) records the attempt's end
             for cb in self.callbacks:
                 cb.round_started(plan, stage_name)
             t0 = time.perf_counter()
             group = self._group()
-            group.submit(plan)
+            seq = group.submit(plan)
             while True:
-                records, result = group.poll(self.poll_s)
+                records, result, saved = group.poll(self.poll_s, self.pending.seq if self.pending else None)
+                if saved is not None:  # the previous round's checkpoint is durable: its commit
+                    self._settle(saved)
                 if records:
                     for cb in self.callbacks:
                         cb.progress(round_id, plan, records)
                 if result is not None:
-                    return dataclasses.replace(result, round_s=time.perf_counter() - t0)
+                    return dataclasses.replace(result, round_s=time.perf_counter() - t0), seq
                 self._check_control("mid-round")
         except GroupFailed:  # a new group retries from the last commit (if the policy says so)
             self._drop_group(kill=True)
@@ -303,4 +383,5 @@ class Controller:
                 raise
             status = "cancelled" if isinstance(exc, Cancelled | KeyboardInterrupt) else "failed"
             self.store.fail_round(round_id, f"{type(exc).__name__}: {exc}"[:4000], status=status)
+            self._lose_pending(f"stopped before its checkpoint was durable ({type(exc).__name__}); it re-runs")
             raise

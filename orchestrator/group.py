@@ -41,6 +41,7 @@ def _mailbox_class():
 
             self.plans: list[RoundPlan] = []
             self.outcomes: dict[int, tuple] = {}
+            self.saves: dict[int, tuple[float | None, str | None]] = {}  # plan -> (write seconds, error)
             self.progress_log: dict[int, list[dict]] = {}
             self.ranks: dict[int, tuple[int, Any]] = {}
             self.stopped = False
@@ -70,23 +71,32 @@ def _mailbox_class():
                 self.outcomes[seq] = (result, error, kind)
                 self.cond.notify_all()
 
+        async def saved(self, seq: int, write_s: float | None, error: str | None) -> None:
+            """Plan `seq`'s checkpoint, written after its result (an asynchronous save), is durable or failed."""
+            async with self.cond:
+                self.saves[seq] = (write_s, error)
+                self.cond.notify_all()
+
         async def progress(self, record: dict) -> None:
             async with self.cond:
                 self.progress_log.setdefault(len(self.plans) - 1, []).append(record)
                 self.cond.notify_all()
 
-        async def poll(self, seq: int, since: int, timeout: float):
-            """New progress of plan `seq` and its outcome; waits up to `timeout` for either (no busy polling,
-            so a round's end is seen the moment rank 0 reports it)."""
+        async def poll(self, seq: int, since: int, timeout: float, saving: int | None = None):
+            """New progress of plan `seq`, its outcome, and whether plan `saving`'s checkpoint is
+            durable; waits up to `timeout` for any of them (no busy polling, so a round's end is seen
+            the moment rank 0 reports it)."""
             import asyncio
 
             def news() -> bool:
-                return seq in self.outcomes or len(self.progress_log.get(seq, [])) > since
+                return (seq in self.outcomes or len(self.progress_log.get(seq, [])) > since
+                        or (saving is not None and saving in self.saves))
 
             async with self.cond:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.cond.wait_for(news), timeout)
-                return self.progress_log.get(seq, [])[since:], self.outcomes.get(seq)
+                saved = self.saves.get(saving) if saving is not None else None
+                return self.progress_log.get(seq, [])[since:], self.outcomes.get(seq), saved
 
         async def members(self) -> dict[int, tuple[int, Any]]:
             return dict(self.ranks)
@@ -145,15 +155,18 @@ class WorkerGroup:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def submit(self, plan: RoundPlan) -> None:
+    def submit(self, plan: RoundPlan) -> int:
+        """Hand the ranks a plan; returns its sequence number (what `poll(saving=...)` names)."""
         if not self.alive:
             raise GroupFailed(self._why())
         self.seq, self._seen = self._ask(self.mailbox.submit.remote(plan)), 0
+        return self.seq
 
-    def poll(self, timeout: float) -> tuple[list[dict], RoundResult | None]:
-        """New progress records and the result once there is one; GroupFailed if the group died,
-        the worker's own CptError (e.g. a corrupt checkpoint) if the round failed deterministically."""
-        records, outcome = self._ask(self.mailbox.poll.remote(self.seq, self._seen, timeout))
+    def poll(self, timeout: float, saving: int | None = None) -> tuple[list[dict], RoundResult | None, tuple | None]:
+        """New progress records, the result once there is one, and (write seconds, error) once plan
+        `saving`'s asynchronous checkpoint is durable or failed. GroupFailed if the group died; the
+        worker's own CptError (e.g. a corrupt checkpoint) if the round failed deterministically."""
+        records, outcome, saved = self._ask(self.mailbox.poll.remote(self.seq, self._seen, timeout, saving))
         self._seen += len(records)
         if outcome is not None:
             result, error, kind = outcome
@@ -162,10 +175,10 @@ class WorkerGroup:
 
                 cls = getattr(errors, kind or "", None)
                 raise (cls if isinstance(cls, type) and issubclass(cls, CptError) else errors.TrainingError)(error)
-            return records, result
-        if not self.alive:
+            return records, result, saved
+        if saved is None and not self.alive:
             raise GroupFailed(self._why())
-        return records, None
+        return records, None, saved
 
     @staticmethod
     def _ask(ref):

@@ -163,7 +163,8 @@ class RoundPlanner:
             checkpoint_dir=self.checkpoint_location(f"s{i}-r{r}-a{attempt}"), eval_batches=spec.eval_batches,
             eval_before=(i == 0 and r == 0), micro_batch_size=spec.micro_batch_size,
             cursors=self.cursors(i, r, weights, n, done, size), log_every=spec.tracking.log_every,
-            sample_loss=st.sample_loss, checkpoint_format=spec.checkpoints.format)
+            sample_loss=st.sample_loss, checkpoint_format=spec.checkpoints.format,
+            checkpoint_async=spec.checkpoints.format == "sharded" and spec.checkpoints.asynchronous)
 
     def cursors(self, i: int, r: int, weights: dict[str, float], steps: int, done: list[Finished],
                 size: Callable[[str], DomainSize]) -> dict[str, dict[str, Any]]:

@@ -94,6 +94,9 @@ class CheckpointSpec(Config):
     """sharded: every rank writes its part (torch.distributed.checkpoint), nothing is gathered, any
     number of workers resumes it; full: the whole state gathered to rank 0 and written by it (one
     safetensors file per model and optimizer, as cpt wrote before; fine for small models)."""
+    asynchronous: bool = True
+    """sharded only: copy the round's state to host memory and write it while the next round trains
+    (the round commits once every shard is durable); off writes before the next round starts."""
 
     @field_validator("uri")
     @classmethod

@@ -83,6 +83,9 @@ class RoundPlan:
     checkpoint_format: str = "full"
     """sharded (each rank writes its part, any world size reads it) or full (rank 0 writes the
     gathered state); a plan stored before the sharded format existed reads back as full."""
+    checkpoint_async: bool = False
+    """Write the sharded checkpoint from host memory while the next round trains (the round
+    commits once it is durable)."""
 
     def __post_init__(self) -> None:
         # plain dicts (a stored plan, a test) become the typed configs, validated
@@ -147,7 +150,14 @@ class RoundResult:
     started_at: float | None = None
     """Unix time the round started on the workers."""
     ended_at: float | None = None
-    """Unix time the round's checkpoint was written."""
+    """Unix time the round's result was ready (its checkpoint written, or staged when asynchronous)."""
+    checkpoint_pending: bool = False
+    """The checkpoint is still being written (asynchronously): the round commits once it is durable."""
+    checkpoint_stall_s: float | None = None
+    """Seconds the ranks did not train because of the checkpoint (the whole write when synchronous;
+    the copy to host memory when asynchronous)."""
+    checkpoint_write_s: float | None = None
+    """Seconds the checkpoint took to write (beside the next round's training when asynchronous)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

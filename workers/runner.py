@@ -12,6 +12,7 @@ contexts. Reported on GPUs with a known peak (bf16 dense); None on CPU.
 
 from __future__ import annotations
 
+import threading
 import time
 from functools import partial
 from typing import Any
@@ -38,6 +39,7 @@ class RoundRunner:
         self.fabric = make_fabric(resources)
         self.rank, self.world = self.fabric.global_rank, self.fabric.world_size
         self.ckpt_group = _checkpoint_group()
+        self.writing: threading.Thread | None = None  # an asynchronous save in flight
         self.model = self.optimizer = None
         self.built: str | None = None  # the model config (and data shape) the in-memory model was built from
         self.at: str | None = None  # the checkpoint the in-memory state is (fresh(seed): a seeded init)
@@ -63,6 +65,7 @@ class RoundRunner:
             self._build(plan)
         target = plan.init_checkpoint or _fresh(plan)
         if target != self.at:  # a retry, a resume, or a group that never saw this checkpoint
+            self.finish_writes()  # a checkpoint still being written is never read half-done
             if plan.init_checkpoint is None:
                 fresh = build_model(plan.model, plan.vocab_size, plan.seq_len, plan.seed)
                 restore_state(self.model, self.optimizer, fresh.state_dict(), None, self.tied)
@@ -77,7 +80,7 @@ class RoundRunner:
             self.optimizer.state.clear()  # a stage that starts with fresh AdamW state
 
     # ---- the round ----------------------------------------------------------------------------
-    def run(self, plan: RoundPlan) -> RoundResult:
+    def run(self, plan: RoundPlan, seq: int = 0) -> RoundResult:
         t0, started_at = time.perf_counter(), time.time()
         self._restore(plan)
         names = sorted(set(plan.weights) | set(plan.eval_domains))
@@ -90,17 +93,18 @@ class RoundRunner:
         t_eval = time.perf_counter()
         eval_losses = self.evaluate(domains, plan)
         t_save = time.perf_counter()
-        ckpt = self.save(plan)
+        pending = self.save(plan, seq)
         save_s = time.perf_counter() - t_save
         tokens = plan.num_steps * plan.batch_size * plan.seq_len
         return RoundResult(
-            checkpoint=ckpt, eval_losses=eval_losses, eval_before=before, train_losses=fit["losses"],
+            checkpoint=plan.checkpoint_dir, eval_losses=eval_losses, eval_before=before, train_losses=fit["losses"],
             domain_train_losses=fit["domain_losses"], lrs=fit["lrs"], tokens=tokens,
             domain_tokens=fit["domain_tokens"], tokens_per_s=tokens / max(fit_s, 1e-9),
             wall_s=time.perf_counter() - t0, domain_loss_trace=fit["trace"], workers=self.world, fit_s=fit_s,
             eval_s=t_save - t_eval, save_s=save_s, mfu=self._mfu(tokens / max(fit_s, 1e-9)),
             cursors=fit["cursors"], grad_norms=fit["grad_norms"], step_times=fit["step_times"],
-            started_at=started_at, ended_at=time.time())
+            started_at=started_at, ended_at=time.time(), checkpoint_pending=pending, checkpoint_stall_s=save_s,
+            checkpoint_write_s=None if pending else save_s)
 
     def fit(self, plan: RoundPlan, sources: dict[str, SequenceSource]) -> dict[str, Any]:
         """Train the round's steps; returns globally reduced per-step and per-domain statistics."""
@@ -240,18 +244,29 @@ class RoundRunner:
         if ray.train.get_context().get_local_rank() == 0:
             fs.evict(target)
 
-    def save(self, plan: RoundPlan) -> str:
-        """The round's checkpoint: sharded (each rank writes its part, DCP) or, with
-        `checkpoints.format: full`, gathered to rank 0 and written by it. Every rank learns the outcome."""
+    def save(self, plan: RoundPlan, seq: int) -> bool:
+        """The round's checkpoint. Sharded (each rank writes its part, DCP): synchronously, or with
+        `checkpoints.asynchronous` staged to host memory here and written by a thread while the next
+        round trains (returns True: rank 0 reports to the mailbox when it is durable; the previous
+        write always finishes before the next starts). Full (`checkpoints.format: full`): gathered to
+        rank 0 and written by it. Every rank learns the outcome."""
+        self.finish_writes()
         meta = {"run_id": plan.run_id, "stage": plan.stage_index, "round": plan.round_index,
                 "attempt": plan.attempt, "global_step": plan.global_step_start + plan.num_steps,
                 "model_signature": self.signature, "tokenizer_hash": plan.tokenizer_hash,
                 "model_config": self.model.module.config.to_dict()}
         if plan.checkpoint_format == "sharded":
-            sharded.write(plan.checkpoint_dir, sharded.state_of(self.model, self.optimizer), meta, self.rank,
-                          self.ckpt_group)
-            self.at = plan.checkpoint_dir
-            return plan.checkpoint_dir
+            state = sharded.state_of(self.model, self.optimizer)
+            if not plan.checkpoint_async:
+                sharded.write(plan.checkpoint_dir, state, meta, self.rank, self.ckpt_group)
+                self.at = plan.checkpoint_dir
+                return False
+            self.at = plan.checkpoint_dir  # what the memory holds; a failed write fails the run
+            staged = sharded.staged(state)  # the stall: training goes on once the copy is made
+            self.writing = threading.Thread(target=self._write, args=(plan.checkpoint_dir, staged, meta, seq),
+                                            name=f"cpt-checkpoint-{seq}", daemon=True)
+            self.writing.start()
+            return True
         model_sd, opt_tensors, opt_steps = full_state(self.model, self.optimizer)
         error = None
         if self.rank == 0:
@@ -263,7 +278,29 @@ class RoundRunner:
         if error:
             raise TrainingError(error)
         self.at = plan.checkpoint_dir
-        return plan.checkpoint_dir
+        return False
+
+    def _write(self, folder: str, state: dict, meta: dict[str, Any], seq: int) -> None:
+        """An asynchronous save, on its own thread and process group; rank 0 reports the outcome."""
+        import os
+
+        import ray
+
+        # fault injection for tests: hold the write so that a test can kill the controller in the middle of it
+        time.sleep(float(os.environ.get("CPT_CHECKPOINT_WRITE_DELAY_S") or 0))
+        t0, error = time.perf_counter(), None
+        try:
+            sharded.write(folder, state, meta, self.rank, self.ckpt_group)
+        except BaseException as exc:  # reported, never raised into a thread nobody joins for errors
+            error = f"{type(exc).__name__}: {exc}"
+        if self.rank == 0:  # synchronous: delivered before this thread ends, so before the next round's result
+            ray.get(self.mailbox.saved.remote(seq, time.perf_counter() - t0, error))
+
+    def finish_writes(self) -> None:
+        """Wait for an asynchronous save still running (before the next save, a restore or the end)."""
+        if self.writing is not None:
+            self.writing.join()
+            self.writing = None
 
     def _mfu(self, tokens_per_s: float) -> float | None:
         if self.fabric.device.type != "cuda":
@@ -273,6 +310,7 @@ class RoundRunner:
         return None if peak is None else 6 * self.n_params * tokens_per_s / (peak * self.world)
 
     def close(self) -> None:
+        self.finish_writes()
         self.model = self.optimizer = None
 
 

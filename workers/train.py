@@ -49,7 +49,7 @@ def train_loop(config: dict[str, Any]) -> None:
             break
         plan, seq = item
         try:
-            result = runner.run(plan)
+            result = runner.run(plan, seq)
         except CptError as exc:  # our own, deterministic: every rank raises it, the controller fails the run
             if rank == 0:
                 ray.get(mailbox.report.remote(seq, None, f"{type(exc).__name__}: {exc}", type(exc).__name__))
