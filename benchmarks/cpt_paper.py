@@ -43,8 +43,9 @@ def cosine(warmup: float = 0.02) -> dict:
 
 
 def run(store, home, spec: dict) -> str:
-    from orchestrator.controller import Controller, create_run
+    from orchestrator.controller import Controller
     from orchestrator.spec import parse_spec
+    from orchestrator.submit import create_run
 
     for existing in store.list_runs(10_000):  # re-running the script reuses finished conditions
         if existing.name == spec["name"] and existing.status == "finished" and \

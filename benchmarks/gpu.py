@@ -58,8 +58,9 @@ def run_spec(home: Path, model: dict, gpus: int, strategy: str, steps: int, roun
 def cpt_run(home: Path, raw: dict) -> list[dict]:
     import yaml
 
-    from orchestrator.controller import Controller, create_run
+    from orchestrator.controller import Controller
     from orchestrator.spec import parse_spec
+    from orchestrator.submit import create_run
     from store.runs import RunStore
 
     h = scale._home(home)

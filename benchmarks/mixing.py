@@ -84,8 +84,9 @@ def stage2(tokens: int, setting, mixer: dict, replay: float = 0.25, **extra) -> 
 
 def run(store, home, raw: dict) -> str | None:
     """One run to its end in this thread; a finished run of the same spec is reused."""
-    from orchestrator.controller import Controller, create_run
+    from orchestrator.controller import Controller
     from orchestrator.spec import parse_spec
+    from orchestrator.submit import create_run
     from store.runs import RunStore
 
     for existing in store.list_runs(100_000):

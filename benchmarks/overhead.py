@@ -74,9 +74,10 @@ def bare_loop(home: Path, steps: int, threads: int) -> tuple[float, float]:
 
 def cpt_run(home: Path, steps: int, rounds: int, cpus: int) -> tuple[float, list[float], float]:
     """Wall time of a whole run (controller side), each round's fit tokens/s, and the summed fit time."""
-    from orchestrator.controller import Controller, create_run
+    from orchestrator.controller import Controller
     from orchestrator.home import Home
     from orchestrator.spec import parse_spec
+    from orchestrator.submit import create_run
     from store.runs import RunStore
 
     h = Home.from_env(home)

@@ -51,9 +51,10 @@ def spec(home: Path, model: dict, steps: int, rounds: int, batch: int, workers: 
 def cpt_rounds(home: Path, raw: dict, persistent: bool, reporter=None) -> list[dict]:
     import yaml
 
-    from orchestrator.controller import Controller, create_run
+    from orchestrator.controller import Controller
     from orchestrator.group import OwnGroups
     from orchestrator.spec import parse_spec
+    from orchestrator.submit import create_run
     from store.runs import RunStore
 
     store = RunStore(f"sqlite:///{home / 'store.db'}")

@@ -88,9 +88,9 @@ def submit(spec: Path = typer.Argument(..., help="Run spec YAML."),
            as_json: bool = typer.Option(False, "--json", help="Print {run_id, status} as JSON.")) -> None:
     """Validate, record and run a spec (stages x rounds on Ray)."""
     from cli.output import console, print_json
-    from orchestrator.controller import create_run
     from orchestrator.data_check import check_data
     from orchestrator.spec import load_spec
+    from orchestrator.submit import create_run
 
     home = state.home()
     run_spec, text = load_spec(spec)
@@ -290,7 +290,7 @@ def resume(run_id: str = typer.Argument(...), quiet: bool = typer.Option(False, 
     if run.status == "finished":
         raise InputError(f"run {run_id} is already finished")
     if workers is not None:
-        from orchestrator.controller import resize_run
+        from orchestrator.submit import resize_run
 
         resize_run(state.store(), run_id, workers)
     _exit_for(_drive(run_id, quiet))
@@ -328,9 +328,9 @@ def demo(install: bool = typer.Option(True, help="apt-get install missing text p
     """Prepare the built-in data and run a real 2-stage CPT (English -> German, 5% replay) on CPU."""
     from cli.output import console
     from corpus.builtin import BUILTINS, missing_packages, prepare_builtins
-    from orchestrator.controller import create_run
     from orchestrator.data_check import check_data
     from orchestrator.spec import load_spec
+    from orchestrator.submit import create_run
 
     home = state.home()
     c = console()

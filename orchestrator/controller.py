@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mixers.base import Observation, build_mixer
+from mixers.base import build_mixer
 from orchestrator import checkpoints
 from orchestrator.callbacks import Reporter, RoundCallback, SilentReporter, StoreProgress, ToReporter
+from orchestrator.commits import Commits, Pending, WriteLost
 from orchestrator.group import GroupFailed, Groups, OwnGroups, WorkerGroup
 from orchestrator.home import Home
 from orchestrator.planner import DataInfo, DomainSize, Finished, RoundPlanner
@@ -32,7 +33,7 @@ from store.lease import RunLease
 from store.records import RoundPlan, RoundResult
 from store.runs import RunStore
 
-__all__ = ["Controller", "Reporter", "RetryPolicy", "SilentReporter", "create_run", "resize_run"]
+__all__ = ["Controller", "Reporter", "RetryPolicy", "SilentReporter"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,56 +48,6 @@ class RetryPolicy:
 
     def retry(self, attempt: int, error: BaseException) -> bool:
         return isinstance(error, GroupFailed) and attempt < self.max_attempts
-
-
-class WriteLost(Exception):
-    """A round's asynchronous checkpoint never became durable: the stage re-runs from its last commit."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Pending:
-    """A round whose result is in while its checkpoint is still being written: it commits (store
-    row, transition, retention, callbacks) once the ranks report the write durable."""
-
-    round_id: int
-    plan: RoundPlan
-    result: RoundResult
-    obs: Observation
-    weights: dict[str, float]
-    mixer: str
-    mixer_state: dict
-    seq: int
-
-    def finished(self) -> Finished:
-        return Finished(self.plan.stage_index, self.plan.round_index, self.weights, self.result.eval_losses,
-                        self.result.checkpoint, self.plan, self.result, self.mixer_state)
-
-    def with_write(self, write_s: float | None) -> Pending:
-        return dataclasses.replace(self, result=dataclasses.replace(self.result, checkpoint_pending=False,
-                                                                    checkpoint_write_s=write_s))
-
-
-def create_run(store: RunStore, home: Home, spec: RunSpec, spec_yaml: str) -> str:
-    """Record a validated spec as a pending run with its stages."""
-    starts = spec.stage_starts()
-    stages = [(st.name, starts[i], spec.stage_steps(i), st.rounds) for i, st in enumerate(spec.stages)]
-    return store.create_run(spec.name, spec_yaml, spec.model_dump(mode="json"), str(home.runs), stages)
-
-
-def resize_run(store: RunStore, run_id: str, workers: int) -> None:
-    """Give a stopped run another number of ranks before it resumes (`cpt runs resume --workers`):
-    the global batch, the data order and sharded checkpoints do not depend on it. Checked as a
-    spec (batch_size must divide); refused while a live controller drives the run."""
-    from store.lease import RunBusy, holder_alive
-
-    run = store.get_run(run_id)
-    if holder_alive(store, run_id):
-        raise RunBusy(f"run {run_id} is driven by a live controller ({run.lease_owner}); stop it before resizing")
-    spec = {**run.spec_json, "resources": {**run.spec_json.get("resources", {}), "workers": workers}}
-    parse_spec(json.dumps(spec), f"run {run_id} spec with resources.workers {workers}")  # SpecError if it cannot be
-    before = run.spec_json.get("resources", {}).get("workers", 1)
-    store.update_run(run_id, spec_json=spec)
-    store.add_event(run_id, f"resources.workers {before} -> {workers}")
 
 
 class Controller:
@@ -119,7 +70,7 @@ class Controller:
         self.callbacks: list[RoundCallback] = [ToReporter(lambda: self.reporter, self.spec.total_steps()),
                                                StoreProgress(store), self.tracking]
         self.planner: RoundPlanner | None = None
-        self.pending: Pending | None = None  # a round waiting for its checkpoint to be durable
+        self.commits: Commits | None = None
         self.group: WorkerGroup | None = None
         self.manifests: dict[str, Any] | None = None  # set by a submit that just checked the data
         self._signals: dict[str, bool] = {}
@@ -157,6 +108,8 @@ class Controller:
             raise
         self.planner = RoundPlanner(self.spec, self.run_id, self.workdir, DataInfo.from_manifests(manifests),
                                     lambda name: checkpoints.location(self.spec, self.workdir, self.run_id, name))
+        self.commits = Commits(self.store, self.spec, self.workdir, self.run_id, self.planner, self.callbacks,
+                               self._message, self._after_commit)
         self.store.set_run_status(self.run_id, "running", message="resumed" if run.status != "pending" else None)
         abandoned = self.store.abandon_open_rounds(self.run_id, "abandoned: controller stopped mid-round")
         if abandoned:
@@ -212,10 +165,7 @@ class Controller:
     def _finished(self) -> list[Finished]:
         return [Finished.from_row(x) for x in self.store.rounds(self.run_id, status="finished")]
 
-    def _done(self) -> list[Finished]:
-        """What the next round starts from: the committed rounds and one whose checkpoint is still
-        being written (its result is known; its commit waits for the write)."""
-        return self._finished() + ([self.pending.finished()] if self.pending else [])
+
 
     def _run_stage(self, i: int) -> None:
         st = self.spec.stages[i]
@@ -231,7 +181,7 @@ class Controller:
                             self.tracking.log_round(done.id, done.plan, done.result)
                         continue
                     self.store.set_stage_status(self.run_id, i, "running")
-                    self._run_round(i, r, mixer, reference, self._done())
+                    self._run_round(i, r, mixer, reference, self.commits.done())
                 self._drain()  # the stage's last checkpoint is durable before its buffers fill
                 break
             except WriteLost:  # a round whose checkpoint never became durable re-runs, then what followed it
@@ -295,54 +245,29 @@ class Controller:
                     raise TrainingError(f"stage {i} round {r} failed {attempt} times; last error: "
                                         f"{type(exc).__name__}: {str(exc)[:500]}") from exc
                 self._message(f"round {i}.{r} attempt {attempt} failed ({type(exc).__name__}); retrying")
-                if self.pending is not None:  # its write died with the group: it re-runs first
-                    self._lose_pending(f"its checkpoint write was lost with the group ({type(exc).__name__})")
+                if self.commits.pending is not None:  # its write died with the group: it re-runs first
+                    self.commits.lose(f"its checkpoint write was lost with the group ({type(exc).__name__})")
                     raise WriteLost() from exc
                 attempt += 1
-        state = mixer.state_dict()
-        pending = Pending(round_id, plan, result, obs, weights, mixer.name, state, seq)
-        if result.checkpoint_pending:
-            self.pending = pending  # committed when the ranks report the write durable
-        else:
-            self._commit(pending)
-
-    def _commit(self, p: Pending) -> None:
-        """The round's commit point (its checkpoint is durable), then retention and the callbacks."""
-        self.store.finish_round(p.round_id, p.result, self.planner.commit(p.obs, p.weights, p.result, p.mixer))
-        if not self.groups.persistent:
-            self._drop_group(kill=False)
-        checkpoints.prune(self.store, self.spec, self.workdir, self.run_id, self._message)
-        for cb in self.callbacks:
-            cb.round_finished(p.round_id, p.plan, p.result)
-
-    def _settle(self, saved: tuple[float | None, str | None]) -> None:
-        """The pending round's write is over: commit it, or fail the run with the write's error."""
-        p, (write_s, error) = self.pending, saved
-        self.pending = None
-        if error is not None:
-            self.store.fail_round(p.round_id, f"checkpoint write failed: {error}"[:4000])
-            raise TrainingError(f"stage {p.plan.stage_index} round {p.plan.round_index}: checkpoint write failed: "
-                                f"{error[:500]}")
-        self._commit(p.with_write(write_s))
+        self.commits.add(Pending(round_id, plan, result, obs, weights, mixer.name, mixer.state_dict(), seq))
 
     def _drain(self) -> None:
-        """Wait until the pending round's checkpoint is durable and commit it (a stage's end, a stop)."""
-        while self.pending is not None:
+        """Wait until the pending round's checkpoint is durable and commit it (a stage's end)."""
+        def poll(seq: int):
             try:
-                _, _, saved = self._group().poll(self.poll_s, saving=self.pending.seq)
+                return self._group().poll(self.poll_s, saving=seq)[2]
             except GroupFailed as exc:
                 self._drop_group(kill=True)
-                self._lose_pending(f"its checkpoint write was lost with the group ({type(exc).__name__})")
+                self.commits.lose(f"its checkpoint write was lost with the group ({type(exc).__name__})")
                 raise WriteLost() from exc
-            if saved is not None:
-                self._settle(saved)
 
-    def _lose_pending(self, why: str) -> None:
-        if self.pending is not None:
-            self.store.fail_round(self.pending.round_id, why)
-            self.pending = None
+        self.commits.drain(poll)
 
     # ---- the worker group ------------------------------------------------------------------------
+    def _after_commit(self) -> None:
+        if not self.groups.persistent:  # a benchmark's baseline: a new group every round
+            self._drop_group(kill=False)
+
     def _group(self) -> WorkerGroup:
         """The run's worker group, started with the run and kept across rounds and stages."""
         if self.group is None:
@@ -364,9 +289,10 @@ class Controller:
             group = self._group()
             seq = group.submit(plan)
             while True:
-                records, result, saved = group.poll(self.poll_s, self.pending.seq if self.pending else None)
+                pending = self.commits.pending
+                records, result, saved = group.poll(self.poll_s, pending.seq if pending else None)
                 if saved is not None:  # the previous round's checkpoint is durable: its commit
-                    self._settle(saved)
+                    self.commits.settle(saved)
                 if records:
                     for cb in self.callbacks:
                         cb.progress(round_id, plan, records)
@@ -383,5 +309,5 @@ class Controller:
                 raise
             status = "cancelled" if isinstance(exc, Cancelled | KeyboardInterrupt) else "failed"
             self.store.fail_round(round_id, f"{type(exc).__name__}: {exc}"[:4000], status=status)
-            self._lose_pending(f"stopped before its checkpoint was durable ({type(exc).__name__}); it re-runs")
+            self.commits.lose(f"stopped before its checkpoint was durable ({type(exc).__name__}); it re-runs")
             raise

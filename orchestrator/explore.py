@@ -17,10 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import yaml
 
-from orchestrator.controller import Controller, Reporter, create_run
+from orchestrator.controller import Controller, Reporter
 from orchestrator.group import Groups, SharedGroups
 from orchestrator.home import Home
 from orchestrator.spec import RunSpec, parse_spec
+from orchestrator.submit import create_run
 from store.runs import RunStore
 
 

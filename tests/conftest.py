@@ -126,9 +126,9 @@ def ray_head():
 
 def recorded_run(root: Path, spec: dict):
     """(home, store, run_id) of a pending run of `spec` recorded in a fresh CPT_HOME at root."""
-    from orchestrator.controller import create_run
     from orchestrator.home import Home
     from orchestrator.spec import parse_spec
+    from orchestrator.submit import create_run
     from store.runs import RunStore
 
     home = Home.from_env(root)

@@ -8,11 +8,12 @@ import yaml
 
 from conftest import GROUPS, recorded_run, tiny_spec
 from mixers.base import build_mixer
-from orchestrator.controller import Controller, SilentReporter, create_run
+from orchestrator.controller import Controller, SilentReporter
 from orchestrator.explore import explore
 from orchestrator.home import Home
 from orchestrator.planner import DataInfo, Finished, RoundPlanner
 from orchestrator.spec import parse_spec
+from orchestrator.submit import create_run
 from store.runs import RunStore
 from tests_helpers import cpt
 

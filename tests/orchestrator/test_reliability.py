@@ -10,9 +10,10 @@ import pytest
 import yaml
 
 from conftest import GROUPS, recorded_run, tiny_spec
-from orchestrator.controller import Controller, SilentReporter, create_run
+from orchestrator.controller import Controller, SilentReporter
 from orchestrator.home import Home
 from orchestrator.spec import parse_spec
+from orchestrator.submit import create_run
 from store.errors import TrainingError
 from store.runs import RunStore
 

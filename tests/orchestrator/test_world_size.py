@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import GROUPS, recorded_run, tiny_spec
-from orchestrator.controller import Controller, SilentReporter, resize_run
+from orchestrator.controller import Controller, SilentReporter
+from orchestrator.submit import resize_run
 from store.errors import SpecError
 
 
