@@ -1,6 +1,8 @@
 """Export a round checkpoint as a Hugging Face model folder.
 
-The folder holds `model.safetensors`, `config.json` and the tokenizer files, so that
+A checkpoint of either format (sharded: the ranks' parts are read back into one model here;
+full) becomes a folder holding the weights (`model.safetensors`, or above 5 GB shards with
+`model.safetensors.index.json`), `config.json` and the tokenizer files, so that
 `AutoModelForCausalLM.from_pretrained(DIR)` and `AutoTokenizer.from_pretrained(DIR)` load it with
 no cpt installed. The architecture comes from the config every cpt checkpoint records (any
 transformers causal LM the run continued: Llama, Qwen2, GPT-NeoX, GPT-2, ...); the tokenizer is
@@ -23,7 +25,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def export_hf(checkpoint: str | Path, out: str | Path, tokenizer_json: str | Path, model_path: str | None = None,
-              overwrite: bool = False, extra: dict | None = None) -> Path:
+              overwrite: bool = False, extra: dict | None = None, max_shard_size: str = "5GB") -> Path:
     from corpus import fs
 
     # what can be refused is refused before torch and transformers load (seconds of imports)
@@ -49,7 +51,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, tokenizer_json: str | Pat
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        _save_quietly(model, tmp)
+        _save_quietly(model, tmp, max_shard_size)
         own = [Path(model_path) / f for f in TOKENIZER_FILES if model_path and (Path(model_path) / f).is_file()]
         if own and (Path(model_path) / "tokenizer_config.json").is_file():
             for f in own:
@@ -68,14 +70,15 @@ def export_hf(checkpoint: str | Path, out: str | Path, tokenizer_json: str | Pat
     return out
 
 
-def _save_quietly(model, folder: Path) -> None:
-    """save_pretrained without transformers' "Writing model shards" bar (the CLI says one line)."""
+def _save_quietly(model, folder: Path, max_shard_size: str) -> None:
+    """save_pretrained without transformers' "Writing model shards" bar (the CLI says one line);
+    weights above `max_shard_size` go into several safetensors files with an index, as the Hub does."""
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        model.save_pretrained(folder, safe_serialization=True)
+        model.save_pretrained(folder, safe_serialization=True, max_shard_size=max_shard_size)
     finally:
         if bars:
             hf_logging.enable_progress_bar()

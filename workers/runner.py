@@ -256,7 +256,7 @@ class RoundRunner:
                 "model_signature": self.signature, "tokenizer_hash": plan.tokenizer_hash,
                 "model_config": self.model.module.config.to_dict()}
         if plan.checkpoint_format == "sharded":
-            state = sharded.state_of(self.model, self.optimizer)
+            state = sharded.mine(sharded.state_of(self.model, self.optimizer), self.rank, self.world)
             if not plan.checkpoint_async:
                 sharded.write(plan.checkpoint_dir, state, meta, self.rank, self.ckpt_group)
                 self.at = plan.checkpoint_dir

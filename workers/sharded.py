@@ -47,6 +47,28 @@ def state_of(model, optimizer) -> dict[str, dict[str, Any]]:
     return {"model": msd, "optim": flat}
 
 
+def mine(state: dict[str, dict[str, Any]], rank: int, world: int) -> dict[str, dict[str, Any]]:
+    """The part of a state this rank writes. A rank's own shards (DTensors, under FSDP) are its
+    alone; a tensor every rank holds (DDP) goes to one rank, the ranks' bytes balanced (largest
+    first, the same answer on every rank), so N ranks each write (and stage) about 1/N of it."""
+    from torch.distributed.tensor import DTensor
+
+    load, out = [0] * world, {part: {} for part in state}
+    replicated = []
+    for part, tensors in state.items():
+        for k, v in tensors.items():
+            if isinstance(v, DTensor) or world == 1:
+                out[part][k] = v
+            else:
+                replicated.append((v.numel() * v.element_size(), part, k))
+    for size, part, k in sorted(replicated, key=lambda x: (-x[0], x[1], x[2])):
+        owner = min(range(world), key=lambda r: (load[r], r))
+        load[owner] += size
+        if owner == rank:
+            out[part][k] = state[part][k]
+    return out
+
+
 def staged(state: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """A host-memory copy of a state: what an asynchronous save writes while training goes on."""
     return {part: {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()} for part, tensors in state.items()}

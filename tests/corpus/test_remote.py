@@ -3,6 +3,7 @@ pyarrow's S3 filesystem; nothing in the filesystem layer is mocked."""
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,24 +53,36 @@ def test_a_tampered_or_missing_remote_domain_is_a_clear_error(tmp_path, synth, s
 
 @pytest.mark.e2e
 def test_a_run_trains_on_domains_in_s3(tmp_path, synth, s3):
-    """A run reads its domains from S3 (ranks fetch shards into their node cache). The cursors name
-    the same data ids as the local copies, so every batch is the one a local run trains on (the
-    sampler tests show batches are a pure function of ids, cursors and weights)."""
+    """A run of 2 ranks reads its domains from S3 (ranks fetch shards into their node cache) and
+    writes its sharded checkpoints there (each rank uploads its own part). The cursors name the same
+    data ids as the local copies, so every batch is the one a local run trains on (the sampler tests
+    show batches are a pure function of ids, cursors and weights). Stopped after stage 1 and
+    resumed, both ranks of the node restore from S3 through one download, dropped after."""
+    import signal
+
     from conftest import tiny_spec
+    from tests_helpers import cpt_until_round_runs
 
     for d in ("en", "de"):
         out = cpt(tmp_path / "prep", "data", "prepare", str(synth["raw"][d]), "--domain", d, "--out",
                   f"s3://corpora/run-{d}", "--tokenizer", str(synth["tokenizer"]), "--val-fraction", "0.2",
                   env=s3["env"])
         assert out.returncode == 0, out.stderr
-    spec = tiny_spec(synth, checkpoints={"keep_last": 1, "uri": "s3://corpora/ckpts"})
+    spec = tiny_spec(synth, checkpoints={"keep_last": 1, "uri": "s3://corpora/ckpts"},
+                     resources={"workers": 2, "cpus_per_worker": 1})
     spec["domains"] = {"en": "s3://corpora/run-en", "de": "s3://corpora/run-de"}
     path = tmp_path / "s3.yaml"
     path.write_text(yaml.safe_dump(spec))
-    run = cpt(tmp_path / "home", "submit", str(path), "--quiet", "--json", env=s3["env"], timeout=600)
+    proc, store, run_id = cpt_until_round_runs(tmp_path / "home", ["submit", str(path), "--quiet"], finished=2,
+                                               env=s3["env"], timeout=600)
+    proc.send_signal(signal.SIGTERM)  # a preempted controller: its in-flight round re-runs on resume
+    assert proc.wait(timeout=120) == 143
+    run = cpt(tmp_path / "home", "runs", "resume", run_id, "--quiet", env=s3["env"], timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
-    run_id = json.loads(run.stdout[run.stdout.index("{"):])["run_id"]
+    cached = Path(s3["cache"]) / "checkpoints"
+    assert not [p for p in cached.iterdir() if not p.name.startswith(".")], list(cached.iterdir())  # evicted
     shown = json.loads(cpt(tmp_path / "home", "runs", "show", run_id, "--json").stdout)
+    shown["rounds"] = [r for r in shown["rounds"] if r["status"] == "finished"]
     assert [r["status"] for r in shown["rounds"]] == ["finished"] * 4
     local = {d: SequenceSource.open(d, str(synth["domains"][d]), 32).data_id for d in ("en", "de")}
     assert {d: c["data"] for d, c in shown["data"]["cursors"].items()} == local
@@ -82,10 +95,13 @@ def test_a_run_trains_on_domains_in_s3(tmp_path, synth, s3):
 
     listed = s3["fs"].get_file_info(pafs.FileSelector(f"corpora/ckpts/{run_id}", recursive=True))
     folders = sorted({i.path.split("/")[3] for i in listed if i.type == pafs.FileType.File})
-    assert folders == ["s0-r1-a1", "s1-r1-a1"]
+    assert folders == [Path(c).name for c in (ckpts[1], ckpts[3])]  # stage 1's end and the last round
+    names = sorted(i.base_name for i in listed if i.path.split("/")[3] == folders[0] and i.type == pafs.FileType.File)
+    assert names == ["__0_0.distcp", "__1_0.distcp", "index.json", "meta.json"]  # each rank its own part
     out = cpt(tmp_path / "home", "export", run_id, "-o", str(tmp_path / "hf"), env=s3["env"])
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "hf" / "model.safetensors").is_file()
+    assert len(shown["rounds"]) == 4 and all(r["workers"] == 2 for r in shown["rounds"])
 
 
 def test_a_checkpoint_round_trips_through_s3(tmp_path, s3):
