@@ -40,6 +40,7 @@ class RoundRunner:
         self.rank, self.world = self.fabric.global_rank, self.fabric.world_size
         self.ckpt_group = _checkpoint_group()
         self.writing: threading.Thread | None = None  # an asynchronous save in flight
+        self.staging: dict = {}  # host memory an asynchronous save copies into, reused round after round
         self.model = self.optimizer = None
         self.built: str | None = None  # the model config (and data shape) the in-memory model was built from
         self.at: str | None = None  # the checkpoint the in-memory state is (fresh(seed): a seeded init)
@@ -262,7 +263,7 @@ class RoundRunner:
                 self.at = plan.checkpoint_dir
                 return False
             self.at = plan.checkpoint_dir  # what the memory holds; a failed write fails the run
-            staged = sharded.staged(state)  # the stall: training goes on once the copy is made
+            staged = sharded.staged(state, self.staging)  # the stall: training goes on once the copy is made
             self.writing = threading.Thread(target=self._write, args=(plan.checkpoint_dir, staged, meta, seq),
                                             name=f"cpt-checkpoint-{seq}", daemon=True)
             self.writing.start()

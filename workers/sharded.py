@@ -69,9 +69,25 @@ def mine(state: dict[str, dict[str, Any]], rank: int, world: int) -> dict[str, d
     return out
 
 
-def staged(state: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """A host-memory copy of a state: what an asynchronous save writes while training goes on."""
-    return {part: {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()} for part, tensors in state.items()}
+def staged(state: dict[str, dict[str, Any]], buffers: dict[tuple[str, str], Any] | None = None
+           ) -> dict[str, dict[str, Any]]:
+    """A host-memory copy of a state: what an asynchronous save writes while training goes on.
+    With `buffers` (kept by the caller across rounds) the copy goes into the same host memory each
+    time: after the first round a stall is a plain copy, not an allocation and first touch of it."""
+    out: dict[str, dict[str, Any]] = {}
+    for part, tensors in state.items():
+        out[part] = {}
+        for k, v in tensors.items():
+            v = v.detach()
+            held = buffers.get((part, k)) if buffers is not None else None
+            if held is None or held.shape != v.shape or held.dtype != v.dtype or type(held) is not type(v):
+                held = v.to("cpu", copy=True)
+                if buffers is not None:
+                    buffers[(part, k)] = held
+            else:
+                held.copy_(v)
+            out[part][k] = held
+    return out
 
 
 def write(folder: str, state: dict, meta: dict[str, Any], rank: int, group=None) -> float:
