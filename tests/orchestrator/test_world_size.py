@@ -17,12 +17,12 @@ def _spec(synth, workers: int) -> dict:
     return tiny_spec(synth, resources={"workers": workers, "cpus_per_worker": 1})
 
 
-class StopAfterStage1(SilentReporter):
-    def __init__(self, store, run_id):
-        self.store, self.run_id = store, run_id
+class StopAfter(SilentReporter):
+    def __init__(self, store, run_id, at: tuple[int, int]):
+        self.store, self.run_id, self.at = store, run_id, at
 
     def round_finished(self, plan, result):
-        if (plan.stage_index, plan.round_index) == (0, 1):
+        if (plan.stage_index, plan.round_index) == self.at:
             self.store.request_cancel(self.run_id)
 
 
@@ -32,25 +32,28 @@ def _losses(store, run_id):
 
 
 def test_a_run_checkpointed_on_n_ranks_resumes_on_m_with_the_uninterrupted_losses(tmp_path, synth, ray_local):
+    """One run on 2 ranks, stopped after stage 1, resumed on 1, stopped again after a round, resumed
+    on 2: per-step and final losses equal a 1-rank run that was never stopped."""
     home, store, ref = recorded_run(tmp_path / "ref", _spec(synth, 1))
     assert Controller(store, home, ref, tracking=False, groups=GROUPS).run() == "finished"
     ref_steps, ref_eval, _ = _losses(store, ref)
 
-    for first, then in ((2, 1), (1, 2)):
-        home, store, run_id = recorded_run(tmp_path / f"{first}-{then}", _spec(synth, first))
-
-        stop = StopAfterStage1(store, run_id)
+    home, store, run_id = recorded_run(tmp_path / "resized", _spec(synth, 2))
+    for stop_after, then in (((0, 1), 1), ((1, 0), 2)):
+        stop = StopAfter(store, run_id, stop_after)
         assert Controller(store, home, run_id, stop, tracking=False, groups=GROUPS).run() == "cancelled"
         resize_run(store, run_id, then)
-        assert Controller(store, home, run_id, tracking=False, groups=GROUPS).run() == "finished"
-        steps, final, workers = _losses(store, run_id)
-        assert workers == [first, first, then, then]
-        cut = store.rounds(run_id, status="finished")[1].checkpoint_uri
-        assert json.loads((Path(cut) / "meta.json").read_text())["world_size"] == first
-        assert len(list(Path(cut).glob("__*_0.distcp"))) == first  # each rank wrote its own part
-        assert steps == pytest.approx(ref_steps, rel=1e-4), (first, then)
-        assert final == pytest.approx(ref_eval, rel=1e-4), (first, then)
-        assert f"resources.workers {first} -> {then}" in [e.message for e in store.events(run_id)]
+    assert Controller(store, home, run_id, tracking=False, groups=GROUPS).run() == "finished"
+    steps, final, workers = _losses(store, run_id)
+    assert workers == [2, 2, 1, 2]
+    for k, n in ((1, 2), (2, 1)):  # the checkpoint each resume read: written by n ranks, each its own part
+        cut = Path(store.rounds(run_id, status="finished")[k].checkpoint_uri)
+        assert json.loads((cut / "meta.json").read_text())["world_size"] == n
+        assert len(list(cut.glob("__*_0.distcp"))) == n
+    assert steps == pytest.approx(ref_steps, rel=1e-4)
+    assert final == pytest.approx(ref_eval, rel=1e-4)
+    said = [e.message for e in store.events(run_id)]
+    assert "resources.workers 2 -> 1" in said and "resources.workers 1 -> 2" in said
 
 
 def test_a_resize_the_batch_cannot_take_is_refused(tmp_path, synth):
