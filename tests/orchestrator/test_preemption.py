@@ -42,11 +42,18 @@ def test_second_controller_refused_sigterm_interrupts_ctrl_c_cancels_and_resume_
     # a second controller of the live run is refused, naming the owner, and changes nothing
     # (the first is paused meanwhile so that it cannot finish first: its process, and so its lease, live on)
     owner = store.get_run(run_id).lease_owner
-    deadline = time.time() + 60  # the newest round's first live record reaches the store (an earlier
-    while not ((latest := max(store.rounds(run_id), key=lambda r: r.id)).status == "running"  # round may
-               and latest.progress):  # still be running: its checkpoint being written)
-        assert time.time() < deadline, "no progress in the store while a round runs"
-        time.sleep(0.02)
+    def training():
+        """The newest round while it is in the first half of its steps (an earlier round may still
+        be `running` with all its steps done: its checkpoint being written)."""
+        latest = max(store.rounds(run_id), key=lambda r: r.id)
+        p = latest.progress or {}
+        done = p.get("step", 0) - p.get("round_first", 0)
+        return latest if latest.status == "running" and 0 < done <= p.get("round_steps", 0) // 2 else None
+
+    deadline = time.time() + 60
+    while (latest := training()) is None:
+        assert time.time() < deadline, "no round seen training in the store"
+        time.sleep(0.01)
     everything = _descendants(proc.pid)  # the ranks run in sessions of their own, below the CLI's raylet
     ranks = [pid for pid, cmd in everything.items() if cmd.startswith("ray::RayTrainWorker")]
     assert ranks, everything
