@@ -267,15 +267,16 @@ def _mlflow_url(run) -> str | None:
 
 def _throughput(x) -> dict:
     """Per-round scale facts from the stored result: ranks, fit time, overhead (controller-side round
-    wall minus fit), MFU, and the checkpoint's stall (time the ranks did not train for it) and write
-    time (beside the next round's training when asynchronous)."""
+    wall minus fit), MFU, rank 0's peak GPU memory, and the checkpoint's stall (time the ranks did
+    not train for it) and write time (beside the next round's training when asynchronous)."""
     res = x.result
     if res is None:
         return {"workers": None, "fit_s": None, "overhead_s": None, "mfu": None, "checkpoint_stall_s": None,
-                "checkpoint_write_s": None}
+                "checkpoint_write_s": None, "peak_mem_gb": None}
     overhead = None if res.fit_s is None or res.round_s is None else res.round_s - res.fit_s
     return {"workers": res.workers, "fit_s": res.fit_s, "overhead_s": overhead, "mfu": res.mfu,
-            "checkpoint_stall_s": res.checkpoint_stall_s, "checkpoint_write_s": res.checkpoint_write_s}
+            "checkpoint_stall_s": res.checkpoint_stall_s, "checkpoint_write_s": res.checkpoint_write_s,
+            "peak_mem_gb": res.peak_mem_gb}
 
 
 @runs_app.command("resume")

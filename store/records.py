@@ -158,6 +158,8 @@ class RoundResult:
     the copy to host memory when asynchronous)."""
     checkpoint_write_s: float | None = None
     """Seconds the checkpoint took to write (beside the next round's training when asynchronous)."""
+    peak_mem_gb: float | None = None
+    """Rank 0's peak GPU memory in the round (GB, what PyTorch's allocator handed out); None on CPU."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

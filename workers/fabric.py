@@ -98,7 +98,7 @@ def make_fabric(resources: Resources):
     gpu = resources.uses_gpu and torch.cuda.is_available()
     env = _ray_environment(lf)
     if resources.strategy == "fsdp":
-        strategy = FSDPStrategy(cluster_environment=env, state_dict_type="full")
+        strategy = FSDPStrategy(cluster_environment=env, state_dict_type="full", auto_wrap_policy=_block_policy())
     elif ctx.get_world_size() == 1:
         # one rank has nothing to synchronise: DDP would still copy every gradient into its buckets
         # and all-reduce them with itself at every step
@@ -109,6 +109,18 @@ def make_fabric(resources: Resources):
                     strategy=strategy, precision=resources.precision)
     fabric.launch()
     return fabric
+
+
+def _block_policy():
+    """FSDP's unit: each transformer block, so a rank holds one unsharded block at a time rather
+    than the whole model (one unit would gather every parameter for the forward). Every Hugging
+    Face decoder layer class derives from GradientCheckpointingLayer: any family, any checkpoint."""
+    from functools import partial
+
+    from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return partial(lambda_auto_wrap_policy, lambda_fn=lambda m: isinstance(m, GradientCheckpointingLayer))
 
 
 def prepare_model(raw, resources: Resources):
@@ -129,6 +141,8 @@ def make_optimizer(model, opt: OptimizerConfig):
     decay, no_decay = [], []
     for p in model.parameters():
         (decay if p.dim() >= 2 else no_decay).append(p)
+    # on GPUs the fused kernel: one launch for all parameters instead of a few per tensor group
+    fused = all(p.is_cuda for p in decay + no_decay) or None
     return torch.optim.AdamW([{"params": decay, "weight_decay": opt.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}],
-                             lr=0.0, betas=tuple(opt.betas), eps=opt.eps)
+                             lr=0.0, betas=tuple(opt.betas), eps=opt.eps, fused=fused)

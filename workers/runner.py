@@ -51,8 +51,14 @@ class RoundRunner:
     def _blueprint(plan: RoundPlan) -> str:
         return f"{plan.model.model_dump_json()}|{plan.vocab_size}|{plan.seq_len}"
 
+    def _init_device(self):
+        """Where a fresh model is initialised: the rank's GPU, except under FSDP (which shards a
+        model it is handed on the host, one unit at a time)."""
+        gpu = self.fabric.device.type == "cuda" and self.res.strategy != "fsdp"
+        return self.fabric.device if gpu else None
+
     def _build(self, plan: RoundPlan) -> None:
-        raw = build_model(plan.model, plan.vocab_size, plan.seq_len, plan.seed)
+        raw = build_model(plan.model, plan.vocab_size, plan.seq_len, plan.seed, self._init_device())
         self.signature = model_signature(raw)
         self.n_params = sum(p.numel() for p in raw.parameters())
         self.tied = bool(getattr(raw.config, "tie_word_embeddings", False))
@@ -68,7 +74,7 @@ class RoundRunner:
         if target != self.at:  # a retry, a resume, or a group that never saw this checkpoint
             self.finish_writes()  # a checkpoint still being written is never read half-done
             if plan.init_checkpoint is None:
-                fresh = build_model(plan.model, plan.vocab_size, plan.seq_len, plan.seed)
+                fresh = build_model(plan.model, plan.vocab_size, plan.seq_len, plan.seed, self._init_device())
                 restore_state(self.model, self.optimizer, fresh.state_dict(), None, self.tied)
             elif is_sharded(read_meta(target, self.signature)):  # any world size wrote it: DCP reshards
                 sharded.read(target, self.model, self.optimizer, plan.load_optimizer, self.ckpt_group)
@@ -83,6 +89,9 @@ class RoundRunner:
     # ---- the round ----------------------------------------------------------------------------
     def run(self, plan: RoundPlan, seq: int = 0) -> RoundResult:
         t0, started_at = time.perf_counter(), time.time()
+        cuda = self.fabric.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.fabric.device)
         self._restore(plan)
         names = sorted(set(plan.weights) | set(plan.eval_domains))
         domains = {n: DomainData.open(n, plan.domain_paths[n], plan.tokenizer_hash) for n in names}
@@ -105,7 +114,8 @@ class RoundRunner:
             eval_s=t_save - t_eval, save_s=save_s, mfu=self._mfu(tokens / max(fit_s, 1e-9)),
             cursors=fit["cursors"], grad_norms=fit["grad_norms"], step_times=fit["step_times"],
             started_at=started_at, ended_at=time.time(), checkpoint_pending=pending, checkpoint_stall_s=save_s,
-            checkpoint_write_s=None if pending else save_s)
+            checkpoint_write_s=None if pending else save_s,
+            peak_mem_gb=torch.cuda.max_memory_allocated(self.fabric.device) / 1e9 if cuda else None)
 
     def fit(self, plan: RoundPlan, sources: dict[str, SequenceSource]) -> dict[str, Any]:
         """Train the round's steps; returns globally reduced per-step and per-domain statistics."""
@@ -118,10 +128,14 @@ class RoundRunner:
         micro = plan.micro_batch_size or per_rank
         reweight = plan.sample_loss.kind != "uniform"
         D, steps = len(sampler.names), plan.num_steps
-        sums = torch.zeros(steps, dtype=torch.float64)
-        dsum = torch.zeros(steps, D, dtype=torch.float64)
-        dcnt = torch.zeros(steps, D, dtype=torch.float64)
-        lrs, grad_norms, step_times = [], [], []
+        # per-step sums stay on the device until a log point or the round's end: a host read per
+        # micro-batch would make the CPU wait for the GPU and stop it queueing the next kernels
+        dev = fabric.device
+        sums = torch.zeros(steps, dtype=torch.float64, device=dev)
+        dsum = torch.zeros(steps, D, dtype=torch.float64, device=dev)
+        dcnt = torch.zeros(steps, D, dtype=torch.float64, device=dev)
+        norms = torch.zeros(steps, dtype=torch.float64, device=dev)
+        lrs, step_times = [], []
         live: dict[int, torch.Tensor] = {}  # steps reduced early for live metrics (their values are final)
         every = max(1, plan.log_every)
         clip = plan.optimizer.grad_clip or float("inf")  # inf: measure the norm, change nothing
@@ -130,12 +144,12 @@ class RoundRunner:
         for k in range(steps):
             step = plan.stage_step_start + k
             ids, dom = sampler.batch(k, self.rank, N)  # only this rank's rows are read
-            ids = ids.to(fabric.device)
+            ids, dom = ids.to(dev, non_blocking=True), dom.to(dev, non_blocking=True)
             lr = lr_fn(step)
             for group in opt.param_groups:
                 group["lr"] = lr
             lrs.append(lr)
-            w = torch.full((per_rank,), 1.0 / B, device=fabric.device)
+            w = torch.full((per_rank,), 1.0 / B, device=dev)
             if reweight and step >= plan.sample_loss.burn_in:
                 w = self._global_weights(ids, micro, plan.sample_loss)
             for m in range(0, per_rank, micro):
@@ -146,25 +160,29 @@ class RoundRunner:
                     # then equals the gradient of sum_i w_i l_i over the whole batch
                     fabric.backward(N * (w[rows] * per_seq).sum())
                 with torch.no_grad():
-                    d = per_seq.detach().double().cpu()
+                    d = per_seq.detach().double()
                     sums[k] += d.sum()
                     dsum[k].index_add_(0, dom[rows], d)
                     dcnt[k].index_add_(0, dom[rows], torch.ones_like(d))
-            grad_norms.append(float(fabric.clip_gradients(model, opt, max_norm=clip)))
+            norms[k] = fabric.clip_gradients(model, opt, max_norm=clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            step_times.append(time.time())
-            if k % every == every - 1 or k == steps - 1:  # the same steps on every rank: a collective
-                row = torch.cat([sums[k:k + 1], dsum[k], dcnt[k]]).to(fabric.device)
+            logged = k % every == every - 1 or k == steps - 1  # the same steps on every rank: a collective
+            if not logged:
+                step_times.append(time.time())  # when the step was queued (a GPU may still be running it)
+            else:
+                row = torch.cat([sums[k:k + 1], dsum[k], dcnt[k]])
                 live[k] = fabric.all_reduce(row, reduce_op="sum").cpu().double()
+                step_times.append(time.time())  # after the read: when the step was done on the device
                 if self.rank == 0:
                     now = time.perf_counter()
                     self.mailbox.progress.remote(self._live_record(plan, k, live[k], sampler.names, lr,
-                                                                   grad_norms[-1], step_times[-1],
+                                                                   float(norms[k]), step_times[-1],
                                                                    (k - k_last) / max(now - t_last, 1e-9)))
                     t_last, k_last = now, k
-        packed = fabric.all_reduce(torch.cat([sums[:, None], dsum, dcnt], 1).to(fabric.device), reduce_op="sum")
+        packed = fabric.all_reduce(torch.cat([sums[:, None], dsum, dcnt], 1), reduce_op="sum")
         packed = packed.cpu().double()
+        grad_norms = norms.tolist()
         for k, row in live.items():  # a live point and the round's final record agree to the last bit
             packed[k] = row
         sums, dsum, dcnt = packed[:, 0], packed[:, 1:1 + D], packed[:, 1 + D:]
@@ -207,7 +225,7 @@ class RoundRunner:
         grow with the global batch or the vocabulary. Under FSDP every rank runs the same number of
         forwards (a rank without a batch in the last pass repeats one and drops it)."""
         sharded = self.res.strategy == "fsdp" and self.world > 1
-        module = self.model if sharded else getattr(self.model, "module", self.model)
+        module, losses_of = eval_forward(self.model, self.res.strategy == "fsdp")
         module.eval()
         names = list(plan.eval_domains)
         micro = plan.micro_batch_size or max(1, plan.batch_size // self.world)
@@ -221,7 +239,7 @@ class RoundRunner:
                     break
                 batch = batches[min(j, len(batches) - 1)]
                 for m in range(0, len(batch), micro):
-                    losses = eval_losses(module, batch[m:m + micro].to(self.fabric.device)).double().cpu()
+                    losses = losses_of(module, batch[m:m + micro].to(self.fabric.device)).double().cpu()
                     if j < len(batches):
                         acc[i, 0] += losses.sum()
                         acc[i, 1] += len(losses)
@@ -313,6 +331,17 @@ class RoundRunner:
     def close(self) -> None:
         self.finish_writes()
         self.model = self.optimizer = None
+
+
+def eval_forward(model, fsdp: bool):
+    """(module, loss function) evaluation runs. Under FSDP the wrapped root with the plain forward
+    (one micro-batch's logits at a time): its nested units, one per block, may only run inside the
+    root's forward, and a call on an inner module (the base model, the output layer) before the
+    first training step breaks that step (first seen on an H200). Otherwise the unwrapped module
+    with the sliced loss (no DDP hooks; logits a slice of positions at a time)."""
+    if fsdp:
+        return model, token_losses
+    return getattr(model, "module", model), eval_losses
 
 
 def _checkpoint_group():

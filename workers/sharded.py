@@ -74,19 +74,30 @@ def staged(state: dict[str, dict[str, Any]], buffers: dict[tuple[str, str], Any]
     """A host-memory copy of a state: what an asynchronous save writes while training goes on.
     With `buffers` (kept by the caller across rounds) the copy goes into the same host memory each
     time: after the first round a stall is a plain copy, not an allocation and first touch of it."""
+    import torch
+
     out: dict[str, dict[str, Any]] = {}
+    synced = False
     for part, tensors in state.items():
         out[part] = {}
         for k, v in tensors.items():
             v = v.detach()
             held = buffers.get((part, k)) if buffers is not None else None
+            # kept buffers of a GPU's plain tensors are page-locked: the copy runs at the link's rate
+            # (a 1B model's state took 7.6 s through pageable memory on an H200), all copies in flight at once
+            pin = buffers is not None and type(v) is torch.Tensor and v.is_cuda
             if held is None or held.shape != v.shape or held.dtype != v.dtype or type(held) is not type(v):
-                held = v.to("cpu", copy=True)
+                held = torch.empty(v.shape, dtype=v.dtype, pin_memory=True) if pin else v.to("cpu", copy=True)
                 if buffers is not None:
                     buffers[(part, k)] = held
+                if pin:
+                    held.copy_(v, non_blocking=True)
             else:
-                held.copy_(v)
+                held.copy_(v, non_blocking=pin)
+            synced = synced or pin
             out[part][k] = held
+    if synced:
+        torch.cuda.synchronize()  # the copies are done before anyone reads the buffers
     return out
 
 
