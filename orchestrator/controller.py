@@ -72,6 +72,7 @@ class Controller:
         self.planner: RoundPlanner | None = None
         self.commits: Commits | None = None
         self.group: WorkerGroup | None = None
+        self.workers: int | None = None  # ranks of the last group started (an elastic group's size varies)
         self.manifests: dict[str, Any] | None = None  # set by a submit that just checked the data
         self._signals: dict[str, bool] = {}
 
@@ -181,6 +182,7 @@ class Controller:
                             self.tracking.log_round(done.id, done.plan, done.result)
                         continue
                     self.store.set_stage_status(self.run_id, i, "running")
+                    self._rescale()
                     self._run_round(i, r, mixer, reference, self.commits.done())
                 self._drain()  # the stage's last checkpoint is durable before its buffers fill
                 break
@@ -271,9 +273,39 @@ class Controller:
     def _group(self) -> WorkerGroup:
         """The run's worker group, started with the run and kept across rounds and stages."""
         if self.group is None:
-            self.group = self.groups.get(self.run_id, self.spec.resources, self.workdir / "ray-train",
-                                         self._message)
+            res = self._sized()
+            if res.workers != self.workers:
+                if self.workers is not None:
+                    self.store.add_event(self.run_id, f"elastic: {self.workers} -> {res.workers} workers")
+                    self._message(f"elastic: the group now has {res.workers} of up to {self.spec.resources.workers} "
+                                  f"workers")
+                self.workers = res.workers
+            self.group = self.groups.get(self.run_id, res, self.workdir / "ray-train", self._message)
         return self.group
+
+    def _sized(self):
+        """The resources of the next group: the spec's, or for an elastic group (`workers: {min,
+        max}`) the most ranks the cluster's alive nodes hold now. cpt sizes each group itself rather
+        than through Ray Train's elastic ScalingConfig: Ray Train resizes whenever capacity changes,
+        restarting every rank mid-round, where cpt resizes only between rounds (a round keeps one
+        shape from its checkpoint to the next) and only to sizes the global batch divides over."""
+        res = self.spec.resources
+        if not res.elastic:
+            return res
+        import ray
+
+        from orchestrator.placement import elastic_size
+
+        return elastic_size(res, ray.cluster_resources(), lambda n: self.spec.batch_problem(n) is None)
+
+    def _rescale(self) -> None:
+        """Between rounds: an elastic group that shrank restarts larger once the cluster has room
+        again (the new group restores from the last commit, so a pending write is drained first)."""
+        if self.group is None or not self.spec.resources.elastic or self.workers >= self.spec.resources.workers:
+            return
+        if self._sized().workers > self.workers:
+            self._drain()
+            self._drop_group(kill=False)
 
     def _drop_group(self, kill: bool) -> None:
         if self.group is not None:

@@ -21,6 +21,15 @@ def shortfall(res: Resources, have: dict[str, float]) -> str | None:
     return None
 
 
+def elastic_size(res: Resources, have: dict[str, float], usable: Callable[[int], bool]) -> Resources:
+    """An elastic group's resources for now: the most ranks in [min, max] that the cluster's
+    CPUs/GPUs (`have`, alive nodes) hold and the global batch divides over (`usable`). With none
+    that fits, the smallest usable size (whose start then waits or fails, naming what is short)."""
+    counts = [n for n in res.worker_counts() if usable(n)]
+    fits = [n for n in counts if shortfall(res.model_copy(update={"workers": n}), have) is None]
+    return res.model_copy(update={"workers": (fits or counts[-1:])[0]})
+
+
 def check_fits(res: Resources, report: Callable[[str], None] | None = None,
                resources: Callable[[], dict[str, float]] | None = None,
                sleep: Callable[[float], None] = time.sleep) -> None:

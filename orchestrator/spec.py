@@ -124,14 +124,26 @@ class RunSpec(Config):
         return self
 
     def _check_batch(self) -> None:
-        n, b = self.resources.workers, self.batch_size
+        res = self.resources
+        if res.elastic:  # the bounds must be usable sizes; sizes between them that are not are skipped
+            for n, bound in ((res.workers, "max"), (res.min_workers, "min")):
+                if problem := self.batch_problem(n):
+                    raise SpecError(f"resources.workers.{bound}: {problem}")
+        elif problem := self.batch_problem(res.workers):
+            raise SpecError(problem)
+        if self.model.dtype == "bfloat16" and self.resources.precision != "bf16-mixed":
+            raise SpecError("model.dtype bfloat16 is now resources.precision: bf16-mixed (weights stay float32)")
+
+    def batch_problem(self, n: int) -> str | None:
+        """Why the global batch cannot run on n ranks (it must split evenly, in whole micro-batches)."""
+        b = self.batch_size
         if b % n:
-            raise SpecError(f"batch_size {b} must divide evenly over resources.workers {n} (each rank trains "
-                            f"batch_size / workers sequences of every step)")
+            return (f"batch_size {b} must divide evenly over resources.workers {n} (each rank trains "
+                    f"batch_size / workers sequences of every step)")
         share, micro = b // n, self.micro_batch_size
         if micro is not None and share % micro:
-            raise SpecError(f"micro_batch_size {micro} must divide each rank's share of the batch "
-                            f"({b} / {n} workers = {share})")
+            return f"micro_batch_size {micro} must divide each rank's share of the batch ({b} / {n} workers = {share})"
+        return None
         if self.model.dtype == "bfloat16" and self.resources.precision != "bf16-mixed":
             raise SpecError("model.dtype bfloat16 is now resources.precision: bf16-mixed (weights stay float32)")
 

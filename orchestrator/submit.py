@@ -25,7 +25,8 @@ def resize_run(store: RunStore, run_id: str, workers: int) -> None:
     run = store.get_run(run_id)
     if holder_alive(store, run_id):
         raise RunBusy(f"run {run_id} is driven by a live controller ({run.lease_owner}); stop it before resizing")
-    spec = {**run.spec_json, "resources": {**run.spec_json.get("resources", {}), "workers": workers}}
+    kept = {k: v for k, v in run.spec_json.get("resources", {}).items() if k != "min_workers"}
+    spec = {**run.spec_json, "resources": {**kept, "workers": workers}}  # a fixed size, also for an elastic run
     parse_spec(json.dumps(spec), f"run {run_id} spec with resources.workers {workers}")  # SpecError if it cannot be
     before = run.spec_json.get("resources", {}).get("workers", 1)
     store.update_run(run_id, spec_json=spec)

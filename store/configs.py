@@ -98,7 +98,12 @@ class Resources(Config):
     One place for every default: the spec, the worker group and each rank's Fabric read this."""
 
     workers: int = Field(1, ge=1, le=4096)
-    """Ranks of the data-parallel worker group (one process each, on any nodes of the cluster)."""
+    """Ranks of the data-parallel worker group (one process each, on any nodes of the cluster).
+    `workers: {min: A, max: B}` makes the group elastic: each group starts with the most ranks in
+    [A, B] the cluster holds (and the global batch divides over), so a round whose node died is
+    retried on the ranks left, and the next round after capacity returns scales back up."""
+    min_workers: int | None = Field(None, ge=1, le=4096)
+    """The elastic group's lower bound (from `workers: {min, max}`); None: always `workers` ranks."""
     cpus_per_worker: float = Field(1, gt=0, le=1024)
     """CPUs per rank (Ray resources; also the rank's torch thread count)."""
     gpus_per_worker: float = Field(0, ge=0, le=64)
@@ -128,6 +133,13 @@ class Resources(Config):
         # `cpus`/`gpus` were the single-worker names: still accepted, never together with the new ones
         if isinstance(data, dict):
             data = dict(data)
+            if isinstance(data.get("workers"), dict):  # {min, max}: elastic
+                bounds = dict(data["workers"])
+                if set(bounds) != {"min", "max"}:
+                    raise ValueError(f"workers: give an integer or {{min: A, max: B}}, got keys {sorted(bounds)}")
+                if "min_workers" in data:
+                    raise ValueError("give workers: {min, max} or min_workers, not both")
+                data["workers"], data["min_workers"] = bounds["max"], bounds["min"]
             for old, new in (("cpus", "cpus_per_worker"), ("gpus", "gpus_per_worker")):
                 if old in data:
                     if new in data:
@@ -137,11 +149,22 @@ class Resources(Config):
 
     @model_validator(mode="after")
     def _fits(self) -> Resources:
+        if self.min_workers is not None and self.min_workers > self.workers:
+            raise ValueError(f"workers: min {self.min_workers} is above max {self.workers}")
         if self.precision == "bf16-mixed" and self.gpus_per_worker == 0:
             raise ValueError("precision bf16-mixed needs gpus_per_worker > 0 (on CPU use 32-true)")
         if self.strategy == "fsdp" and self.gpus_per_worker == 0:  # Lightning Fabric's FSDP is GPU-only
             raise ValueError("strategy fsdp needs gpus_per_worker > 0 (on CPU use ddp)")
         return self
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_workers is not None and self.min_workers < self.workers
+
+    def worker_counts(self) -> list[int]:
+        """The group sizes this run may take, largest first (one unless elastic)."""
+        low = self.min_workers if self.min_workers is not None else self.workers
+        return list(range(self.workers, low - 1, -1))
 
     @property
     def uses_gpu(self) -> bool:

@@ -90,6 +90,19 @@ def _start(nodes: TwoNodes, ns: str, args: list[str]) -> None:
         raise RuntimeError(f"ray start in {ns} failed:\n{out[-3000:]}")
 
 
+def rejoin(nodes: TwoNodes, cpus: int, timeout: float = 60) -> None:
+    """Start the second node again after `kill` (capacity coming back): once the head has declared
+    the old one dead, a new node on the same address joins."""
+    deadline = time.monotonic() + timeout
+    before = nodes.cpus()
+    _start(nodes, nodes.node_ns, [f"--address={nodes.gcs}", f"--node-ip-address={NODE_IP}", f"--num-cpus={cpus}",
+                                  f"--temp-dir={nodes.temp / 'b-again'}"])
+    while nodes.cpus() < before + cpus:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the second node did not rejoin within {timeout:g} s")
+        time.sleep(1)
+
+
 @contextlib.contextmanager
 def two_nodes(head_cpus: int = 2, node_cpus: int = 1, timeout: float = 60) -> Iterator[TwoNodes]:
     tag = secrets.token_hex(3)

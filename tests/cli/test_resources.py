@@ -57,3 +57,23 @@ def test_the_wait_ends_when_the_cluster_has_grown():
     with pytest.raises(ClusterError, match="set resources.wait_s"):
         check_fits(Resources(workers=3), said.append,
                    resources=lambda: {"CPU": 2.0}, sleep=slept.append)
+
+
+def test_an_elastic_group_takes_the_most_ranks_that_fit_and_divide_the_batch():
+    """orchestrator.placement.elastic_size: `workers: {min, max}` starts each group with the most
+    ranks in [min, max] the alive nodes hold whose count the global batch divides over; with none
+    that fits, the smallest (whose start then waits or fails naming the resource)."""
+    from orchestrator.placement import elastic_size
+    from store.configs import Resources
+
+    res = Resources.model_validate({"workers": {"min": 2, "max": 8}, "cpus_per_worker": 2})
+    assert res.elastic and res.worker_counts() == [8, 7, 6, 5, 4, 3, 2]
+    divides_12 = lambda n: 12 % n == 0  # noqa: E731
+    assert elastic_size(res, {"CPU": 16}, divides_12).workers == 6  # 8 and 7 do not divide 12
+    assert elastic_size(res, {"CPU": 11}, divides_12).workers == 4  # 5 fits but does not divide
+    assert elastic_size(res, {"CPU": 4}, divides_12).workers == 2
+    assert elastic_size(res, {"CPU": 2}, divides_12).workers == 2  # nothing fits: the smallest
+    fixed = Resources(workers=4)
+    assert not fixed.elastic and fixed.worker_counts() == [4]
+    assert elastic_size(fixed, {"CPU": 1}, divides_12).workers == 4
+    assert Resources.model_validate({"workers": {"min": 2, "max": 2}}).elastic is False

@@ -59,6 +59,11 @@ def test_examples_parse(example, monkeypatch, tmp_path):
     (lambda s: s.update(name="bad name!"), r"name: "),
     (lambda s: s.pop("tokenizer"), r"tokenizer: Field required"),
     (lambda s: s.update(stages=[]), r"stages: "),
+    (lambda s: s.update(resources={"workers": {"min": 3, "max": 2}}), r"resources: .*min 3 is above max 2"),
+    (lambda s: s.update(resources={"workers": {"min": 1, "most": 2}}), r"resources: .*\{min: A, max: B\}"),
+    (lambda s: s.update(resources={"workers": {"min": 3, "max": 4}}),
+     r"resources\.workers\.min: batch_size 4 must divide evenly over resources\.workers 3"),
+    (lambda s: s.update(resources={"workers": {"min": 1, "max": 3}}), r"resources\.workers\.max: batch_size 4"),
 ])
 def test_spec_errors_name_the_field(synth, mutate, match):
     from conftest import tiny_spec
