@@ -4,16 +4,18 @@ A buffer is a domain folder (cpt-shards/1, sequences stored back to back and sam
 mixers see `replay/<domain>` like any other domain. It is filled after each stage from exactly the
 sequences that stage read of the domain: the positions between the domain's cursor before the
 stage and after it (data order is a pure function of the cursors, so the stream is regenerated,
-not shipped back from workers). A buffer is read like any domain (cursor, epochs), one sequence
-at a time from its memory-mapped shards, whatever its size. Reservoir sampling keeps a uniform
-sample of everything seen under a token budget; FIFO keeps the most recent sequences.
+not shipped back from workers). Positions are chosen first and only the rows that end in the
+buffer are read: a fill costs the buffer's size in memory, not the stage's. A buffer is read
+like any domain (cursor, epochs), one sequence at a time from its memory-mapped shards, whatever
+its size. Reservoir sampling keeps a uniform sample of everything seen under a token budget; FIFO
+keeps the most recent sequences.
 """
 
 from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,96 @@ from corpus.shards import (
     write_json_atomic,
 )
 from store.errors import DataError
+
+READ_ROWS = 16384
+"""Rows read from the source at once (a chunk's int64 rows: 16k x window x 8 bytes)."""
+DRAW_CHUNK = 1 << 20
+"""Reservoir draws per chunk (a few arrays of this many int64s)."""
+
+
+class StageStream:
+    """The sequences of a domain a finished stage trained on, in the order it read them: exactly
+    the positions between the domain's cursor before the stage and after it. Random access: the
+    data order is a keyed permutation per epoch (corpus.order.permute), so the sequence at any
+    stream index is computed, not found by reading what comes before it."""
+
+    def __init__(self, source, start: dict[str, Any] | None, end: dict[str, Any] | None, seed: int):
+        self.source, self.seed = source, seed
+        n = source.n
+        if end is None:
+            self.first, self.total = 0, 0
+            return
+        start = start or order.new_cursor(end["data"])
+        self.first = start["epoch"] * n + start["pos"]
+        self.total = end["epoch"] * n + end["pos"] - self.first
+
+    def __len__(self) -> int:
+        return self.total
+
+    def ids(self, index: np.ndarray) -> np.ndarray:
+        """Sequence ids at stream indices `index`."""
+        n = self.source.n
+        absolute = self.first + np.asarray(index, dtype=np.int64)
+        epoch, pos = absolute // n, absolute % n
+        out = np.empty(len(absolute), dtype=np.int64)
+        for e in np.unique(epoch):
+            mask = epoch == e
+            out[mask] = order.permute(pos[mask], n, self.seed, self.source.name, int(e))
+        return out
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        """Token rows [len(index), window] (int32) at stream indices `index`, read a chunk at a time."""
+        index = np.asarray(index, dtype=np.int64)
+        out = None
+        for at in range(0, len(index), READ_ROWS):
+            got = self.source.rows(self.ids(index[at:at + READ_ROWS]))
+            if out is None:
+                out = np.empty((len(index), got.shape[1]), dtype=np.int32)
+            out[at:at + len(got)] = got
+        return out if out is not None else np.zeros((0, 0), dtype=np.int32)
+
+    def __iter__(self):
+        for at in range(0, self.total, READ_ROWS):
+            yield from self.rows(np.arange(at, min(at + READ_ROWS, self.total)))
+
+
+class RowStream:
+    """A stream given as rows (tests, small inputs): the same interface as StageStream."""
+
+    def __init__(self, rows: Iterable[np.ndarray]):
+        listed = [np.asarray(r, dtype=np.int32) for r in rows]
+        self.data = np.stack(listed) if listed else np.zeros((0, 0), dtype=np.int32)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        return self.data[np.asarray(index, dtype=np.int64)]
+
+
+
+def reservoir_slots(capacity: int, filled: int, seen: int, total: int, rng: np.random.Generator,
+                    check: Callable[[], None] = lambda: None, chunk: int | None = None) -> np.ndarray:
+    """Algorithm R over stream indices only: which index of the new stream ends in each of the
+    buffer's `capacity` slots (-1: the slot keeps what it holds, or stays empty). The same draws as
+    adding the rows one by one (numpy's bounded integers draw element by element either way), in
+    chunks: memory is the buffer's slots and one chunk, whatever the stream's length."""
+    chunk = chunk or DRAW_CHUNK
+    slots = np.full(capacity, -1, dtype=np.int64)
+    direct = min(capacity - filled, total)  # a buffer not yet full takes rows without a draw
+    slots[filled:filled + direct] = np.arange(direct)
+    t, seen = direct, seen + direct
+    while t < total:
+        check()
+        k = min(chunk, total - t)
+        j = rng.integers(0, np.arange(seen + 1, seen + k + 1, dtype=np.int64))
+        hit = np.nonzero(j < capacity)[0]
+        if len(hit):
+            js, ts = j[hit][::-1], (t + hit)[::-1]  # the last index drawn for a slot wins
+            taken, first = np.unique(js, return_index=True)
+            slots[taken] = ts[first]
+        t, seen = t + k, seen + k
+    return slots
 
 
 class ReplayBuffer:
@@ -58,28 +150,37 @@ class ReplayBuffer:
         buf.seen, buf.filled_from = m["seen"], list(m["filled_from"])
         return buf
 
-    def add(self, seqs: Iterable[np.ndarray], rng: np.random.Generator) -> None:
-        rows = [np.asarray(s, dtype=np.int32) for s in seqs]
-        if not rows:
+    def add(self, stream: StageStream | RowStream | Iterable[np.ndarray], rng: np.random.Generator,
+            check: Callable[[], None] = lambda: None) -> None:
+        """Add a stream: reservoir sampling (Algorithm R) keeps a uniform sample of everything seen,
+        FIFO the latest. Only the rows that end in the buffer are read (positions are chosen first),
+        so time and memory follow the buffer's size and the stream's length, never its bytes.
+        `check` is called between chunks (a cancel or SIGTERM stops a long fill)."""
+        if not hasattr(stream, "rows"):
+            stream = RowStream(stream)
+        total = len(stream)
+        if total == 0:
             return
-        new = np.stack(rows)
-        if new.shape[1] != self.seq_tokens:
-            raise DataError(f"replay buffer {self.folder}: sequences of {new.shape[1]} tokens, expected "
-                            f"{self.seq_tokens}")
         if self.policy == "fifo":
+            tail = min(total, self.capacity)
+            new = self._checked(stream.rows(np.arange(total - tail, total)))
             self.seqs = np.concatenate([self.seqs, new])[-self.capacity:]
-            self.seen += len(new)
+            self.seen += total
             return
-        buf = list(self.seqs)
-        for row in new:  # Algorithm R
-            self.seen += 1
-            if len(buf) < self.capacity:
-                buf.append(row)
-            else:
-                j = int(rng.integers(0, self.seen))
-                if j < self.capacity:
-                    buf[j] = row
-        self.seqs = np.stack(buf)
+        filled = len(self.seqs)
+        slots = reservoir_slots(self.capacity, filled, self.seen, total, rng, check)
+        size = min(self.capacity, filled + total)
+        out = np.empty((size, self.seq_tokens), dtype=np.int32)
+        out[:filled] = self.seqs
+        take = np.nonzero(slots[:size] >= 0)[0]
+        out[take] = self._checked(stream.rows(slots[take]))
+        self.seqs, self.seen = out, self.seen + total
+
+    def _checked(self, rows: np.ndarray) -> np.ndarray:
+        if len(rows) and rows.shape[1] != self.seq_tokens:
+            raise DataError(f"replay buffer {self.folder}: sequences of {rows.shape[1]} tokens, expected "
+                            f"{self.seq_tokens}")
+        return rows
 
     def tokens(self) -> int:
         return int(self.seqs.size)
@@ -119,19 +220,9 @@ class ReplayBuffer:
 
 
 def stage_stream(source: SequenceSource, start: dict[str, Any] | None, end: dict[str, Any] | None,
-                 seed: int, chunk: int = 4096) -> Iterable[np.ndarray]:
-    """The sequences of a domain a finished stage trained on, in the order it read them: exactly
-    the positions between the domain's cursor before the stage and after it (corpus.order)."""
-    if end is None:
-        return
-    start = start or order.new_cursor(end["data"])
-    n = source.n
-    total = (end["epoch"] * n + end["pos"]) - (start["epoch"] * n + start["pos"])
-    cur = dict(start)
-    for done in range(0, total, chunk):
-        k = min(chunk, total - done)
-        yield from source.rows(order.read(cur, k, n, seed, source.name))
-        cur = order.advance(cur, k, n)
+                 seed: int) -> StageStream:
+    """The sequences of a domain a finished stage trained on (cursor `start` to `end`)."""
+    return StageStream(source, start, end, seed)
 
 
 def _exists(folder: str | Path) -> bool:
@@ -143,8 +234,10 @@ def _exists(folder: str | Path) -> bool:
 
 
 def fill_buffer(folder: str | Path, name: str, source_folder: str, spec_buffer: dict[str, Any], seq_len: int,
-                stream: Iterable[np.ndarray], seed: int, stage: int, tag: str) -> ReplayBuffer:
-    """Add a stage's stream to the buffer at `folder` (created if needed); idempotent per `tag`."""
+                stream: StageStream | Iterable[np.ndarray], seed: int, stage: int, tag: str,
+                check: Callable[[], None] = lambda: None) -> ReplayBuffer:
+    """Add a stage's stream to the buffer at `folder` (created if needed); idempotent per `tag`
+    (a fill stopped by `check` leaves the buffer as it was, and the resumed run fills it again)."""
     if _exists(folder):
         buf = ReplayBuffer.load(folder)
         if tag in buf.filled_from:
@@ -154,7 +247,7 @@ def fill_buffer(folder: str | Path, name: str, source_folder: str, spec_buffer: 
         buf = ReplayBuffer(folder, spec_buffer["tokens"], seq_len + 1, spec_buffer.get("policy", "reservoir"),
                            {"domain": m.get("domain"), "tokenizer_hash": m["tokenizer_hash"],
                             "vocab_size": m["vocab_size"], "eos_id": m["eos_id"], "folder": str(source_folder)})
-    buf.add(stream, np.random.default_rng([seed, stage, 7919]))
+    buf.add(stream, np.random.default_rng([seed, stage, 7919]), check)
     buf.filled_from.append(tag)
     buf.save(name)
     return buf
@@ -162,9 +255,9 @@ def fill_buffer(folder: str | Path, name: str, source_folder: str, spec_buffer: 
 
 def fill_from_stage(folder: Path, domain: str, source_folder: str, start: dict[str, Any] | None,
                     end: dict[str, Any] | None, spec_buffer: dict[str, Any], seq_len: int, seed: int,
-                    stage: int) -> ReplayBuffer:
+                    stage: int, check: Callable[[], None] = lambda: None) -> ReplayBuffer:
     """Add the sequences of `domain` that stage `stage` trained on (cursor `start` to `end`) to its buffer."""
     source = SequenceSource.open(domain, source_folder, seq_len)
     stream = stage_stream(source, start, end, seed)
     return fill_buffer(folder, buffer_name(domain), source_folder, spec_buffer, seq_len, stream, seed, stage,
-                       f"stage-{stage}")
+                       f"stage-{stage}", check)

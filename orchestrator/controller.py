@@ -207,7 +207,8 @@ class Controller:
         for job in self.planner.replay_fill(i, self._finished()):
             spec = self.planner.buffer_spec(job.domain, i)
             buf = fill_from_stage(job.folder, job.domain, self.spec.domains[job.domain], job.before, job.after,
-                                  spec.model_dump(), self.spec.seq_len, self.spec.seed, i)
+                                  spec.model_dump(), self.spec.seq_len, self.spec.seed, i,
+                                  lambda: self._check_control("while filling replay buffers"))
             self._message(f"replay buffer {job.domain}: {buf.tokens():,} tokens ({buf.policy}, "
                           f"{buf.seen:,} sequences seen)")
 
