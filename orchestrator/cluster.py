@@ -98,6 +98,8 @@ def connect(home: Home, num_cpus: int | None = None, dashboard: bool = True,
         url = local["dashboard"] if local and local["gcs"] == home.ray_address else None
     else:
         home.ray_temp.mkdir(parents=True, exist_ok=True)
+        if os.environ.get("CPT_DASHBOARD") == "0":  # nobody watches (CI, batch jobs): no web server, a faster start
+            dashboard = False
         ctx = ray.init(num_cpus=num_cpus or os.cpu_count(), object_store_memory=256 * 1024**2,
                        _temp_dir=str(home.ray_temp), _node_ip_address=LOOPBACK, include_dashboard=dashboard,
                        dashboard_host=LOOPBACK, namespace="cpt", log_to_driver=False, configure_logging=False,

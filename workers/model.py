@@ -93,16 +93,38 @@ def eval_losses(model, ids, logit_bytes: int = LOGIT_BYTES):
     states go through the output layer a slice of positions at a time, each slice's loss reduced
     at once (at vocab 128k and seq 4096 one sequence's fp32 logits are 2 GB; a slice here is 64 MB). A model whose
     logits are more than that layer (soft-capped, scaled) falls back to its own forward."""
-    import torch
-    import torch.nn.functional as F
-
     head = model.get_output_embeddings()
     base = model.base_model
     if head is None or base is model or any(getattr(model.config, k, None) for k in _SCALED_LOGITS):
         return token_losses(model, ids)
-    hidden = base(input_ids=ids[:, :-1]).last_hidden_state  # [B, L, H]
+    return _sliced_loss(base(input_ids=ids[:, :-1]).last_hidden_state, head, ids, logit_bytes)
+
+
+def eval_losses_whole(model, ids, logit_bytes: int = LOGIT_BYTES):
+    """`eval_losses` for a model that may only run whole (FSDP: its per-block units run inside the
+    root's forward, and the output layer's weight is gathered only there): for one call the output
+    layer's forward is the sliced loss against `ids`, so the model's forward returns per-sequence
+    losses where it would return [B, L, V] logits."""
+    head = model.get_output_embeddings()
+    if head is None or not hasattr(head, "out_features") or any(
+            getattr(model.config, k, None) for k in _SCALED_LOGITS):
+        return token_losses(model, ids)
+    layer = type(head).forward.__get__(head)
+    head.forward = lambda hidden: _sliced_loss(hidden, layer, ids, logit_bytes, head.out_features)
+    try:
+        return model(input_ids=ids[:, :-1]).logits.float()
+    finally:
+        del head.forward
+
+
+def _sliced_loss(hidden, head, ids, logit_bytes: int, vocab: int | None = None):
+    """Mean next-token loss per sequence from the last hidden states [B, L, H], the output layer
+    applied a slice of positions at a time."""
+    import torch
+    import torch.nn.functional as F
+
     rows, length = hidden.shape[:2]
-    step = max(1, logit_bytes // (4 * head.weight.shape[0] * rows))
+    step = max(1, logit_bytes // (4 * (vocab or head.weight.shape[0]) * rows))
     total = torch.zeros(rows, dtype=torch.float64, device=hidden.device)
     for s in range(0, length, step):
         logits = head(hidden[:, s:s + step]).float()

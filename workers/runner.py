@@ -27,7 +27,7 @@ from store.records import RoundPlan, RoundResult
 from workers import sharded
 from workers.checkpoint import full_state, is_sharded, read_checkpoint, read_meta, restore_state, save_state
 from workers.fabric import make_fabric, make_optimizer, prepare_model
-from workers.model import build_model, eval_losses, model_signature, token_losses
+from workers.model import build_model, eval_losses, eval_losses_whole, model_signature, token_losses
 from workers.sample_weights import sample_weights
 
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
@@ -334,13 +334,13 @@ class RoundRunner:
 
 
 def eval_forward(model, fsdp: bool):
-    """(module, loss function) evaluation runs. Under FSDP the wrapped root with the plain forward
-    (one micro-batch's logits at a time): its nested units, one per block, may only run inside the
-    root's forward, and a call on an inner module (the base model, the output layer) before the
+    """(module, loss function) evaluation runs, the loss a slice of positions at a time either way.
+    Under FSDP the wrapped root, run whole: its nested units, one per block, may only run inside
+    the root's forward, and a call on an inner module (the base model, the output layer) before the
     first training step breaks that step (first seen on an H200). Otherwise the unwrapped module
-    with the sliced loss (no DDP hooks; logits a slice of positions at a time)."""
+    (no DDP hooks), its base model and output layer called apart."""
     if fsdp:
-        return model, token_losses
+        return model, eval_losses_whole
     return getattr(model, "module", model), eval_losses
 
 

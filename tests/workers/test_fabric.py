@@ -48,7 +48,10 @@ for fsdp in (True, False):  # False: what evaluation did before, through the inn
     f = wrapped()
     module, losses_of = eval_forward(f, fsdp)
     with torch.no_grad():
-        losses_of(module, ids)  # a round's first evaluation comes before its first step
+        got = losses_of(module, ids, 4 * 128 * 2 * 3)  # a round's first evaluation comes before its first step
+        if fsdp:  # the sliced loss (3 positions at a time) is the plain forward's
+            assert torch.allclose(got, token_losses(f, ids), rtol=1e-5), (got, token_losses(f, ids))
+            assert type(f.module.get_output_embeddings()).forward is f.module.get_output_embeddings().forward.__func__
     try:
         token_losses(f, ids).sum().backward()
         print(fsdp, "trains")
