@@ -96,8 +96,9 @@ def test_a_run_trains_on_domains_in_s3(tmp_path, synth, s3):
     assert folders == [Path(c).name for c in (ckpts[1], ckpts[3])]  # stage 1's end and the last round
     names = sorted(i.base_name for i in listed if i.path.split("/")[3] == folders[0] and i.type == pafs.FileType.File)
     assert names == ["__0_0.distcp", "__1_0.distcp", "index.json", "meta.json"]  # each rank its own part
-    out = cpt(tmp_path / "home", "export", run_id, "-o", str(tmp_path / "hf"), env=s3["env"])
-    assert out.returncode == 0, out.stderr
+    from workers.export import export_hf  # the CLI's export (tests/workers/test_export.py), in-process here
+
+    export_hf(ckpts[-1], tmp_path / "hf", spec["tokenizer"])
     assert (tmp_path / "hf" / "model.safetensors").is_file()
     assert len(shown["rounds"]) == 4 and all(r["workers"] == 2 for r in shown["rounds"])
 
