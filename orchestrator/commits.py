@@ -12,6 +12,7 @@ stopped) is failed in the store and re-runs: the store never points at a half-wr
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,11 +57,19 @@ class Commits:
         self.store, self.spec, self.workdir, self.run_id = store, spec, workdir, run_id
         self.planner, self.callbacks, self.message, self.after = planner, callbacks, message, after
         self.pending: Pending | None = None
+        self._committed: list[Finished] | None = None
+
+    def committed(self) -> list[Finished]:
+        """The committed rounds in order: read from the store once (a resume), then appended at each
+        commit (the controller holds the run's lease: nobody else commits its rounds), so a round
+        boundary does not re-read and re-parse every earlier round's result."""
+        if self._committed is None:
+            self._committed = [Finished.from_row(x) for x in self.store.rounds(self.run_id, status="finished")]
+        return list(self._committed)
 
     def done(self) -> list[Finished]:
         """What the next round starts from: the committed rounds, and the pending one."""
-        rows = [Finished.from_row(x) for x in self.store.rounds(self.run_id, status="finished")]
-        return rows + ([self.pending.finished()] if self.pending else [])
+        return self.committed() + ([self.pending.finished()] if self.pending else [])
 
     def add(self, p: Pending) -> None:
         """A round's result: committed now, or held until its checkpoint is durable."""
@@ -97,6 +106,9 @@ class Commits:
     def _commit(self, p: Pending) -> None:
         """The commit point, then retention and the callbacks."""
         self.store.finish_round(p.round_id, p.result, self.planner.commit(p.obs, p.weights, p.result, p.mixer))
+        if self._committed is not None:  # as a resume would read it back: the mixer state a JSON snapshot
+            done = p.finished()
+            self._committed.append(dataclasses.replace(done, mixer_state=json.loads(json.dumps(done.mixer_state))))
         self.after()
         checkpoints.prune(self.store, self.spec, self.workdir, self.run_id, self.message)
         for cb in self.callbacks:

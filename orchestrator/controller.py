@@ -164,7 +164,7 @@ class Controller:
 
     # ---- stages and rounds ----------------------------------------------------------------------
     def _finished(self) -> list[Finished]:
-        return [Finished.from_row(x) for x in self.store.rounds(self.run_id, status="finished")]
+        return self.commits.committed()
 
 
 
