@@ -75,13 +75,6 @@ def _params(model: dict, vocab: int) -> int:
     return n * (attn + 3 * h * f + 2 * h) + 2 * vocab * h + h
 
 
-def _mfu(params: int, tokens_per_s: float, device_name: str) -> float | None:
-    from workers.runner import PEAK_BF16_FLOPS
-
-    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in device_name), None)
-    return None if peak is None else 6 * params * tokens_per_s / peak
-
-
 def _matmul_tflops(n: int = 8192, reps: int = 10) -> float:
     import torch
 
@@ -206,6 +199,7 @@ def run_case(case: tuple, home, args, device: str, device_name: str) -> dict:
     import shutil
 
     from store.runs import RunStore
+    from workers.runner import mfu
 
     name, kind, size, strategy, compile, ac, _ = case
     model, micro = MODELS[size], MICRO[size]
@@ -227,7 +221,7 @@ def run_case(case: tuple, home, args, device: str, device_name: str) -> dict:
         out = bare(home, model, args.steps, warm, micro, seq, device, "bf16-mixed" if cuda else "32-true",
                    compile, ac)
         return {**row, "strategy": "bare", "model_params": out["params"], "tokens_per_s": out["tokens_per_s"],
-                "mfu": _mfu(out["params"], out["tokens_per_s"], device_name), "peak_mem_gb": out["peak_mem_gb"],
+                "mfu": mfu(out["params"], out["tokens_per_s"], device_name), "peak_mem_gb": out["peak_mem_gb"],
                 "losses": out["losses"]}
     if kind == "cpt":
         raw = _spec(home, model, strategy, compile, ac, args.steps + 4, 1, micro, seq, cuda)
@@ -238,7 +232,7 @@ def run_case(case: tuple, home, args, device: str, device_name: str) -> dict:
         params = _params(model, json.loads((home.data / DOMAIN / "manifest.json").read_text())["vocab_size"])
         shutil.rmtree(RunStore(home.store_url).get_run(run_id).workdir, ignore_errors=True)
         return {**row, "strategy": strategy, "model_params": params, "tokens_per_s": tps,
-                "mfu": _mfu(params, tps, device_name), "round_mfu": r.mfu, "peak_mem_gb": r.peak_mem_gb,
+                "mfu": mfu(params, tps, device_name), "round_mfu": r.mfu, "peak_mem_gb": r.peak_mem_gb,
                 "fit_s": r.fit_s, "eval_s": r.eval_s, "round_s": r.round_s,
                 "checkpoint_stall_s": r.checkpoint_stall_s, "checkpoint_write_s": r.checkpoint_write_s,
                 "eval_losses": r.eval_losses, "losses": r.train_losses}

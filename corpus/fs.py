@@ -158,17 +158,8 @@ def upload_files(files: list[Path], uri: str) -> None:
 def upload_folder(local: Path, uri: str, last: str = "manifest.json") -> None:
     """Copy a finished local folder to a URI with `last` (its manifest or metadata) written last:
     a reader that sees that file sees every file it describes."""
-    fs, base = _filesystem(uri)
     files = sorted(p for p in local.iterdir() if p.is_file() and p.name != last)
-    try:
-        fs.create_dir(base, recursive=True)
-        for p in [*files, *([local / last] if (local / last).is_file() else [])]:
-            with open(p, "rb") as src, fs.open_output_stream(f"{base.rstrip('/')}/{p.name}") as dst:
-                while chunk := src.read(8 << 20):
-                    dst.write(chunk)
-    except Exception as exc:
-        raise DataError(f"{_shown(uri)}: upload failed ({type(exc).__name__}: {str(exc).splitlines()[0]})") \
-            from None
+    upload_files([*files, *([local / last] if (local / last).is_file() else [])], uri)
 
 
 def local_copy(uri: str, kind: str = "checkpoints") -> Path:

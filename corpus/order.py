@@ -139,6 +139,18 @@ def read(cursor: Mapping[str, Any], k: int, n: int, seed: int, domain: str) -> n
     return out
 
 
+def at(positions: np.ndarray, n: int, seed: int, domain: str) -> np.ndarray:
+    """The ids at absolute read positions (epoch * n + pos, in any order): `read` for scattered
+    positions, as replay fills pick them."""
+    positions = np.asarray(positions, dtype=np.int64)
+    epoch, pos = positions // n, positions % n
+    out = np.empty(len(positions), dtype=np.int64)
+    for e in np.unique(epoch):
+        mask = epoch == e
+        out[mask] = permute(pos[mask], n, seed, domain, int(e))
+    return out
+
+
 class Sized(Protocol):
     """A domain as cursors count it (corpus.sampler.SequenceSource, or the planner's DomainSize)."""
 

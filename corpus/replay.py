@@ -62,14 +62,7 @@ class StageStream:
 
     def ids(self, index: np.ndarray) -> np.ndarray:
         """Sequence ids at stream indices `index`."""
-        n = self.source.n
-        absolute = self.first + np.asarray(index, dtype=np.int64)
-        epoch, pos = absolute // n, absolute % n
-        out = np.empty(len(absolute), dtype=np.int64)
-        for e in np.unique(epoch):
-            mask = epoch == e
-            out[mask] = order.permute(pos[mask], n, self.seed, self.source.name, int(e))
-        return out
+        return order.at(self.first + np.asarray(index, dtype=np.int64), self.source.n, self.seed, self.source.name)
 
     def rows(self, index: np.ndarray) -> np.ndarray:
         """Token rows [len(index), window] (int32) at stream indices `index`, read a chunk at a time."""
@@ -99,7 +92,6 @@ class RowStream:
 
     def rows(self, index: np.ndarray) -> np.ndarray:
         return self.data[np.asarray(index, dtype=np.int64)]
-
 
 
 def reservoir_slots(capacity: int, filled: int, seen: int, total: int, rng: np.random.Generator,

@@ -163,18 +163,13 @@ class Controller:
             cb.run_ended(status)
 
     # ---- stages and rounds ----------------------------------------------------------------------
-    def _finished(self) -> list[Finished]:
-        return self.commits.committed()
-
-
-
     def _run_stage(self, i: int) -> None:
         st = self.spec.stages[i]
         mixer = build_mixer(st.mixer, where=f"stages.{i}.mixer")
         reference = self._reference_losses(getattr(st.mixer, "reference_run", None))
         while True:
             try:
-                self.planner.restore(mixer, i, self._finished())  # a resumed stage continues the same policy
+                self.planner.restore(mixer, i, self.commits.committed())  # a resumed stage continues the same policy
                 for r, _ in enumerate(self.spec.round_bounds(i)):
                     done = self.store.finished_round(self.run_id, i, r)
                     if done is not None:  # committed before a resume
@@ -204,7 +199,7 @@ class Controller:
         """After stage i, add what it trained on to the buffers of domains later stages replay."""
         from corpus.replay import fill_from_stage
 
-        for job in self.planner.replay_fill(i, self._finished()):
+        for job in self.planner.replay_fill(i, self.commits.committed()):
             spec = self.planner.buffer_spec(job.domain, i)
             buf = fill_from_stage(job.folder, job.domain, self.spec.domains[job.domain], job.before, job.after,
                                   spec.model_dump(), self.spec.seq_len, self.spec.seed, i,

@@ -144,8 +144,6 @@ class RunSpec(Config):
         if micro is not None and share % micro:
             return f"micro_batch_size {micro} must divide each rank's share of the batch ({b} / {n} workers = {share})"
         return None
-        if self.model.dtype == "bfloat16" and self.resources.precision != "bf16-mixed":
-            raise SpecError("model.dtype bfloat16 is now resources.precision: bf16-mixed (weights stay float32)")
 
     def _check_resume_const(self, i: int) -> None:
         """An infinite stage that continues at the previous stage's constant LR needs a previous

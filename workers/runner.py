@@ -324,13 +324,18 @@ class RoundRunner:
     def _mfu(self, tokens_per_s: float) -> float | None:
         if self.fabric.device.type != "cuda":
             return None
-        name = torch.cuda.get_device_name(self.fabric.device)
-        peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-        return None if peak is None else 6 * self.n_params * tokens_per_s / (peak * self.world)
+        return mfu(self.n_params, tokens_per_s, torch.cuda.get_device_name(self.fabric.device), self.world)
 
     def close(self) -> None:
         self.finish_writes()
         self.model = self.optimizer = None
+
+
+def mfu(params: int, tokens_per_s: float, device_name: str, devices: int = 1) -> float | None:
+    """6 * params * tokens/s over the devices' dense bf16 peak (the module docstring); None for a
+    device without a known peak."""
+    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in device_name), None)
+    return None if peak is None else 6 * params * tokens_per_s / (peak * devices)
 
 
 def eval_forward(model, fsdp: bool):

@@ -190,22 +190,13 @@ def read(folder: str | Path, model, optimizer, with_optimizer: bool, group=None)
     """Load a cpt-dcp/1 checkpoint into a live (possibly wrapped, possibly sharded) model and its
     AdamW, whatever world size wrote it; every rank calls it. The optimizer starts empty unless
     `with_optimizer`."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_state_dict
 
-    from workers.dcp_io import Reader
-
-    local = _local(folder)
     module, opt = _unwrap(model, optimizer)
     state = state_of(model, optimizer)
     if not with_optimizer:
         state = {"model": state["model"]}
-    try:
-        dcp.load(state, storage_reader=Reader(local), process_group=group, no_dist=not _distributed())
-    except CheckpointError:
-        raise
-    except (Exception, dcp.CheckpointException) as exc:  # DCP wraps a rank's failure (a missing key,
-        raise CheckpointError(f"{folder}: cannot load ({_why(exc)})") from None  # a short file) in its own type
+    _load(state, folder, process_group=group, no_dist=not _distributed())
     osd = get_optimizer_state_dict(module, opt)
     for fqn, st in osd.get("state", {}).items():
         for k in list(st):
@@ -219,15 +210,21 @@ def read(folder: str | Path, model, optimizer, with_optimizer: bool, group=None)
 def load_weights(folder: str | Path, model) -> None:
     """The model's weights of a sharded checkpoint into a plain model in this process (no process
     group): what export and `model.path: <a cpt checkpoint>` need."""
+    state = {"model": dict(model.state_dict())}
+    _load(state, folder, no_dist=True)
+    model.load_state_dict(state["model"])
+
+
+def _load(state: dict, folder: str | Path, **kw) -> None:
+    """DCP's load of `state` in place from a cpt-dcp/1 folder (fetched once per node if remote); a
+    rank's failure (a missing key, a short file), which DCP wraps in its own type, as CheckpointError."""
     import torch.distributed.checkpoint as dcp
 
     from workers.dcp_io import Reader
 
-    state = {"model": dict(model.state_dict())}
     try:
-        dcp.load(state, storage_reader=Reader(_local(folder)), no_dist=True)
+        dcp.load(state, storage_reader=Reader(_local(folder)), **kw)
     except CheckpointError:
         raise
     except (Exception, dcp.CheckpointException) as exc:
         raise CheckpointError(f"{folder}: cannot load ({_why(exc)})") from None
-    model.load_state_dict(state["model"])
