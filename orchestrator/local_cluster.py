@@ -6,7 +6,8 @@ into CPT_HOME/secrets, readable by this user only), every port on 127.0.0.1, Ray
 CPT_HOME, the dashboard on. Its address goes to CPT_HOME/cluster.json; while it is up, commands
 that would start a Ray join it instead (an explicit --address/RAY_ADDRESS still wins).
 `cpt cluster down` stops exactly that head's processes (never `ray stop`, which would stop every
-Ray on the machine).
+Ray on the machine): the head is recorded as that very process (PID, start time, command line,
+boot id) and only its session is signalled, never whatever a command line or a reused PID names.
 """
 
 from __future__ import annotations
@@ -36,19 +37,58 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def read_state(root: Path) -> dict[str, Any] | None:
-    """The recorded cluster of this CPT_HOME if its head still runs, else None."""
-    path = root / STATE
+def _proc(pid: int) -> dict[str, Any] | None:
+    """Who `pid` is now: its start time (clock ticks since boot), session id and command line;
+    None if no such process (or pid is not a plain positive integer)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1:
+        return None
     try:
-        state = json.loads(path.read_text())
-        os.kill(int(state["pid"]), 0)
-    except (FileNotFoundError, ValueError, KeyError, TypeError, ProcessLookupError, PermissionError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # the name in parentheses may hold spaces
+    return {"start": int(fields[19]), "sid": int(fields[3]), "zombie": fields[0] in ("Z", "X"),
+            "cmd": [c.decode(errors="replace") for c in cmd if c]}
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _is_head(state: dict[str, Any], proc: dict[str, Any] | None) -> bool:
+    """Whether `proc` is the head `state` recorded: same boot, start time and command line. A PID
+    alone names any process once the head is gone (PIDs are reused, after a reboot at once)."""
+    return (proc is not None and state.get("boot_id") == _boot_id() and proc["start"] == state.get("start")
+            and proc["cmd"] == state.get("cmd"))
+
+
+def _recorded(root: Path) -> dict[str, Any] | None:
+    try:
+        state = json.loads((root / STATE).read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) and isinstance(state.get("pid"), int) else None
+
+
+def read_state(root: Path) -> dict[str, Any] | None:
+    """The recorded cluster of this CPT_HOME if its head still runs (that very process), else None."""
+    state = _recorded(root)
+    if state is None or not _is_head(state, _proc(state["pid"])):
         return None
     return state
 
 
 def _token(root: Path) -> str:
-    return (root / "secrets" / "ray-token").read_text().strip()
+    path = root / "secrets" / "ray-token"
+    try:
+        return path.read_text().strip()
+    except OSError:
+        raise ClusterError(f"{path}: missing, but {root / STATE} names a running cluster; "
+                           "`cpt cluster down` stops it, `cpt cluster up` starts one with a new token") from None
 
 
 def join_env(root: Path) -> dict[str, str]:
@@ -79,7 +119,9 @@ def up(home, num_cpus: int | None = None, timeout: float = 120) -> dict[str, Any
            f"--object-store-memory={512 * 1024**2}"]
     log = open(home.root / "cluster.log", "ab")  # noqa: SIM115 (the head outlives this process)
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
-    state = {"pid": proc.pid, "gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}",
+    me = _proc(proc.pid) or {}
+    state = {"pid": proc.pid, "start": me.get("start"), "cmd": me.get("cmd"), "boot_id": _boot_id(),
+             "gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}",
              "temp": str(temp), "started": time.time()}
     deadline = time.monotonic() + timeout
     while True:
@@ -89,33 +131,60 @@ def up(home, num_cpus: int | None = None, timeout: float = 120) -> dict[str, Any
             break
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                _kill(proc.pid, str(temp))
+                _kill(state, proc.poll() is None)
                 raise ClusterError(f"ray head did not start (see {home.root / 'cluster.log'})") from None
             time.sleep(0.5)
     (home.root / STATE).write_text(json.dumps(state, indent=2))
     return state
 
 
-def _kill(pid: int, temp: str) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    # Ray daemons started by the head carry its temp dir in their command lines
-    subprocess.run(["pkill", "-TERM", "-f", f"--temp-dir={temp}"], check=False, capture_output=True)
-    subprocess.run(["pkill", "-TERM", "-f", temp], check=False, capture_output=True)
-    deadline = time.monotonic() + 20
+def _members(state: dict[str, Any]) -> list[int]:
+    """The processes of the head's session (it was started as a session leader, and Ray's daemons
+    and workers stay in its session) that started after it on this boot: nothing else is touched,
+    whatever its command line mentions."""
+    pid = state["pid"]
+    if (state.get("boot_id") != _boot_id() or not isinstance(state.get("start"), int) or pid <= 1
+            or pid == os.getsid(0)):
+        return []
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            p = _proc(int(entry.name))
+            if p and not p["zombie"] and p["sid"] == state["pid"] and p["start"] >= state["start"]:
+                found.append(int(entry.name))
+    return found
+
+
+def _signal(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _kill(state: dict[str, Any], head_alive: bool) -> None:
+    # `ray start --block` stops its daemons in order on SIGTERM (seconds); signalling them all at
+    # once leaves the head waiting on them. Orphans of a dead head get SIGTERM themselves.
+    _signal([state["pid"]] if head_alive else _members(state), signal.SIGTERM)
+    deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        if subprocess.run(["pgrep", "-f", temp], capture_output=True).returncode != 0:
+        if not _members(state):
             return
         time.sleep(0.3)
-    subprocess.run(["pkill", "-KILL", "-f", temp], check=False, capture_output=True)
+    _signal(_members(state), signal.SIGKILL)
 
 
 def down(home) -> bool:
-    """Stop the recorded head and its processes; False if none was running."""
-    path = home.root / STATE
-    state = read_state(home.root)
-    path.unlink(missing_ok=True)
+    """Stop the recorded head and its session's processes; False if none was running. A stale
+    record (its head gone, its PID reused by anything else) is removed and nothing is signalled
+    but the leftovers of that very session."""
+    state = _recorded(home.root)
+    (home.root / STATE).unlink(missing_ok=True)
     if state is None:
         return False
-    _kill(int(state["pid"]), state["temp"])
-    return True
+    head = _proc(state["pid"])
+    alive = _is_head(state, head)
+    # A session id is not reused while any process is in that session: with the head gone, the
+    # session's stragglers are still the head's. With its PID now another process, touch nothing.
+    if alive or head is None:
+        _kill(state, alive)
+    return alive

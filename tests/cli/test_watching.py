@@ -162,7 +162,14 @@ def test_ray_dashboard_lists_the_runs_job_and_actors(cluster, tmp_path):
 
 def test_cluster_down_stops_only_its_own(cluster):
     home, state, _, _ = cluster
-    down = cpt(home, "cluster", "down")
-    assert down.returncode == 0 and "stopped" in down.stdout
-    assert subprocess.run(["pgrep", "-f", state["temp"]], capture_output=True).returncode != 0  # all gone
+    # a `tail -f` of a Ray log: its command line names the cluster's temp dir, but cpt did not start it
+    bystander = subprocess.Popen(["bash", "-c", 'exec -a "tail -f $0/session_latest/logs" sleep 300', state["temp"]])
+    try:
+        down = cpt(home, "cluster", "down")
+        assert down.returncode == 0 and "stopped" in down.stdout
+        left = subprocess.run(["pgrep", "-f", state["temp"]], capture_output=True, text=True).stdout.split()
+        assert left == [str(bystander.pid)]  # the cluster's processes are all gone, the bystander is not
+    finally:
+        bystander.kill()
+        bystander.wait()
     assert cpt(home, "cluster", "status", "--json").stdout.strip() == "null"
