@@ -25,6 +25,7 @@ from corpus import fs
 from corpus.shards import FORMAT, SHARD_TOKENS, ShardWriter, publish_folder, read_manifest, write_json_atomic
 from corpus.tokenizer import EOS, load_tokenizer, tokenizer_hash
 from store.errors import DataError
+from store.files import check_replaceable
 
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".text", ""}
 
@@ -196,6 +197,8 @@ def _prepare_local(src: str | Path | list[str | Path], domain: str, out: str | P
     out = Path(out)
     if out.exists() and not overwrite:
         raise DataError(f"{out}: already exists (pass --overwrite to replace it)")
+    if out.exists():  # refused before tokenizing, not after
+        check_replaceable(out, "manifest.json", "a domain folder")
     tok = load_tokenizer(tokenizer_path)
     eos = tok.token_to_id(EOS)
     sources = src if isinstance(src, list) else [src]

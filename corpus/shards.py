@@ -20,7 +20,8 @@ import numpy as np
 import pyarrow as pa
 
 from corpus import fs
-from store.errors import DataError
+from store.errors import DataError, InputError
+from store.files import check_replaceable
 
 FORMAT = "cpt-shards/1"
 SHARD_TOKENS = 4_000_000
@@ -86,6 +87,11 @@ def publish_folder(tmp: Path, out: Path, overwrite: bool) -> None:
         if not overwrite:
             shutil.rmtree(tmp, ignore_errors=True)
             raise DataError(f"{out}: already exists (pass --overwrite to replace it)")
+        try:
+            check_replaceable(out, "manifest.json", "a domain folder")
+        except InputError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(out, old)
         os.replace(tmp, out)

@@ -35,3 +35,20 @@ def output_file(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def check_replaceable(out: str | Path, marker: str, what: str) -> None:
+    """Refuse to replace `out` with --overwrite unless cpt itself wrote it: a folder holding
+    `marker` (an earlier export's cpt_export.json, a domain's manifest.json), or an empty one.
+    CPT_HOME, any folder above it, the user's home and `/` are never replaced, whatever they hold."""
+    out = Path(out).expanduser().resolve()
+    guarded = [Path("/"), Path.home().resolve()]
+    if os.environ.get("CPT_HOME"):
+        home = Path(os.environ["CPT_HOME"]).expanduser().resolve()
+        guarded += [home, *home.parents]
+    if out in guarded:
+        raise InputError(f"{out}: refusing to replace it (it is CPT_HOME, a folder above it, or a home folder); "
+                         f"give a folder for {what}")
+    if out.is_dir() and any(out.iterdir()) and not (out / marker).is_file():
+        raise InputError(f"{out}: --overwrite replaces only {what} cpt wrote (with its {marker}); "
+                         f"this folder holds something else")

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 from store.errors import CheckpointError, InputError
+from store.files import check_replaceable
 from workers.checkpoint import load_checkpoint, read_meta
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
@@ -34,6 +35,8 @@ def export_hf(checkpoint: str | Path, out: str | Path, tokenizer_json: str | Pat
         raise InputError(f"-o {out}: exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"-o {out}: folder exists and is not empty (pass --overwrite to replace it)")
+    if out.exists() and overwrite:
+        check_replaceable(out, "cpt_export.json", "an export")
     # a checkpoint URI (checkpoints.uri) is read through a local cached copy
     checkpoint = fs.local_copy(str(checkpoint)) if fs.is_remote(checkpoint) else Path(checkpoint)
     meta = read_meta(checkpoint)

@@ -91,6 +91,16 @@ def test_data_prepare_list_and_tokenizer(tmp_path, synth):
     assert [d["domain"] for d in listed] == ["en"]
     again = cpt("data", "prepare", synth["raw"]["en"], "--domain", "en", home=home)
     assert again.returncode == 2 and "--overwrite" in again.stderr
+    # --overwrite replaces a domain folder, never CPT_HOME, a folder above it or a folder cpt did not write
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("x")
+    for target, says in ((home, "refusing to replace"), (tmp_path, "refusing to replace"),
+                         (tmp_path / "mine", "replaces only a domain folder")):
+        out = cpt("data", "prepare", synth["raw"]["en"], "-d", "x", "--out", target, "--overwrite", home=home)
+        assert out.returncode == 2 and says in out.stderr, out.stderr
+    assert (tmp_path / "mine" / "keep.txt").exists() and (home / "data" / "en" / "manifest.json").is_file()
+    out = cpt("data", "prepare", synth["raw"]["en"], "--domain", "en", "--overwrite", home=home)
+    assert out.returncode == 0, out.stderr
 
 
 def test_db_upgrade_and_runs_list_empty(tmp_path):

@@ -86,6 +86,14 @@ def test_continue_and_export_each_family(tmp_path, synth, ray_local):
     (tmp_path / "afile").write_text("y")
     out = cpt("-o", str(tmp_path / "afile"), "--overwrite")
     assert out.returncode == 2 and "not a folder" in out.stderr and (tmp_path / "afile").read_text() == "y"
+    # --overwrite replaces an earlier export, never CPT_HOME, a folder above it or a folder cpt did not write
+    for target, says in ((home.root, "refusing to replace"), (home.root.parent, "refusing to replace"),
+                         (tmp_path / "full", "replaces only an export")):
+        out = cpt("-o", str(target), "--overwrite")
+        assert out.returncode == 2 and says in out.stderr, out.stderr
+    assert (tmp_path / "full" / "keep.txt").exists() and (home.root / "store.db").exists()
+    out = cpt("-o", str(tmp_path / "export-llama"), "--overwrite")
+    assert out.returncode == 0, out.stderr
     out = cpt("--round", "7.0", "-o", str(tmp_path / "x"))
     assert out.returncode == 2 and "no finished round 7.0" in out.stderr and not (tmp_path / "x").exists()
     out = cpt("--round", "abc", "-o", str(tmp_path / "x"))
