@@ -48,6 +48,26 @@ def locked(url: str) -> StoreBusy:
                      f"{store_timeout_s():g} s; CPT_STORE_TIMEOUT_S sets how long)")
 
 
+def is_lock_wait(exc: Exception) -> bool:
+    """Whether a driver error means another session held a lock past CPT_STORE_TIMEOUT_S: SQLite's
+    "database is locked", PostgreSQL's lock or statement timeout."""
+    text_ = str(exc).lower()
+    return any(s in text_ for s in ("locked", "lock timeout", "statement timeout"))
+
+
+def _server_timeouts(url: str) -> dict:
+    """Connect, lock and statement timeouts for a server database, so that a server that does not
+    answer, or a lock held by another session, is a clear error within CPT_STORE_TIMEOUT_S rather
+    than a command that hangs forever."""
+    seconds = store_timeout_s()
+    ms = int(seconds * 1000)
+    if url.startswith(("postgresql", "postgres")):
+        return {"connect_timeout": max(1, round(seconds)),
+                "options": f"-c lock_timeout={ms} -c statement_timeout={ms} -c idle_in_transaction_session_timeout="
+                           f"{max(ms, 60_000)}"}
+    return {}
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     # WAL lets readers (cpt runs list) proceed while a controller writes; busy_timeout makes
@@ -74,14 +94,14 @@ def make_engine(url: str) -> Engine:
             engine = create_engine(url, connect_args={"timeout": store_timeout_s()})
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
-            engine = create_engine(url, pool_pre_ping=True)
+            engine = create_engine(url, pool_pre_ping=True, connect_args=_server_timeouts(url))
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except ImportError as exc:
         raise StoreUnreachable(f"cannot open run store {redact(url)!r}: database driver not installed "
                                f"({exc.name})") from None
     except OperationalError as exc:
-        if "locked" in str(exc):
+        if is_lock_wait(exc):
             raise locked(url) from None
         raise StoreUnreachable(f"cannot open run store {redact(url)!r}: {exc.__class__.__name__}: "
                                f"{redact(str(exc).splitlines()[0])}") from None
