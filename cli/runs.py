@@ -58,6 +58,7 @@ class LiveReporter:
 def _drive(run_id: str, quiet: bool = False, manifests: dict | None = None) -> str:
     from orchestrator.cluster import shutdown
     from orchestrator.controller import Controller
+    from store.errors import LeaseLost
 
     home, store = state.home(), state.store()
     ctl = Controller(store, home, run_id)
@@ -68,6 +69,9 @@ def _drive(run_id: str, quiet: bool = False, manifests: dict | None = None) -> s
             status = ctl.run()
     finally:
         shutdown()
+    if status == "taken over":  # the run goes on under its new controller; this one did not finish it
+        raise LeaseLost(f"run {run_id}: taken over by another controller (its lease expired while this one "
+                        f"was paused or cut off); this controller stopped without writing")
     _print_summary(store, run_id, status)
     return status
 

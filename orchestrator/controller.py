@@ -56,7 +56,10 @@ class Controller:
 
     def __init__(self, store: RunStore, home: Home, run_id: str, reporter: Reporter | None = None,
                  tracking: bool = True, poll_s: float = 0.5, groups: Groups | None = None):
-        self.store, self.home, self.run_id = store, home, run_id
+        # the lease is taken through the plain store; every other write goes through the fenced
+        # one, which refuses to write once another controller holds the lease
+        self._lease_store, self.store = store, store.fenced(run_id)
+        self.home, self.run_id = home, run_id
         self.reporter = reporter or SilentReporter()  # the CLI may replace it after construction
         run = store.get_run(run_id)
         self.spec: RunSpec = parse_spec(json.dumps(run.spec_json), f"run {run_id} spec")
@@ -64,11 +67,11 @@ class Controller:
         self.poll_s = poll_s
         self.retry = RetryPolicy(self.spec.resources.max_attempts)
         self.groups = groups or OwnGroups()
-        self.tracking = RunTracking(store, home, self.spec, run_id, self.workdir, self._message,
+        self.tracking = RunTracking(self.store, home, self.spec, run_id, self.workdir, self._message,
                                     lambda: self.planner.domain_paths() if self.planner else self.spec.domains,
                                     run.mlflow_run_id, enabled=tracking)
         self.callbacks: list[RoundCallback] = [ToReporter(lambda: self.reporter, self.spec.total_steps()),
-                                               StoreProgress(store), self.tracking]
+                                               StoreProgress(self.store), self.tracking]
         self.planner: RoundPlanner | None = None
         self.commits: Commits | None = None
         self.group: WorkerGroup | None = None
@@ -82,11 +85,13 @@ class Controller:
     # ---- the run ------------------------------------------------------------------------------
     def run(self) -> str:
         """Drive the run to its end under the run lease; returns the final status."""
-        self.lease = RunLease(self.store, self.run_id)
+        self.lease = RunLease(self._lease_store, self.run_id)
         self.lease.acquire()  # RunBusy (exit 2) if another live controller drives this run
+        self.store.arm(self.lease.owner)
         try:
             return self._run_leased()
         except LeaseLost:
+            self.tracking.abandon()
             self._message(f"run {self.run_id} was taken over by another controller; stopping")
             return "taken over"
         finally:

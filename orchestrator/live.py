@@ -90,6 +90,14 @@ class LiveLogger:
         self.thread.join(1.0)
         return done
 
+    def discard(self) -> None:
+        """Drop everything not yet sent and stop: this controller lost its run to another one."""
+        with self.cond:
+            self.queue.clear()
+            self.jobs.clear()
+            self.closed = True
+            self.cond.notify_all()
+
     def _loop(self) -> None:
         delay = self.retry_s
         while True:

@@ -164,6 +164,11 @@ class RunTracking(RoundCallback):
 
         self.live.submit(draw)
 
+    def abandon(self) -> None:
+        """The run was taken over by another controller: send nothing more (it tracks the run now)."""
+        if self.live is not None:
+            self.live.discard()
+
     def run_ended(self, status: str) -> None:
         """The run's end: last plots, the live backlog flushed (bounded), unlogged rounds, the status."""
         if self.tracker is None or self.mlflow_id is None:

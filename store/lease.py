@@ -1,10 +1,19 @@
-"""The run lease: at most one controller drives a run.
+"""The run lease: at most one controller drives a run, and a controller that lost it writes nothing.
 
 A controller takes the lease (owner id + heartbeat in the run row) by compare-and-set before it
 changes anything, renews it from a heartbeat thread, and gives it back when it stops. Another
 controller may take it over only when it is free, its heartbeat is older than the TTL, or its
-owner is a process on this host that no longer exists (a SIGKILLed controller): then a resume
-need not wait out the TTL. A controller that finds its lease taken stops without writing.
+owner is provably gone: a process of this very machine and PID namespace (same boot, same PID
+namespace) whose PID is free or now another process (a SIGKILLed controller: no need to wait out
+the TTL). An owner elsewhere, or in another container with the same host name, is judged by its
+heartbeat alone. Heartbeats are stamped and judged with the database's clock, never the clients'
+(their clocks may differ by more than a TTL), and against the longer of the owner's TTL and the
+judge's, so a short `CPT_LEASE_TTL_S` on a resuming client cannot take over a live owner.
+
+Fencing: every write of a controller's store (`RunStore.fenced`) first re-asserts, in the same
+transaction, that this controller still holds the lease (`... WHERE lease_owner = :me`); a
+controller paused past the TTL and taken over gets LeaseLost from its first write after waking
+and stops, so the run's rows and MLflow hold only what the new owner wrote.
 """
 
 from __future__ import annotations
@@ -13,14 +22,17 @@ import os
 import socket
 import threading
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import select, update
 
 from store.errors import InputError
-from store.models import Event, Run, utcnow
+from store.models import Event, Run
 
 DEFAULT_TTL_S = 60.0
+MIN_TTL_S = 3.0
 
 
 class RunBusy(InputError):
@@ -29,34 +41,80 @@ class RunBusy(InputError):
 
 def lease_ttl_s() -> float:
     """Seconds without a heartbeat after which a lease may be taken over (CPT_LEASE_TTL_S)."""
-    return float(os.environ.get("CPT_LEASE_TTL_S", DEFAULT_TTL_S))
+    raw = os.environ.get("CPT_LEASE_TTL_S", str(DEFAULT_TTL_S))
+    try:
+        ttl = float(raw)
+    except ValueError:
+        raise InputError(f"CPT_LEASE_TTL_S={raw!r}: not a number of seconds") from None
+    if not MIN_TTL_S <= ttl <= 86400:
+        raise InputError(f"CPT_LEASE_TTL_S={raw}: must be in [{MIN_TTL_S:g}, 86400] seconds (a shorter TTL would "
+                         f"take over controllers that are alive)")
+    return ttl
 
 
-def new_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def _identity(pid: int) -> tuple[str, str, str] | None:
+    """(boot id, PID namespace, start time in clock ticks) of a process of this machine, or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ns = os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+    start = stat[stat.rindex(")") + 2:].split()[19]
+    return _read("/proc/sys/kernel/random/boot_id")[:8], ns.strip("pid:[]"), start
+
+
+def new_owner(ttl_s: float = DEFAULT_TTL_S) -> str:
+    """`host:pid:nonce@boot.pidns.start.ttl`: readable first, then what proves the process gone."""
+    boot, ns, start = _identity(os.getpid()) or ("", "", "")
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}@{boot}.{ns}.{start}.{ttl_s:g}"
+
+
+@dataclass(frozen=True)
+class Owner:
+    host: str
+    pid: int
+    boot: str
+    ns: str
+    start: str
+    ttl_s: float
+
+    @classmethod
+    def parse(cls, owner: str) -> Owner | None:
+        """The parts of a `new_owner` id; None for another format (judged by its heartbeat only)."""
+        try:
+            head, _, tail = owner.partition("@")
+            host, pid, _nonce = head.split(":")
+            boot, ns, start, ttl = tail.split(".", 3)
+            return cls(host, int(pid), boot, ns, start, float(ttl))
+        except ValueError:
+            return None
 
 
 def owner_dead(owner: str) -> bool:
-    """True only when the owner is a process on this host that is gone (elsewhere we cannot know)."""
-    host, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
+    """True only when the owner is provably gone: a process of this machine and PID namespace
+    whose PID is free or names a process started at another time. Elsewhere we cannot know."""
+    o = Owner.parse(owner)
+    mine = _identity(os.getpid())
+    if o is None or mine is None or o.host != socket.gethostname() or (o.boot, o.ns) != mine[:2]:
         return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # exists, someone else's
-        return False
-    return False
+    now = _identity(o.pid)
+    return now is None or now[2] != o.start
 
 
-def lease_state(run: Run, ttl_s: float | None = None, now: datetime | None = None) -> str:
-    """'free', 'stale' (heartbeat too old or owner dead) or 'live'."""
+def lease_state(run: Run, now: datetime, ttl_s: float | None = None) -> str:
+    """'free', 'stale' (heartbeat older than the longer of the owner's and our TTL, or owner provably
+    dead) or 'live'. `now` is the database's clock, as the heartbeat is."""
     if run.lease_owner is None:
         return "free"
-    ttl = lease_ttl_s() if ttl_s is None else ttl_s
-    now = now or utcnow()
+    o = Owner.parse(run.lease_owner)
+    ttl = max(lease_ttl_s() if ttl_s is None else ttl_s, o.ttl_s if o else 0.0)
     if run.lease_heartbeat is None or now - run.lease_heartbeat > timedelta(seconds=ttl) or owner_dead(run.lease_owner):
         return "stale"
     return "live"
@@ -67,8 +125,8 @@ class RunLease:
 
     def __init__(self, store, run_id: str, owner: str | None = None, ttl_s: float | None = None):
         self.store, self.run_id = store, run_id
-        self.owner = owner or new_owner()
         self.ttl_s = lease_ttl_s() if ttl_s is None else ttl_s
+        self.owner = owner or new_owner(self.ttl_s)
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -78,14 +136,15 @@ class RunLease:
         def do() -> None:
             with self.store._tx() as s:
                 run = self.store._get(s, Run, self.run_id, "run")
-                seen, state = run.lease_owner, lease_state(run, self.ttl_s)
+                now = self.store.db_now(s)
+                seen, state = run.lease_owner, lease_state(run, now, self.ttl_s)
                 if state == "live" and seen != self.owner:
-                    ago = (utcnow() - run.lease_heartbeat).total_seconds()
+                    ago = (now - run.lease_heartbeat).total_seconds()
                     raise RunBusy(f"run {self.run_id} is driven by controller {seen} (last heartbeat {ago:.0f}s "
                                   f"ago); stop it first, or wait {self.ttl_s:.0f}s after it died")
                 same = Run.lease_owner.is_(None) if seen is None else Run.lease_owner == seen
                 res = s.execute(update(Run).where(Run.id == self.run_id, same)
-                                .values(lease_owner=self.owner, lease_heartbeat=utcnow()))
+                                .values(lease_owner=self.owner, lease_heartbeat=now))
                 if res.rowcount != 1:  # another controller won the race between read and write
                     raise RunBusy(f"run {self.run_id} was just taken by another controller")
                 if seen not in (None, self.owner):
@@ -95,12 +154,13 @@ class RunLease:
         self.store._retry(do)
         self._start_heartbeat()
 
+
     def renew(self) -> bool:
         """Refresh the heartbeat; False (and `lost` set) if someone else holds the lease now."""
         def do() -> int:
             with self.store._tx() as s:
                 return s.execute(update(Run).where(Run.id == self.run_id, Run.lease_owner == self.owner)
-                                 .values(lease_heartbeat=utcnow())).rowcount
+                                 .values(lease_heartbeat=self.store.db_now(s))).rowcount
 
         if self.store._retry(do) != 1:
             self.lost.set()
@@ -119,8 +179,12 @@ class RunLease:
         self.store._retry(do)
 
     def _start_heartbeat(self) -> None:
+        # CPT_LEASE_HEARTBEAT_S past the TTL stands for a controller whose heartbeats do not get
+        # through (cut off from the store): the fault the fencing is for, reproducible in tests
+        period = float(os.environ.get("CPT_LEASE_HEARTBEAT_S") or self.ttl_s / 4)
+
         def beat() -> None:
-            while not self._stop.wait(self.ttl_s / 4):
+            while not self._stop.wait(period):
                 try:
                     if not self.renew():
                         return
@@ -135,4 +199,4 @@ def holder_alive(store, run_id: str) -> bool:
     """Whether a live controller holds the run's lease."""
     with store._sessions() as s:
         run = s.scalars(select(Run).where(Run.id == run_id)).first()
-        return run is not None and lease_state(run) == "live"
+        return run is not None and lease_state(run, store.db_now(s)) == "live"

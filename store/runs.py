@@ -8,21 +8,23 @@ State machines (persisted before the side effect they announce):
 
 from __future__ import annotations
 
+import copy
 import itertools
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.db import ensure_schema, locked, make_engine, store_timeout_s
-from store.errors import InvalidTransition, NotFound
+from store.db import ensure_schema, is_lock_wait, locked, make_engine, store_timeout_s
+from store.errors import InvalidTransition, LeaseLost, NotFound
 from store.lease import lease_state
-from store.models import Event, Round, Run, Stage, Transition
+from store.models import Event, Round, Run, Stage, Transition, utcnow
 from store.secrets import redact
 
 if TYPE_CHECKING:  # the contract's types only: the store saves their JSON and depends on nothing above it
@@ -55,6 +57,30 @@ class RunStore:
         if migrate:
             ensure_schema(self.engine, url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._fence: list[str | None] | None = None  # [run id, lease owner] of a controller's store
+
+    def fenced(self, run_id: str) -> RunStore:
+        """This store (same engine) for the controller of `run_id`: once `arm(owner)` is called (the
+        lease taken), every write transaction first checks, inside that transaction, that the lease
+        is still ours, and raises LeaseLost otherwise (on PostgreSQL the check also locks the run
+        row until commit, so a take-over waits for the write in flight and none can follow it)."""
+        other = copy.copy(self)
+        other._fence = [run_id, None]
+        return other
+
+    def arm(self, owner: str) -> None:
+        """Fence this controller's store to the lease `owner` now holds (see `fenced`)."""
+        assert self._fence is not None, "arm() is for a store made by fenced()"
+        self._fence[1] = owner
+
+    def db_now(self, s: Session) -> datetime:
+        """The database's clock (naive UTC): what lease heartbeats are stamped and judged with."""
+        dialect = self.engine.dialect.name
+        if dialect == "sqlite":
+            return datetime.fromisoformat(s.execute(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")).scalar())
+        if dialect == "postgresql":
+            return s.execute(text("SELECT timezone('UTC', clock_timestamp())")).scalar()
+        return utcnow()
 
     @staticmethod
     def _get(s: Session, model, key, what: str):
@@ -75,6 +101,13 @@ class RunStore:
     @contextmanager
     def _tx(self) -> Iterator[Session]:
         with self._sessions.begin() as session:
+            if self._fence is not None and self._fence[1] is not None:
+                run_id, owner = self._fence
+                held = session.execute(update(Run).where(Run.id == run_id, Run.lease_owner == owner)
+                                       .values(lease_owner=owner)).rowcount
+                if held != 1:
+                    raise LeaseLost(f"run {run_id}: another controller took the lease over; this one stops "
+                                    f"without writing")
             yield session
 
     def _retry(self, fn: Callable[[], T]) -> T:
@@ -85,9 +118,10 @@ class RunStore:
             try:
                 return fn()
             except OperationalError as exc:
-                if "locked" not in str(exc):
+                if not is_lock_wait(exc):
                     raise
-                if time.monotonic() >= deadline:
+                # a server's lock timeout has already waited the whole bound
+                if time.monotonic() >= deadline or "timeout" in str(exc).lower():
                     raise locked(self.url) from None
                 time.sleep(min(0.05 * 2**i, 1.0))
         raise AssertionError("unreachable")
@@ -157,7 +191,7 @@ class RunStore:
         def do() -> str:
             with self._tx() as s:
                 run = self._get(s, Run, run_id, "run")
-                if run.status == "running" and lease_state(run) == "live":
+                if run.status == "running" and lease_state(run, self.db_now(s)) == "live":
                     run.cancel_requested = True
                     s.add(Event(run_id=run_id, entity="run", entity_id=run_id, from_state="running",
                                 to_state="running", message="cancel requested"))

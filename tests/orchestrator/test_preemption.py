@@ -4,13 +4,15 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 import yaml
 
 from conftest import long_spec
-from tests_helpers import children, cpt, cpt_until_round_runs, final_losses
+from tests_helpers import children, cli_env, cpt, cpt_until_round_runs, final_losses
 
 pytestmark = pytest.mark.e2e
 
@@ -107,3 +109,50 @@ def test_second_controller_refused_sigterm_interrupts_ctrl_c_cancels_and_resume_
     order, losses = final_losses(store, run_id)
     assert order == ref_order and losses == pytest.approx(ref_losses, abs=1e-5)
     assert store.get_run(run_id).lease_owner is None
+
+
+def test_a_controller_paused_past_its_lease_writes_nothing_after_the_take_over(tmp_path, synth, long_reference):
+    """M1: the lease fences writes. A controller SIGSTOPped past the TTL is taken over; woken while the
+    new owner drives the run, it stops at its first write (before: it committed the round its ranks
+    finished meanwhile onto the attempt the new owner had abandoned, marked the run failed and ended
+    the MLflow run, and the new owner crashed on failed -> finished)."""
+    import mlflow
+
+    ref_order, ref_losses = final_losses(long_reference[0], long_reference[1])
+    home = tmp_path / "m1"
+    spec = tmp_path / "run.yaml"
+    spec.write_text(yaml.safe_dump(long_spec(synth)))
+    ttl = {"CPT_LEASE_TTL_S": "3"}
+    # the first controller's heartbeats do not get through (cut off from the store): on waking, its
+    # own lease check cannot save it, only the fence on its writes
+    first, store, run_id = cpt_until_round_runs(home, ["submit", str(spec), "--quiet"], finished=1,
+                                                env={**ttl, "CPT_LEASE_HEARTBEAT_S": "3600"})
+    owner = store.get_run(run_id).lease_owner
+    os.kill(first.pid, signal.SIGSTOP)  # the controller only: its ranks train on and finish the round
+    try:
+        time.sleep(4)
+        second = subprocess.Popen([sys.executable, "-m", "cli.main", "runs", "resume", run_id, "--quiet"],
+                                  env=cli_env(home, ttl), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 60
+        while store.get_run(run_id).lease_owner in (owner, None):
+            assert time.time() < deadline and second.poll() is None, "the lease was not taken over"
+            time.sleep(0.1)
+        taken = len(store.events(run_id))
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    code = first.wait(timeout=60)
+    err = first.stderr.read().decode()
+    assert code != 0 and "taken over by another controller" in err and "Traceback" not in err, err[-3000:]
+    assert store.get_run(run_id).status == "running"  # untouched by the first controller
+    assert second.wait(timeout=300) == 0, second.stderr.read().decode()[-3000:]
+    run = store.get_run(run_id)
+    assert run.status == "finished" and run.error is None
+    run_events = [e for e in store.events(run_id)[taken:] if e.entity == "run"]
+    assert all(e.to_state in ("running", "finished") for e in run_events), [(e.to_state, e.message)
+                                                                             for e in run_events]
+    finished = [(r.stage_index, r.round_index) for r in store.rounds(run_id, status="finished")]
+    assert len(finished) == len(set(finished)) == 4
+    order, losses = final_losses(store, run_id)
+    assert order == ref_order and losses == pytest.approx(ref_losses, abs=1e-5)
+    client = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    assert client.get_run(run.mlflow_run_id).info.status == "FINISHED"

@@ -1,12 +1,15 @@
 """The run lease: one controller per run, taken over only when its holder is gone."""
 
+import socket
 import subprocess
 import sys
-from datetime import timedelta
+import time
+from datetime import datetime, timedelta
 
 import pytest
 
-from store.lease import RunBusy, RunLease, holder_alive
+from store.errors import InputError, LeaseLost
+from store.lease import Owner, RunBusy, RunLease, holder_alive, lease_ttl_s
 from store.models import utcnow
 from store.runs import RunStore
 
@@ -47,16 +50,84 @@ def test_stale_heartbeat_is_taken_over_and_the_old_owners_next_renewal_marks_its
     b.release()
 
 
-def test_owner_process_that_died_is_taken_over_at_once(run):
-    store, run_id = run
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    import socket
+def _owner_of(code: str) -> str:
+    """The owner id a controller process running `code` after printing it would hold."""
+    child = subprocess.Popen([sys.executable, "-c", "from store.lease import new_owner; print(new_owner(3600), "
+                              f"flush=True); {code}"], stdout=subprocess.PIPE, text=True)
+    return child, child.stdout.readline().strip()
 
-    store.update_run(run_id, lease_owner=f"{socket.gethostname()}:{dead.stdout.strip()}:abc",
-                     lease_heartbeat=utcnow())
+
+def test_owner_process_that_died_or_whose_pid_is_reused_is_taken_over_at_once(run):
+    store, run_id = run
+    child, owner = _owner_of("pass")
+    child.wait()
+    store.update_run(run_id, lease_owner=owner, lease_heartbeat=utcnow())
     assert not holder_alive(store, run_id)
     b = RunLease(store, run_id, ttl_s=3600)
     b.acquire()  # no need to wait an hour for a SIGKILLed controller on this host
+    b.release()
+    # the owner's PID now names another process (PIDs are reused): its start time tells them apart
+    live, owner = _owner_of("import time; time.sleep(60)")
+    try:
+        o = Owner.parse(owner)
+        store.update_run(run_id, lease_owner=owner, lease_heartbeat=utcnow())
+        assert holder_alive(store, run_id)
+        store.update_run(run_id, lease_owner=owner.replace(f".{o.start}.", f".{int(o.start) - 1}."))
+        assert not holder_alive(store, run_id)
+        # the same host name in another PID namespace (another container): judged by its heartbeat only
+        store.update_run(run_id, lease_owner=owner.replace(f".{o.ns}.", ".4026530000.").replace(
+            f".{o.start}.", f".{int(o.start) - 1}."))
+        assert holder_alive(store, run_id)
+        with pytest.raises(RunBusy):
+            RunLease(store, run_id, ttl_s=3600).acquire()
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_short_ttl_never_takes_over_a_live_owner(run, monkeypatch):
+    store, run_id = run
+    for bad in ("0", "-1", "2", "nan", "soon", "1e9"):
+        monkeypatch.setenv("CPT_LEASE_TTL_S", bad)
+        with pytest.raises(InputError, match="CPT_LEASE_TTL_S"):
+            lease_ttl_s()
+    monkeypatch.setenv("CPT_LEASE_TTL_S", "60")
+    a = RunLease(store, run_id)  # beats every 15 s
+    a.acquire()
+    a._stop.set()
+    store.update_run(run_id, lease_owner=a.owner.replace(socket.gethostname(), "elsewhere"))
+    a.owner = store.get_run(run_id).lease_owner
+    monkeypatch.setenv("CPT_LEASE_TTL_S", "3")
+    time.sleep(3.5)  # older than the resumer's TTL, younger than the owner's: the owner's counts
+    with pytest.raises(RunBusy):
+        RunLease(store, run_id).acquire()
+    a.release()
+
+
+def test_heartbeats_use_the_database_clock_and_writes_are_fenced(run, monkeypatch):
+    store, run_id = run
+    import store.models as models
+
+    monkeypatch.setattr(models, "utcnow", lambda: datetime(2001, 1, 1))  # a client clock far behind
+    a = RunLease(store, run_id, ttl_s=60)
+    a.acquire()
+    a._stop.set()
+    with store._sessions() as s:
+        assert abs((store.db_now(s) - store.get_run(run_id).lease_heartbeat).total_seconds()) < 5
+    mine = store.fenced(run_id)
+    mine.arm(a.owner)
+    mine.add_event(run_id, "written while the lease is ours")
+    with store._sessions() as s:  # a pause past the TTL: the heartbeat is old by the database's clock
+        store.update_run(run_id, lease_heartbeat=store.db_now(s) - timedelta(seconds=61))
+    b = RunLease(store, run_id, ttl_s=60)
+    b.acquire()
+    before = [(e.message, e.to_state) for e in store.events(run_id)]
+    for write in (lambda: mine.add_event(run_id, "late"), lambda: mine.set_run_status(run_id, "failed", error="x"),
+                  lambda: mine.update_run(run_id, mlflow_run_id="x")):
+        with pytest.raises(LeaseLost):
+            write()
+    assert [(e.message, e.to_state) for e in store.events(run_id)] == before
+    assert store.get_run(run_id).lease_owner == b.owner and store.get_run(run_id).mlflow_run_id is None
     b.release()
 
 
