@@ -199,7 +199,7 @@ def list_runs(limit: int = typer.Option(50, min=1, help="Most recent N runs."),
     for r in store.list_runs(limit):
         done = len(store.rounds(r.id, status="finished"))
         total = sum(st["rounds"] for st in r.spec_json["stages"])
-        rows.append({"id": r.id, "name": r.name, "status": r.status, "rounds": f"{done}/{total}",
+        rows.append({"id": r.id, "name": r.name, "status": store.shown_status(r), "rounds": f"{done}/{total}",
                      "created": r.created_at.isoformat(timespec="seconds"), "error": r.error})
     if as_json:
         print_json(rows)
@@ -223,8 +223,11 @@ def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, 
     from cli.watch import progress_line, render
 
     live = progress_line(run, rounds)
+    status = store.shown_status(run)
+    if status != run.status and live is not None:
+        live = {**live, "eta_s": None}
     if as_json:
-        print_json({"id": run.id, "name": run.name, "status": run.status, "error": run.error,
+        print_json({"id": run.id, "name": run.name, "status": status, "error": run.error,
                     "mlflow_run_id": run.mlflow_run_id, "ray_job_id": run.ray_job_id, "workdir": run.workdir,
                     "stages": [{"index": s.index, "name": s.name, "status": s.status, "steps": s.total_steps,
                                 "rounds": s.num_rounds} for s in store.stages(run_id)],
@@ -238,7 +241,7 @@ def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, 
                     "summary": stage_summary(store, run_id)})
         return
     c = console()
-    c.print(render(run, live) + (f" - {run.error}" if run.error else ""))
+    c.print(render(run, live, status) + (f" - {run.error}" if run.error else ""))
     if _mlflow_url(run):
         c.print(link_line(_mlflow_url(run)))
     if run.ray_job_id:

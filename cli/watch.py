@@ -38,10 +38,14 @@ def _total_steps(spec: dict[str, Any]) -> int:
     return sum(max(1, math.ceil(st["tokens"] / per_step)) for st in spec["stages"])
 
 
-def render(run, line: dict[str, Any] | None) -> str:
-    head = f"{run.id} ({run.name}): {run.status}"
+def render(run, line: dict[str, Any] | None, status: str | None = None) -> str:
+    """The live view; `status` is the store's `shown_status` (a dead controller's run is not running)."""
+    status = status or run.status
+    head = f"{run.id} ({run.name}): {status}"
+    if status not in LIVE:
+        line = None if line is None else {**line, "eta_s": None}
     if line is None:
-        return head + ("" if run.status not in LIVE else "  (waiting for the first progress report)")
+        return head + ("" if status not in LIVE else "  (waiting for the first progress report)")
     s = line["eta_s"]
     eta = "?" if s is None else f"{int(s // 3600)}:{int(s % 3600 // 60):02d}:{int(s % 60):02d}"
     weights = " ".join(f"{d}={w:.2f}" for d, w in sorted(line["weights"].items()))
@@ -61,23 +65,29 @@ def watch(run_id: str = typer.Argument(..., help="Run id."),
     import json
 
     from cli.output import console
+    from store.errors import InputError
+    from store.runs import GONE
 
     store = state.store()
     c = console()
     last = None
     while True:
         run = store.get_run(run_id)
+        status = store.shown_status(run)
         line = progress_line(run, store.rounds(run_id))
         if as_json:
-            snapshot = json.dumps({"status": run.status, "progress": line}, sort_keys=True)
+            snapshot = json.dumps({"status": status, "progress": line}, sort_keys=True)
             if snapshot != last:
                 c.print(snapshot)
                 last = snapshot
         else:
-            text = render(run, line)
+            text = render(run, line, status)
             if text != last:
                 c.print(text)
                 last = text
-        if run.status not in LIVE:
+        if status == GONE:
+            raise InputError(f"run {run_id}: its controller is gone (it stopped without recording why: killed, "
+                             f"hung up, out of disk or its node lost); `cpt runs resume {run_id}` continues it")
+        if status not in LIVE:
             return
         time.sleep(interval)

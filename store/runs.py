@@ -46,6 +46,7 @@ ROUND_TRANSITIONS = {
     "cancelled": set(),
 }
 T = TypeVar("T")
+GONE = "interrupted (controller gone)"
 
 
 class RunStore:
@@ -184,6 +185,16 @@ class RunStore:
                             to_state=run.status, message=redact(message)))
 
         self._retry(do)
+
+    def shown_status(self, run: Run) -> str:
+        """A run's status as users should read it: a row that says `running` whose controller is
+        gone (no live lease: SIGKILL, SIGHUP, a full disk, a lost node) is `interrupted (controller
+        gone)`, resumable, not a run that looks alive forever."""
+        if run.status != "running":
+            return run.status
+        with self._sessions() as s:
+            live = lease_state(run, self.db_now(s)) == "live"
+        return "running" if live else GONE
 
     def request_cancel(self, run_id: str) -> str:
         """Ask a running run to stop; a run that is not running, or whose controller is dead
