@@ -81,6 +81,11 @@ class SequenceSource:
             if len(raw) != nbytes:
                 raise DataError(f"{path}: shard shorter than its manifest says (truncated after opening?)")
             out[j] = np.frombuffer(raw, dtype=np.int32)
+        vocab = self.data.manifest["vocab_size"]
+        if len(out) and (out.min() < 0 or out.max() >= vocab):  # a shard changed after its checksum was read
+            j = int(np.flatnonzero((out < 0).any(1) | (out >= vocab).any(1))[0])
+            raise DataError(f"{self.data.train_files[shard[j]][0]}: sequence {int(ids[j])} holds token ids outside "
+                            f"the vocabulary [0, {vocab}) (a corrupt or rewritten shard; `cpt data verify` checks it)")
         return out
 
     def close(self) -> None:

@@ -68,7 +68,8 @@ def _mailbox_class():
 
         async def report(self, seq: int, result, error: str | None, kind: str | None) -> None:
             async with self.cond:
-                self.outcomes[seq] = (result, error, kind)
+                if seq not in self.outcomes or error is not None and self.outcomes[seq][1] is None:
+                    self.outcomes[seq] = (result, error, kind)  # the first failure of any rank wins
                 self.cond.notify_all()
 
         async def saved(self, seq: int, write_s: float | None, error: str | None) -> None:

@@ -39,9 +39,19 @@ def train_loop(config: dict[str, Any]) -> None:
 
     mailbox = config["mailbox"]
     ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     ray.get(mailbox.register.remote(rank, os.getpid(), ray.get_runtime_context().current_actor))
-    runner = RoundRunner(config["resources"], mailbox)
+
+    def failed(seq: int, exc: CptError) -> None:
+        # Every rank reports its own failure: one rank's data error must fail the round at once, not
+        # leave the others blocked in a collective until the process-group timeout (30 min).
+        where = f"rank {rank}: " if world > 1 else ""
+        ray.get(mailbox.report.remote(seq, None, f"{where}{type(exc).__name__}: {exc}", type(exc).__name__))
+
+    try:
+        runner, setup_error = RoundRunner(config["resources"], mailbox), None
+    except CptError as exc:  # deterministic (a device that is not there, ...): each plan fails with it, no retry
+        runner, setup_error = None, exc
     seq = 0
     while True:
         item = ray.get(mailbox.next_plan.remote(seq))
@@ -49,13 +59,15 @@ def train_loop(config: dict[str, Any]) -> None:
             break
         plan, seq = item
         try:
+            if setup_error is not None:
+                raise setup_error
             result = runner.run(plan, seq)
-        except CptError as exc:  # our own, deterministic: every rank raises it, the controller fails the run
-            if rank == 0:
-                ray.get(mailbox.report.remote(seq, None, f"{type(exc).__name__}: {exc}", type(exc).__name__))
+        except CptError as exc:  # our own, deterministic: the controller fails the run, the group is torn down
+            failed(seq, exc)
             seq += 1
             continue
         if rank == 0:
             ray.get(mailbox.report.remote(seq, result, None, None))
         seq += 1
-    runner.close()
+    if runner is not None:
+        runner.close()

@@ -86,3 +86,71 @@ def test_sigkill_of_one_rank_rebuilds_the_group_and_matches_an_uninterrupted_run
     assert watch.killed[0] not in watch.pids[1].values()  # attempt 2 ran on a new group
     assert got[-1].eval_losses == pytest.approx(ref[-1].eval_losses, rel=1e-4)
     assert _flat(got) == pytest.approx(_flat(ref), rel=1e-4)
+
+
+class CorruptRankOnesRows(SilentReporter):
+    """At round 0.0's start, overwrite a token inside each sequence that rank 1 (of 2) reads at step
+    2 with an id outside the vocabulary: a corrupt row that only rank 1 ever reads."""
+
+    def __init__(self):
+        self.hit: list[str] = []
+
+    def round_started(self, plan, stage):
+        import numpy as np
+
+        from corpus.sampler import RoundSampler, SequenceSource
+
+        if (plan.stage_index, plan.round_index, plan.attempt) != (0, 0, 1):
+            return
+        live = {d: SequenceSource.open(d, plan.domain_paths[d], plan.seq_len) for d, w in plan.weights.items() if w}
+        sampler = RoundSampler(live, plan.weights, plan.cursors, plan.batch_size, plan.num_steps, plan.seed, 0, 0)
+        ids, dom = sampler.step_ids(2)
+        per = plan.batch_size // 2
+        for i, d in zip(ids[per:], dom[per:], strict=True):
+            src = live[sampler.names[d]]
+            shard = int(np.searchsorted(src.offsets, i, side="right") - 1)
+            path, base = src.data.train_files[shard]
+            with open(path, "r+b") as f:  # a token inside the sequence: its neighbours share only the ends
+                f.seek(base + 4 * (int(i - src.offsets[shard]) * src.stride + 3))
+                f.write(np.int32(src.data.manifest["vocab_size"] + 7).tobytes())
+            self.hit.append(path)
+
+
+def test_a_data_error_on_one_rank_fails_the_round_at_once_and_is_not_retried(tmp_path, synth):
+    """M2: rank 1 alone hits a corrupt row. Before, it went on to wait for the next plan while rank 0
+    waited in the step's all-reduce until the process-group timeout (30 min), and rank failures at
+    group start were retried max_attempts times."""
+    import shutil
+    import threading
+    import time
+
+    from store.errors import DataError
+
+    domains = {}
+    for d in ("en", "de"):
+        domains[d] = str(shutil.copytree(synth["domains"][d], tmp_path / "data" / d))
+    spec = long_spec(synth, **TWO, domains=domains)
+    spec["resources"]["max_attempts"] = 3
+    home, store, run_id = recorded_run(tmp_path / "home", spec)
+    corrupt = CorruptRankOnesRows()
+    ctl = Controller(store, home, run_id, corrupt, tracking=False, poll_s=0.05, groups=GROUPS)
+    outcome: list[BaseException | str] = []
+
+    def drive():
+        try:
+            outcome.append(ctl.run())
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            outcome.append(exc)
+
+    t0 = time.monotonic()
+    driver = threading.Thread(target=drive, daemon=True)
+    driver.start()
+    driver.join(180)
+    assert not driver.is_alive(), "the round hung: rank 0 waits in a collective for rank 1"
+    assert corrupt.hit and isinstance(outcome[0], DataError), outcome
+    assert time.monotonic() - t0 < 120
+    attempts = store.rounds(run_id)
+    assert [(r.stage_index, r.round_index, r.attempt, r.status) for r in attempts] == [(0, 0, 1, "failed")]
+    assert "rank 1: DataError" in attempts[0].error and "outside the vocabulary" in attempts[0].error
+    assert corrupt.hit[0] in attempts[0].error
+    assert store.get_run(run_id).status == "failed"
