@@ -69,11 +69,19 @@ def _drive(run_id: str, quiet: bool = False, manifests: dict | None = None) -> s
             status = ctl.run()
     finally:
         shutdown()
+        _forget_store_url(run_id)
     if status == "taken over":  # the run goes on under its new controller; this one did not finish it
         raise LeaseLost(f"run {run_id}: taken over by another controller (its lease expired while this one "
                         f"was paused or cut off); this controller stopped without writing")
     _print_summary(store, run_id, status)
     return status
+
+
+def _forget_store_url(run_id: str) -> None:
+    """A detached run's store URL file (it may hold a password) lives as long as the run's job."""
+    path = os.environ.get("CPT_STORE_URL_FILE")
+    if path and Path(path).name == f"store-url-{run_id}":
+        Path(path).unlink(missing_ok=True)
 
 
 def _print_summary(store, run_id: str, status: str) -> None:
@@ -183,6 +191,8 @@ def _detach(run_id: str) -> str:
     try:
         return submit_job(target, entry, env, run_id=run_id)
     except Exception as exc:  # unreachable job server, no agent, version mismatch: the run never started
+        if "CPT_STORE_URL_FILE" in env:
+            Path(env["CPT_STORE_URL_FILE"]).unlink(missing_ok=True)
         state.store().set_run_status(run_id, "failed", error=f"job submission failed: {redact(str(exc))[:300]}")
         raise ClusterError(f"--address {redact(home.ray_address)}: cannot submit a Ray job ({type(exc).__name__}: "
                            f"{redact(str(exc).splitlines()[0])[:300]})") from None

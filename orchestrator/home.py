@@ -55,11 +55,22 @@ class Home:
         return _default_store_url(self.root)
 
     def write_secret(self, name: str, value: str) -> Path:
-        """Write `value` to CPT_HOME/secrets/NAME readable by this user only; returns the path."""
+        """Write `value` to CPT_HOME/secrets/NAME readable by this user only; returns the path. An
+        existing file gets mode 0600 too, and neither the folder nor the file may be a symlink (one
+        planted there would send the secret wherever it points)."""
+        from store.errors import InputError
+
         folder = self.root / "secrets"
+        if folder.is_symlink():
+            raise InputError(f"{folder}: is a symlink; cpt keeps secrets only in a real folder of CPT_HOME")
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(folder, 0o700)
         path = folder / name
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise InputError(f"{path}: cannot write a secret there ({exc.strerror}; a symlink is refused)") from None
+        os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(value)
         return path

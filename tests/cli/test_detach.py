@@ -36,6 +36,10 @@ def test_detached_run_finishes_on_the_cluster(tmp_path, synth, ray_head):
         time.sleep(1)
     assert store.get_run(run_id).status == "finished"
     assert len(store.rounds(run_id, status="finished")) == 4
+    url_file = tmp_path / "home" / "secrets" / f"store-url-{run_id}"
+    while url_file.exists() and time.time() < deadline:  # removed by the job once its run has ended
+        time.sleep(0.5)
+    assert not url_file.exists()
     # what the dashboard and `ray job list` show: neither the store URL nor the token
     job = json.dumps(ray_head.get(f"/api/jobs/{json.loads(out.stdout)['job_id']}"))
     assert "store.db" not in job and ray_head.token not in job
