@@ -25,10 +25,44 @@ LOOPBACK = "127.0.0.1"
 WORKER_NICENESS = 0
 
 
+MIN_RAY = (2, 52)  # token authentication; older Ray would run with none, silently
+
+
 def secure_env() -> None:
-    """Token auth on for this process and the Ray processes it starts (a user's explicit choice stands)."""
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    """Token auth on for this process and the Ray processes it starts; it cannot be turned off
+    (RAY_AUTH_MODE=disabled is refused) and needs a Ray that has it."""
+    from importlib.metadata import version
+
+    found = version("ray")
+    if tuple(int(x) for x in found.split(".")[:2] if x.isdigit()) < MIN_RAY:
+        raise ClusterError(f"Ray {found} has no token authentication; cpt needs ray>={MIN_RAY[0]}.{MIN_RAY[1]}")
+    mode = os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if mode != "token":
+        raise ClusterError(f"RAY_AUTH_MODE={mode}: cpt runs Ray with token authentication only (unset it)")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def check_enforced(dashboard: str | None, address: str) -> None:
+    """ClusterError if the cluster answers a request that carries no token: cpt's own token would
+    be worthless there (anyone who can reach it runs code on it). A cluster whose dashboard cannot be
+    reached is taken as it is (its jobs API is then closed to everyone)."""
+    import urllib.error
+    import urllib.request
+
+    if not dashboard:
+        return
+    url = (dashboard if "://" in dashboard else f"http://{dashboard}").rstrip("/") + "/api/jobs/"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url), timeout=5):
+            pass
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return
+    except OSError:
+        return
+    raise ClusterError(f"--address {address}: this Ray cluster does not enforce token authentication (its "
+                       f"dashboard answered a request without a token); start it with RAY_AUTH_MODE=token "
+                       f"and a token (`ray get-auth-token --generate`), or use `cpt cluster up`")
 
 
 def _loopback_only() -> None:
@@ -96,6 +130,11 @@ def connect(home: Home, num_cpus: int | None = None, dashboard: bool = True,
 
         local = read_state(home.root)  # a `cpt cluster up` cluster: its dashboard is known
         url = local["dashboard"] if local and local["gcs"] == home.ray_address else None
+        try:
+            check_enforced(url or ctx.dashboard_url, home.ray_address)
+        except ClusterError:
+            ray.shutdown()
+            raise
     else:
         home.ray_temp.mkdir(parents=True, exist_ok=True)
         if os.environ.get("CPT_DASHBOARD") == "0":  # nobody watches (CI, batch jobs): no web server, a faster start
@@ -122,6 +161,8 @@ def submit_job(address: str, entrypoint: str, env: dict[str, str], run_id: str |
     The client authenticates with the cluster's token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
     ~/.ray/auth_token); nothing secret goes into the entrypoint or `env`, which the dashboard shows."""
     secure_env()
+    if "://" in address:  # the job server itself: it must refuse what carries no token
+        check_enforced(address, address)
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(address)

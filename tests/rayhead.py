@@ -50,12 +50,14 @@ class RayHead:
         return [int(p) for p in out.split()]
 
 
-def start_head(num_cpus: int = 1, timeout: float = 90) -> tuple[RayHead, subprocess.Popen]:
+def start_head(num_cpus: int = 1, timeout: float = 90, auth: bool = True) -> tuple[RayHead, subprocess.Popen]:
+    """A `ray start --head` on 127.0.0.1 with token auth (`auth=False`: a cluster someone started
+    without it, what cpt must refuse to join)."""
     temp = Path("/tmp") / f"cpt-head-{os.getpid()}-{secrets.token_hex(3)}"
     dash, port = free_port(), free_port()
     token = secrets.token_hex(32)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env = {**os.environ, "RAY_AUTH_MODE": "token" if auth else "disabled", "RAY_AUTH_TOKEN": token,
+           "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     env.pop("RAY_ADDRESS", None)
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--num-cpus={num_cpus}",
            "--node-ip-address=127.0.0.1", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",

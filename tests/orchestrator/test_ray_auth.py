@@ -5,6 +5,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +86,30 @@ def test_nothing_outside_tests_switches_ray_auth_off():
     for path in files:
         text = path.read_text()
         assert "disabled" not in text or "RAY_AUTH_MODE" not in text, path
+
+
+def test_cpt_refuses_a_cluster_without_token_auth_and_auth_cannot_be_turned_off(tmp_path, spec_file):
+    """M7: auth depended on the installed Ray and on the cluster's own settings. cpt needs a Ray
+    with token auth, refuses RAY_AUTH_MODE=disabled, and refuses to join (or submit a job to) a
+    cluster whose dashboard answers without a token (exit 2; a recorded run is marked failed)."""
+    import tomllib
+
+    from rayhead import start_head, stop_head
+    from tests_helpers import cpt
+
+    pins = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert "ray[default]>=2.52" in pins
+    head, proc = start_head(auth=False)
+    try:
+        with urllib.request.urlopen(head.url + "/api/jobs/", timeout=10) as resp:  # open to anyone
+            assert resp.status == 200
+        home = tmp_path / "home"
+        for args in (["--address", head.gcs, "submit", str(spec_file())],
+                     ["--address", head.url, "submit", str(spec_file()), "--detach"]):
+            out = cpt(home, *args, env={"RAY_AUTH_TOKEN": head.token}, timeout=180)
+            assert out.returncode == 2 and "does not enforce token authentication" in out.stderr, out.stderr[-2000:]
+            assert "Traceback" not in out.stderr
+    finally:
+        stop_head(head, proc)
+    out = cpt(tmp_path / "h2", "submit", str(spec_file()), env={"RAY_AUTH_MODE": "disabled"}, timeout=180)
+    assert out.returncode == 2 and "RAY_AUTH_MODE=disabled" in out.stderr, out.stderr[-2000:]
