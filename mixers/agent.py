@@ -16,6 +16,7 @@ computed with; an agent file records its own, and both are checked.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,9 @@ def load_agent(path: str | Path):
         state = load_file(str(path))
     except (FileNotFoundError, SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: cannot load agent ({exc})") from None
+    bad = [k for k, v in state.items() if not v.is_floating_point() or not bool(v.isfinite().all())]
+    if bad:
+        raise CheckpointError(f"{path}: agent tensor {bad[0]!r} holds non-finite values (NaN or inf); retrain it")
     if meta.get("format") != AGENT_FORMAT or meta.get("feature_version") != FEATURE_VERSION:
         raise CheckpointError(f"{path}: not a cpt agent with feature version {FEATURE_VERSION} (found format "
                               f"{meta.get('format')!r}, feature version {meta.get('feature_version')!r}); "
@@ -144,6 +148,9 @@ class AgentConfig(MixerConfig):
     """safetensors file written by `cpt agent train`."""
     min_weight: float = Field(0.0, ge=0, lt=1)
     """Floor per domain (mixed in like smoothing)."""
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    """The agent file's SHA-256: recorded with the run when it is submitted (or given to pin a file);
+    a resume refuses a file that changed since."""
 
 
 @register
@@ -155,13 +162,20 @@ class Agent(Mixer):
 
     def __init__(self, config: AgentConfig):
         super().__init__(config)
-        if not Path(config.path).is_file():
+        path = Path(config.path)
+        if not path.is_file():
             raise CheckpointError(f"{config.path}: agent file does not exist (train one with `cpt agent train`)")
-        self._nets = None
+        found = hashlib.sha256(path.read_bytes()).hexdigest()
+        if config.sha256 is not None and found != config.sha256:
+            raise CheckpointError(f"{config.path}: agent file changed since the run recorded it (sha256 "
+                                  f"{config.sha256[:12]}..., now {found[:12]}...); restore that file, or "
+                                  f"submit a new run with this one")
+        self.config = config.model_copy(update={"sha256": found})  # what the run records
+        # loaded (and checked: format, shapes, finite) now, when the spec is validated, not after
+        # the stages before the agent's have trained
+        self._nets, self.meta = load_agent(path)
 
     def propose(self, obs: Observation) -> dict[str, float]:
-        if self._nets is None:
-            self._nets, self.meta = load_agent(self.config.path)
         k = len(obs.domains)
         mean = self._nets.mean_action(*split_state(state_features(obs), k))
         c = self.config.min_weight

@@ -104,6 +104,8 @@ class RunSpec(Config):
             if getattr(st.schedule, "resume_const", False):
                 self._check_resume_const(i)
             mixer = build_mixer(st.mixer, where=f"stages.{i}.mixer")
+            if type(mixer.config) is type(st.mixer) and mixer.config.kind == st.mixer.kind:
+                st.mixer = mixer.config  # what building it fills in (an agent file's sha256) is recorded
             if st.mixer.kind == "static":
                 known = [*st.domains, *self.replay_domains(i)]
                 unknown = sorted(set(st.mixer.weights) - set(known))
@@ -244,6 +246,10 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         raw["model"] = {**raw["model"], "path": fix(raw["model"]["path"])}
     if isinstance(raw.get("checkpoints"), dict) and raw["checkpoints"].get("uri"):
         raw["checkpoints"] = {**raw["checkpoints"], "uri": fix(raw["checkpoints"]["uri"])}
+    if isinstance(raw.get("stages"), list):  # a mixer's file (the agent's) is the spec's, like the data
+        raw["stages"] = [{**st, "mixer": {**st["mixer"], "path": fix(st["mixer"]["path"])}}
+                         if isinstance(st, dict) and isinstance(st.get("mixer"), dict)
+                         and isinstance(st["mixer"].get("path"), str) else st for st in raw["stages"]]
     return raw
 
 

@@ -140,3 +140,49 @@ def test_agent_errors(tmp_path):
     with pytest.raises(CheckpointError, match="feature version 2 .*retrain"):
         load_agent(tmp_path / "old.safetensors")
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_an_agent_file_is_the_specs_checked_up_front_and_pinned_by_its_hash(tmp_path, synth, monkeypatch):
+    """m4: the agent's `path` resolved against the working directory (a resume or a detached job
+    from elsewhere failed), a changed file was used silently on resume, and a NaN or foreign file
+    was found only when its stage began, after the stages before it had trained."""
+    import json
+
+    import pytest
+    import torch
+    import yaml
+
+    from conftest import tiny_spec
+    from mixers.agent import AGENT_FORMAT, FEATURE_VERSION, WINDOW
+    from mixers.agent_nets import MixingNets
+    from orchestrator.spec import load_spec, parse_spec
+    from store.errors import CheckpointError
+
+    meta = {"format": AGENT_FORMAT, "feature_version": FEATURE_VERSION, "hidden": "8", "window": str(WINDOW)}
+
+    def agent(seed: int, poison: bool = False):
+        torch.manual_seed(seed)
+        nets = MixingNets(len(PER_DOMAIN), len(GLOBAL), 8)
+        if poison:
+            with torch.no_grad():
+                next(nets.parameters())[0] = float("nan")
+        return save_agent(nets, tmp_path / "specs" / "agent.safetensors", meta)
+
+    (tmp_path / "specs").mkdir()
+    agent(0)
+    raw = tiny_spec(synth)
+    raw["stages"][1]["mixer"] = {"kind": "agent", "path": "agent.safetensors"}
+    raw["stages"][1]["replay"] = {}
+    (tmp_path / "specs" / "run.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(tmp_path)  # not the spec's folder
+    spec, _ = load_spec(tmp_path / "specs" / "run.yaml")
+    recorded = spec.stages[1].mixer
+    assert recorded.path == str(tmp_path / "specs" / "agent.safetensors") and len(recorded.sha256) == 64
+    stored = json.dumps(spec.model_dump(mode="json"))  # what the run store keeps, and a resume parses
+    assert parse_spec(stored).stages[1].mixer.sha256 == recorded.sha256
+    agent(1)  # another file at the same path
+    with pytest.raises(CheckpointError, match="agent file changed since the run recorded it"):
+        parse_spec(stored)
+    agent(0, poison=True)
+    with pytest.raises(CheckpointError, match="non-finite"):
+        load_spec(tmp_path / "specs" / "run.yaml")
