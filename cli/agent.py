@@ -13,7 +13,8 @@ agent_app = typer.Typer(help="The Data Mixing Agent: explore, train, show.", no_
 
 @agent_app.command("explore")
 def explore(spec: Path = typer.Argument(..., help="Proxy run spec; its last stage is explored."),
-            trajectories: int = typer.Option(8, "-n", "--trajectories", min=1, help="Random trajectories to run."),
+            trajectories: int = typer.Option(8, "-n", "--trajectories", min=1, max=100_000,
+                                              help="Random trajectories to run."),
             concentration: float = typer.Option(1.0, help="Dirichlet concentration of the random mixtures."),
             parallel: int = typer.Option(2, min=1, help="Trajectories running at once."),
             tracking: bool = typer.Option(False, help="Also log each trajectory to MLflow.")) -> None:

@@ -68,7 +68,8 @@ def prepare(src: list[Path] = typer.Argument(..., help="Text files/folders, JSON
 def builtin(names: list[str] = typer.Argument(None, help="Built-in domains (default: all)."),
             install: bool = typer.Option(False, help="apt-get install missing text packages (root)."),
             max_chars: int = typer.Option(3_000_000, min=1, help="Characters of text per domain."),
-            vocab_size: int = typer.Option(4096, min=300, help="Tokenizer vocabulary size (>= 300)."),
+            vocab_size: int = typer.Option(4096, min=300, max=1 << 20, help="Tokenizer vocabulary size "
+                                                                                   "(300 to 1,048,576)."),
             overwrite: bool = typer.Option(False, help="Retrain the tokenizer and re-prepare.")) -> None:
     """Prepare the built-in demo domains (real text from the machine) in CPT_HOME/data."""
     from cli.output import console
@@ -127,7 +128,7 @@ def verify(folder: str = typer.Argument(..., help="Domain folder or URI."),
 @tokenizer_app.command("train")
 def train(src: list[Path] = typer.Argument(..., help="Text files/folders, JSONL or Parquet to train on."),
           out: Path = typer.Option(None, "--out", help="tokenizer.json path (default CPT_HOME/tokenizer.json)."),
-          vocab_size: int = typer.Option(8192, help="Vocabulary size (>= 300)."),
+          vocab_size: int = typer.Option(8192, min=300, max=1 << 20, help="Vocabulary size (300 to 1,048,576)."),
           text_field: str = typer.Option("text", help="JSONL field / Parquet column with the text.")) -> None:
     """Train a byte-level BPE tokenizer (HF tokenizers) over the given sources."""
     from cli.output import console

@@ -148,6 +148,7 @@ def ui(port: int = typer.Option(5000, min=1, max=65535, help="MLflow UI port."),
     from cli.output import console
 
     home = state.home()
+    _check_bind(host, port)
     c = console()
     c.print(f"MLflow UI: http://{host}:{port}  (store {home.mlflow_uri})")
     latest = _latest_experiment_url(f"http://{host}:{port}")
@@ -179,6 +180,22 @@ def _latest_experiment_url(base: str) -> str | None:
     return base + link["experiment_url"][link["experiment_url"].index("/#/"):]
 
 
+def _check_bind(host: str, port: int) -> None:
+    """InputError (exit 2) if nothing can listen on host:port (taken, or not this machine's
+    address), before the server starts and fails in its own words."""
+    import socket
+
+    from store.errors import InputError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(infos[0][4])
+    except OSError as exc:
+        raise InputError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})") from None
+
+
 def _serve(cmd: list[str], env: dict[str, str]) -> int:
     """Run a server in its own process group and stop the whole group (its workers too) when cpt
     is stopped: Ctrl-C, SIGTERM or SIGHUP never leave an orphaned server holding the port."""
@@ -194,7 +211,8 @@ def _serve(cmd: list[str], env: dict[str, str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, stop)
     try:
-        return proc.wait()
+        rc = proc.wait()
+        return rc or 1  # a server stops only when told to: ending by itself, even with 0, is a failure
     except KeyboardInterrupt:
         return 130
     finally:

@@ -16,6 +16,7 @@ size (memory maps and a per-shard offset table; nothing is concatenated).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections.abc import Mapping
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from corpus import order
-from corpus.shards import DomainData
+from corpus.shards import DomainData, too_many_open_files
 from store.errors import DataError
 
 
@@ -76,7 +77,12 @@ class SequenceSource:
             path, base = self.data.train_files[s]
             fd = self._fds.get(path)
             if fd is None:
-                fd = self._fds[path] = os.open(path, os.O_RDONLY)
+                try:
+                    fd = self._fds[path] = os.open(path, os.O_RDONLY)
+                except OSError as exc:
+                    if exc.errno in (errno.EMFILE, errno.ENFILE):
+                        raise too_many_open_files(path) from None
+                    raise DataError(f"{path}: cannot open shard ({exc.strerror})") from None
             raw = os.pread(fd, nbytes, base + 4 * int(a))
             if len(raw) != nbytes:
                 raise DataError(f"{path}: shard shorter than its manifest says (truncated after opening?)")

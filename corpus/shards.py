@@ -6,6 +6,7 @@ Shards are memory-mapped on read, so a domain costs page cache, not process memo
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import mmap
@@ -117,7 +118,12 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
             raise DataError(f"{path}: missing; {folder} is not a prepared domain")
         if path.stat().st_size > fs.MAX_MANIFEST_BYTES:
             raise DataError(f"{path}: larger than the {fs.MAX_MANIFEST_BYTES:,} bytes a manifest may have")
-        raw = path.read_bytes()
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise too_many_open_files(path) from None
+            raise DataError(f"{path}: cannot read ({exc.strerror})") from None
     try:
         manifest = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -190,6 +196,16 @@ class DomainData:
         return sum(len(a) for a in getattr(self, split))
 
 
+def too_many_open_files(path: str | Path) -> DataError:
+    """The error for a process out of file descriptors (many domains x shards), which is not a
+    corrupt shard, whatever the library that hit it says."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return DataError(f"{path}: too many open files (this process may open {soft}; many domains and shards "
+                     f"need more: raise it with `ulimit -n`)")
+
+
 def _map_shard(path: Path, expected: int) -> tuple[list[np.ndarray], list[int]]:
     """The shard's record batches as zero-copy views of a memory map (never a copy: a shard
     written in several batches stays several arrays, and sequences are cut inside each).
@@ -210,7 +226,11 @@ def _map_shard(path: Path, expected: int) -> tuple[list[np.ndarray], list[int]]:
         chunks = [c for c in col.chunks if len(c)]
         arrays = [c.to_numpy(zero_copy_only=True) for c in chunks]
         offsets = [c.buffers()[1].address - whole.address + 4 * c.offset for c in chunks]
-    except (pa.ArrowInvalid, pa.ArrowIOError, KeyError, OSError, ValueError) as exc:
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise too_many_open_files(path) from None
+        raise DataError(f"{path}: corrupt or truncated shard ({str(exc).splitlines()[0]})") from None
+    except (pa.ArrowInvalid, KeyError, ValueError) as exc:
         raise DataError(f"{path}: corrupt or truncated shard ({str(exc).splitlines()[0]})") from None
     if sum(map(len, arrays)) != expected:
         raise DataError(f"{path}: holds {sum(map(len, arrays))} tokens, manifest.json says {expected}")

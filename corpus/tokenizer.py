@@ -51,6 +51,9 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
+MAX_VOCAB = 1 << 20
+
+
 def train_tokenizer(texts: Iterable[str], out: str | Path, vocab_size: int = 8192,
                     min_frequency: int = 2) -> str:
     """Train a byte-level BPE (any text tokenizes: byte fallback) and save it atomically."""
@@ -58,8 +61,9 @@ def train_tokenizer(texts: Iterable[str], out: str | Path, vocab_size: int = 819
 
     from store.files import check_output, output_file
 
-    if vocab_size < 300:
-        raise DataError(f"vocab_size must be >= 300 (256 bytes + merges), got {vocab_size}")
+    if not 300 <= vocab_size <= MAX_VOCAB:  # the trainer allocates by it: 1e11 aborted in Rust, no message
+        raise DataError(f"vocab_size must be in [300, {MAX_VOCAB:,}] (256 bytes + merges; the largest "
+                        f"tokenizers in use have ~256k), got {vocab_size:,}")
     check_output(out, "the tokenizer.json path")  # before the training, not after it
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -77,7 +77,7 @@ class Controller:
         self.group: WorkerGroup | None = None
         self.workers: int | None = None  # ranks of the last group started (an elastic group's size varies)
         self.manifests: dict[str, Any] | None = None  # set by a submit that just checked the data
-        self._signals: dict[str, bool] = {}
+        self.signals: dict[str, bool] = {}  # what SIGTERM / Ctrl-C set (shared by `cpt agent explore`'s controllers)
 
     def _message(self, text: str) -> None:
         self.reporter.message(text)
@@ -131,7 +131,7 @@ class Controller:
             ray_info = cluster.connect(self.home, num_cpus=None, run={"run_id": self.run_id,
                                                                        "run_name": self.spec.name})
             self.store.update_run(self.run_id, ray_job_id=ray_info["job_id"])
-            with stop_signals(self._signals):  # after ray.init, which installs its own SIGTERM handler
+            with stop_signals(self.signals):  # after ray.init, which installs its own SIGTERM handler
                 self._group()  # Ray Train starts the ranks (seconds) while MLflow is set up
                 self.tracking.start()  # inside: an unreachable MLflow server fails the run, recorded
                 self.tracking.announce(ray_info["dashboard"])
@@ -151,7 +151,7 @@ class Controller:
         if isinstance(exc, Cancelled | KeyboardInterrupt):
             self.store.set_run_status(rid, "cancelled", message=str(exc) or "Ctrl-C")
             self._run_ended("cancelled")
-            if isinstance(exc, KeyboardInterrupt) or self._signals.get("interrupted"):
+            if isinstance(exc, KeyboardInterrupt) or self.signals.get("interrupted"):
                 raise Cancelled(f"run {rid} cancelled (Ctrl-C); `cpt runs resume {rid}` continues it") from None
             return "cancelled"
         if isinstance(exc, Preempted):
@@ -221,9 +221,9 @@ class Controller:
 
     def _check_control(self, when: str) -> None:
         """Stop if a signal came, the user cancelled, or another controller took the run over."""
-        if self._signals.get("preempted"):
+        if self.signals.get("preempted"):
             raise Preempted(f"SIGTERM {when}")
-        if self._signals.get("interrupted"):
+        if self.signals.get("interrupted"):
             raise Cancelled(f"Ctrl-C {when}")
         if self.lease.lost.is_set():
             raise LeaseLost(f"lease lost {when}")

@@ -20,8 +20,10 @@ import yaml
 from orchestrator.controller import Controller, Reporter
 from orchestrator.group import Groups, SharedGroups
 from orchestrator.home import Home
+from orchestrator.signals import stop_signals
 from orchestrator.spec import RunSpec, parse_spec
 from orchestrator.submit import create_run
+from store.errors import Cancelled, Preempted
 from store.runs import RunStore
 
 
@@ -60,8 +62,7 @@ def explore(store: RunStore, home: Home, spec: RunSpec, n: int, concentration: f
     texts = trajectory_specs(spec, n, concentration)
     before = _existing(store, texts)
     done = {rid: "finished" for rid, status in before.values() if status == "finished"}
-    todo = [before[k][0] if k in before else create_run(store, home, parse_spec(text), text)
-            for k, text in enumerate(texts) if k not in before or before[k][1] != "finished"]
+    todo = [k for k in range(n) if k not in before or before[k][1] != "finished"]
     if reporter and before:
         reporter.message(f"{len(done)} of {n} trajectories already finished; "
                          f"{sum(k in before for k in range(n)) - len(done)} resumed, {n - len(before)} new")
@@ -71,10 +72,17 @@ def explore(store: RunStore, home: Home, spec: RunSpec, n: int, concentration: f
     # a trajectory takes over a finished one's worker group: no group start each
     own = groups is None
     groups = SharedGroups() if own else groups
+    flags: dict[str, bool] = {}  # SIGTERM / Ctrl-C in the main thread reach every controller through it
 
-    def one(run_id: str) -> tuple[str, str]:
+    def one(k: int) -> tuple[str, str]:
+        if flags:  # stopping: trajectories not started yet are not recorded at all
+            return f"#{k}", "not started"
+        # recorded when its turn comes: -n 3000 does not write 3,000 pending runs up front
+        run_id = before[k][0] if k in before else create_run(store, home, parse_spec(texts[k]), texts[k])
         try:
-            status = Controller(RunStore(store.url), home, run_id, reporter, tracking=tracking, groups=groups).run()
+            ctl = Controller(RunStore(store.url), home, run_id, reporter, tracking=tracking, groups=groups)
+            ctl.signals = flags
+            status = ctl.run()
         except Exception as exc:  # one failed trajectory must not stop the others; it is recorded
             status = f"failed: {exc}"
         if reporter:
@@ -82,11 +90,16 @@ def explore(store: RunStore, home: Home, spec: RunSpec, n: int, concentration: f
         return run_id, status
 
     try:
-        with ThreadPoolExecutor(max_workers=parallel) as pool:
-            return {**done, **dict(pool.map(one, todo))}
+        with stop_signals(flags), ThreadPoolExecutor(max_workers=parallel) as pool:
+            results = {**done, **dict(pool.map(one, todo))}
     finally:
         if own:
             groups.close()
+    if flags.get("preempted"):
+        raise Preempted("exploration interrupted by SIGTERM; the same command continues it")
+    if flags.get("interrupted"):
+        raise Cancelled("exploration cancelled (Ctrl-C); the same command continues it")
+    return {k: v for k, v in results.items() if v != "not started"}
 
 
 def describe_runs(store: RunStore, run_ids: list[str]) -> dict[str, str]:

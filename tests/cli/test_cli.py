@@ -63,10 +63,22 @@ def test_bad_inputs_exit_2_with_one_message(tmp_path, synth):
     assert not (tmp_path / "home" / "data").exists()  # nothing half-written
     # numbers out of range are usage errors naming the option, before anything runs
     for args in (("runs", "list", "--limit", "0"), ("ui", "--port", "70000"), ("agent", "explore", "x.yaml", "-n", "0"),
-                 ("agent", "explore", "x.yaml", "--parallel", "0"), ("data", "builtin", "--max-chars", "0")):
+                 ("agent", "explore", "x.yaml", "--parallel", "0"), ("data", "builtin", "--max-chars", "0"),
+                 ("tokenizer", "train", "x.txt", "--vocab-size", "99999999999"),  # was a Rust abort (134)
+                 ("agent", "explore", "x.yaml", "-n", "1000000")):
         out = cpt(*args, home=tmp_path / "home")
         assert out.returncode == 2 and f"Invalid value for '{args[-2]}'" in out.stderr, (args, out.stderr)
         assert "Traceback" not in out.stderr
+
+
+def test_ui_on_a_port_it_cannot_listen_on_exits_2(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        out = cpt("ui", "--port", taken.getsockname()[1], home=tmp_path / "home")
+    assert out.returncode == 2 and "cannot listen there" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_unreachable_store_exit_2(tmp_path):

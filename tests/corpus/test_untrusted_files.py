@@ -98,3 +98,28 @@ def test_verify_finds_ids_outside_the_vocabulary_and_a_foreign_tokenizer(tmp_pat
     with pytest.raises(DataError, match="is not the manifest's"):
         verify_domain(_copy(synth, tmp_path, "code"), tokenizer=other)
     os.remove(other)
+
+
+def test_running_out_of_file_descriptors_says_so_not_corrupt_shard(synth):
+    """~500 domains under `ulimit -n 1024` failed as "corrupt or truncated shard"."""
+    import subprocess
+    import sys
+
+    code = (f"import os, resource\n"
+            f"from corpus.shards import DomainData\n"
+            f"from corpus.sampler import SequenceSource\n"
+            f"from store.errors import DataError\n"
+            f"src = SequenceSource.open('en', {str(synth['domains']['en'])!r}, 32)\n"
+            f"free = os.open('/dev/null', os.O_RDONLY)\n"  # the lowest free descriptor: none below the limit
+            f"os.close(free)\n"
+            f"resource.setrlimit(resource.RLIMIT_NOFILE, (free, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
+            f"for what in (lambda: src.rows([0]), lambda: DomainData.open('en', {str(synth['domains']['en'])!r})):\n"
+            f"    try:\n"
+            f"        what()\n"
+            f"        print('opened')\n"
+            f"    except DataError as exc:\n"
+            f"        print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 2 and all("too many open files" in x and "ulimit -n" in x for x in lines), out
+    assert "corrupt" not in out.stdout

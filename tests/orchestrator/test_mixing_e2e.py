@@ -116,3 +116,26 @@ def test_explore_train_and_run_the_agent(tmp_path, synth, ray_local):
     for t, w in zip(mine, used, strict=True):
         mean = nets.mean_action(*split_state(t.state, t.num_domains))
         assert [w[d] for d in t.domains] == pytest.approx([m / sum(mean) for m in mean], rel=1e-5)
+
+
+def test_explore_records_trajectories_as_they_start_and_stops_cleanly_on_sigterm(tmp_path, synth):
+    """`cpt agent explore -n 3000` wrote 3,000 pending runs before the first started, and SIGTERM
+    ended it with a traceback. Now a trajectory is recorded when it starts, and SIGTERM interrupts
+    the running ones (resumable) and starts no more: exit 143, one message."""
+    import signal
+
+    from conftest import long_spec
+    from tests_helpers import cpt_until_round_runs
+
+    spec = tmp_path / "proxy.yaml"
+    spec.write_text(yaml.safe_dump(long_spec(synth)))
+    home = tmp_path / "home"
+    proc, store, run_id = cpt_until_round_runs(home, ["agent", "explore", str(spec), "-n", "3000", "--parallel", "1"],
+                                               finished=0)
+    assert len(store.list_runs(10_000)) == 1
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=90)
+    err = proc.stderr.read().decode()
+    assert code == 143 and "interrupted by SIGTERM" in err and "Traceback" not in err, err[-3000:]
+    runs = store.list_runs(10_000)
+    assert [r.status for r in runs] == ["interrupted"] and runs[0].lease_owner is None
