@@ -155,6 +155,15 @@ def _check_schema(m: dict[str, Any], path: Any) -> None:
                 or sh["tokens"] < 0 or not isinstance(sh.get("file"), str) or not isinstance(sh.get("sha256"), str):
             raise DataError(f"{path}: shards[{i}] must have file, split (train|val), tokens >= 0 and sha256")
         totals[sh["split"]] += sh["tokens"]
+    seen: dict[str, int] = {}
+    for i, sh in enumerate(m["shards"]):  # one file, or one content, listed twice: data read twice, or val = train
+        for key in (("file", os.path.normpath(sh["file"])), ("sha256", sh["sha256"])):
+            if key in seen and (sh["tokens"] or key[0] == "file"):
+                j = seen[key]
+                raise DataError(f"{path}: shards[{i}] ({sh['split']}) and shards[{j}] ({m['shards'][j]['split']}) "
+                                f"are the same {'file' if key[0] == 'file' else 'content'} ({key[1]}): a shard "
+                                f"may appear once, in one split")
+            seen.setdefault(key, i)
     for split, total in totals.items():
         if m["tokens"].get(split, 0) != total:
             raise DataError(f"{path}: tokens.{split} says {m['tokens'].get(split)!r}, its shards hold {total}")

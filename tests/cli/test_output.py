@@ -16,6 +16,17 @@ def test_user_text_is_never_parsed_as_markup(tmp_path):
     assert missing.returncode == 2 and "[/red]" in missing.stderr and "Traceback" not in missing.stderr
 
 
+def test_terminal_escape_sequences_in_user_text_are_shown_not_run(tmp_path):
+    home = tmp_path / "home"
+    evil = "x\x1b]0;owned\x07\x1b[2J\rfake"  # retitle the terminal, clear it, rewrite the line
+    (home / "data" / evil).mkdir(parents=True)
+    listed = cpt(home, "data", "list")
+    missing = cpt(home, "data", "verify", str(home / "nowhere" / evil))
+    assert listed.returncode == 0 and missing.returncode == 2
+    for text in (listed.stdout, missing.stderr):
+        assert not any(c in text for c in "\x1b\x07\r") and "x\\x1b]0;owned\\x07\\x1b[2J\\x0dfake" in text, text
+
+
 def test_unwritable_outputs_exit_2_and_leave_no_temp_file(tmp_path, spec_file):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")

@@ -123,3 +123,42 @@ def test_running_out_of_file_descriptors_says_so_not_corrupt_shard(synth):
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 2 and all("too many open files" in x and "ulimit -n" in x for x in lines), out
     assert "corrupt" not in out.stdout
+
+
+def test_a_shard_listed_twice_or_in_both_splits_is_refused_on_every_open(tmp_path, synth):
+    """`cpt data verify` passed a duplicated train shard and a val split pointing at the train shard
+    (totals made consistent): data read twice per epoch, or validation on training data."""
+    import subprocess
+    import sys
+
+    def totals(m):
+        for split in ("train", "val"):
+            m["tokens"][split] = sum(sh["tokens"] for sh in m["shards"] if sh["split"] == split)
+
+    def duplicate(m):
+        m["shards"].append(dict(next(sh for sh in m["shards"] if sh["split"] == "train")))
+        totals(m)
+
+    def val_is_train(m):
+        train = next(sh for sh in m["shards"] if sh["split"] == "train")
+        for sh in m["shards"]:
+            if sh["split"] == "val":
+                sh.update(file=train["file"], sha256=train["sha256"], tokens=train["tokens"])
+        totals(m)
+
+    def copied(m):  # the train shard's bytes under a second name, listed as val
+        train = next(sh for sh in m["shards"] if sh["split"] == "train")
+        shutil.copy(folder / train["file"], folder / "val-copy.arrow")
+        m["shards"] = [sh for sh in m["shards"] if sh["split"] == "train"] + [
+            {**train, "file": "val-copy.arrow", "split": "val"}]
+        totals(m)
+
+    for i, (change, says) in enumerate([(duplicate, "same file"), (val_is_train, "same file"),
+                                        (copied, "same content")]):
+        folder = _copy(synth, tmp_path / str(i))
+        _rewrite(folder, change)
+        with pytest.raises(DataError, match=says):
+            DomainData.open("en", folder)
+        out = subprocess.run([sys.executable, "-m", "cli.main", "data", "verify", str(folder)], capture_output=True,
+                             text=True, timeout=60, env={**os.environ, "CPT_HOME": str(tmp_path / "home")})
+        assert out.returncode == 2 and says in out.stderr and "a shard may appear once" in out.stderr, out.stderr
