@@ -39,7 +39,11 @@ def scheme_problem(location: str, known: tuple[str, ...] = SCHEMES) -> str | Non
     first checkpoint is written), or None for a plain path or a known scheme (`+driver` allowed)."""
     if not is_uri(location):
         return None
-    scheme = urlsplit(location).scheme.split("+")[0].lower()
+    parts = urlsplit(location)
+    scheme = parts.scheme.split("+")[0].lower()
+    if scheme == "file" and parts.netloc not in ("", "localhost"):  # file://dir/x would be /x
+        return (f"{location!r}: a file:// URI names a path on this machine, file:///ABSOLUTE/PATH (three "
+                f"slashes); {parts.netloc!r} would be taken as a host")
     if scheme in known:
         return None
     return f"unsupported URI scheme {scheme + '://'!r}; use a path or one of: {', '.join(s + '://' for s in known)}"
@@ -228,6 +232,30 @@ def list_folders(location: str) -> list[str]:
         raise DataError(f"{_shown(location)}: cannot list ({type(exc).__name__}: {str(exc).splitlines()[0]})") \
             from None
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
+def probe_writable(location: str) -> None:
+    """Write and delete a small file in the folder at `location` (a path or any URI): DataError
+    naming it if it cannot be reached or written. Asked before the first round, not after it."""
+    name = f".cpt-probe-{uuid.uuid4().hex[:12]}"
+    try:
+        if not is_remote(location):
+            folder = local_path(location)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(b"cpt")
+            (folder / name).unlink()
+            return
+        fs, base = _filesystem(location)
+        fs.create_dir(base, recursive=True)
+        with fs.open_output_stream(f"{base.rstrip('/')}/{name}") as out:
+            out.write(b"cpt")
+        fs.delete_file(f"{base.rstrip('/')}/{name}")
+    except DataError:
+        raise
+    except Exception as exc:  # OSError, pyarrow's errors: unreachable, denied, no such bucket, read-only
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise DataError(f"{_shown(str(location))}: cannot write there ({type(exc).__name__}: {first[:300]})") \
+            from None
 
 
 def delete_folder(uri: str) -> None:

@@ -13,7 +13,8 @@ from store.errors import DataError, SpecError
 
 
 def check_data(spec: RunSpec) -> dict[str, dict[str, Any]]:
-    """Check tokenizer, domain manifests and shards against the spec; returns manifests by domain."""
+    """Check tokenizer, domain manifests and shards against the spec, and that `checkpoints.uri`
+    can be written; returns manifests by domain. `validate`, `submit` and `resume` all ask it."""
     from corpus.shards import DomainData
     from corpus.tokenizer import load_tokenizer, tokenizer_hash
 
@@ -31,6 +32,10 @@ def check_data(spec: RunSpec) -> dict[str, dict[str, Any]]:
         manifests[name] = data.manifest
         sources[name] = data
     _check_epochs(spec, sources)
+    if spec.checkpoints.uri:  # unreachable or read-only storage is found now, not after the first round trained
+        from corpus import fs
+
+        fs.probe_writable(spec.checkpoints.uri)
     if spec.model.path:
         from workers.model import check_hf_checkpoint
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import recorded_run, tiny_spec
 from orchestrator import checkpoints
@@ -113,3 +115,58 @@ def test_ranks_of_one_node_restoring_together_download_once(tmp_path, s3, monkey
     monkeypatch.setenv("CPT_CACHE", cache)
     fs.evict(uri)  # what a restore does once every rank of the node has read it
     assert not Path(got[0][0]).exists()
+
+
+_FORMS = ["file://{abs}", "file://localhost{abs}", "{abs}", "rel/{name}", "./{name}", "~/cpt-probe-{name}",
+          "file://{name}/x", "file:/{name}", "ftp://h/{name}", "http://h/{name}", "mem://{name}", "file:{name}"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(form=st.sampled_from(_FORMS), name=st.from_regex(r"[a-z][a-z0-9_-]{0,11}", fullmatch=True))
+def test_every_checkpoint_uri_form_is_handled_end_to_end_or_refused_at_validation(tmp_path_factory, synth, form,
+                                                                                 name):
+    """`checkpoints.uri: file:///ABS` once put checkpoints in Ray's temp folder (taken as the relative
+    path `file:/ABS`) while the store pointed at paths that never existed. Each form is now either
+    refused when the spec is read, or a location whose folder the controller, the ranks and
+    retention all resolve to the same absolute path, and which the checks before round 0 write to."""
+    from corpus import fs
+    from orchestrator.data_check import check_data
+    from store.errors import SpecError
+
+    root = tmp_path_factory.mktemp("uri")
+    uri = form.format(abs=str(root / name), name=name)
+    raw = tiny_spec(synth, checkpoints={"uri": uri})
+    try:
+        spec = parse_spec(yaml.safe_dump(raw), base=root)
+    except SpecError as exc:
+        assert "file:///ABSOLUTE/PATH" in str(exc) or "unsupported URI scheme" in str(exc), exc
+        assert form in ("file://{name}/x", "ftp://h/{name}", "http://h/{name}", "mem://{name}")
+        return
+    assert form not in ("file://{name}/x", "ftp://h/{name}", "http://h/{name}", "mem://{name}")
+    folder = checkpoints.run_folder(spec, root / "work", "RUN")
+    assert not fs.is_remote(folder) and Path(folder).is_absolute()
+    expected = {"file://{abs}": root / name, "file://localhost{abs}": root / name, "{abs}": root / name,
+                "rel/{name}": root / "rel" / name, "./{name}": root / name,
+                "~/cpt-probe-{name}": Path.home() / f"cpt-probe-{name}", "file:/{name}": root / f"file:/{name}",
+                "file:{name}": root / f"file:{name}"}[form]
+    assert Path(folder) == expected.resolve() / "RUN"
+    check_data(spec)  # the probe writes there (and leaves nothing)
+    assert list(expected.iterdir()) == []
+    expected.rmdir()
+
+
+def test_a_checkpoint_location_that_cannot_be_written_is_refused_before_round_0(tmp_path, synth):
+    from tests_helpers import cpt
+
+    (tmp_path / "afile").write_text("x")
+    for uri, says in ((str(tmp_path / "afile" / "ckpt"), "cannot write there"),
+                      ("s3://bucket/x?endpoint_override=127.0.0.1:1&scheme=http", "cannot write there")):
+        spec = tmp_path / "run.yaml"
+        spec.write_text(yaml.safe_dump(tiny_spec(synth, checkpoints={"uri": uri})))
+        for cmd in (("validate", str(spec)), ("submit", str(spec))):
+            out = cpt(tmp_path / "home", *cmd, timeout=120)
+            assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr, out.stderr
+    from store.runs import RunStore
+
+    store = RunStore(f"sqlite:///{tmp_path / 'home' / 'store.db'}")
+    assert store.list_runs() == []  # submit refused before recording a run
