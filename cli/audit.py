@@ -36,11 +36,24 @@ def round_samples(plan) -> dict[str, dict[str, Any]]:
 
     sources = {d: SequenceSource.open(d, plan.domain_paths[d], plan.seq_len) for d, w in plan.weights.items()
                if w > 0}
+    for d, src in sources.items():
+        same_data(d, src, (plan.cursors.get(d) or {}).get("data"), plan.run_id)
     sampler = RoundSampler(sources, plan.weights, plan.cursors, plan.batch_size, plan.num_steps, plan.seed,
                            plan.stage_index, plan.round_index)
     end = sampler.end_cursors()
     return {d: {"count": len(ids), "sequences_per_epoch": sources[d].n, "start": plan.cursors[d], "end": end[d],
                 "ids": ids.tolist()} for d, ids in sampler.round_ids().items()}
+
+
+def same_data(domain: str, src, recorded: str | None, run_id: str) -> None:
+    """DataError unless the domain still holds the data the run read (its recorded fingerprint:
+    shard checksums and sequence layout); otherwise the ids would name other sequences."""
+    from store.errors import DataError
+
+    if recorded is not None and recorded != src.data_id:
+        raise DataError(f"{src.data.folder}: domain {domain!r} holds other data than run {run_id} trained on "
+                        f"(fingerprint {src.data_id}, the run recorded {recorded}: re-prepared or refilled "
+                        f"since); its sequence ids would name other text")
 
 
 def samples(run_id: str = typer.Argument(..., help="Run id."),
@@ -85,6 +98,11 @@ def show_sequence(domain: str = typer.Argument(..., help="Domain name (CPT_HOME/
     if seq_len is None:
         seq_len = state.store().get_run(run_id).spec_json["seq_len"] if run_id else 128
     src = SequenceSource.open(domain, str(folder), seq_len)
+    if run_id:
+        rounds = state.store().rounds(run_id)
+        seen = [r.plan.cursors[domain]["data"] for r in rounds if domain in r.plan.cursors]
+        if seen:  # the data the run's rounds read last
+            same_data(domain, src, seen[-1], run_id)
     if not 0 <= seq < src.n:
         raise InputError(f"--seq {seq}: {domain!r} holds sequences 0..{src.n - 1} at seq_len {seq_len}")
     ids = src.rows([seq])[0].tolist()
