@@ -30,7 +30,7 @@ MIN_RAY = (2, 52)  # token authentication; older Ray would run with none, silent
 
 def secure_env() -> None:
     """Token auth on for this process and the Ray processes it starts; it cannot be turned off
-    (RAY_AUTH_MODE=disabled is refused) and needs a Ray that has it."""
+    (any RAY_AUTH_MODE but token is refused) and needs a Ray that has it."""
     from importlib.metadata import version
 
     found = version("ray")

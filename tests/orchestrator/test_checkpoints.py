@@ -163,7 +163,8 @@ def test_a_checkpoint_location_that_cannot_be_written_is_refused_before_round_0(
                       ("s3://bucket/x?endpoint_override=127.0.0.1:1&scheme=http", "cannot write there")):
         spec = tmp_path / "run.yaml"
         spec.write_text(yaml.safe_dump(tiny_spec(synth, checkpoints={"uri": uri})))
-        for cmd in (("validate", str(spec)), ("submit", str(spec))):
+        # an unreachable S3 endpoint costs pyarrow's retries (~12 s): asked once, by submit
+        for cmd in (("validate", str(spec)), ("submit", str(spec)))[0 if uri.startswith("/") else 1:]:
             out = cpt(tmp_path / "home", *cmd, timeout=120)
             assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr, out.stderr
     from store.runs import RunStore
