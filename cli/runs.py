@@ -219,7 +219,10 @@ def list_runs(limit: int = typer.Option(50, min=1, help="Most recent N runs."),
 
 
 @runs_app.command("show")
-def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
+def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json"),
+         last: int = typer.Option(50, "--last", min=1, max=10_000_000,
+                                  help="Round attempts in the table (the newest); --json lists them all."),
+         every: bool = typer.Option(False, "--all", help="Every round attempt in the table.")) -> None:
     """A run's stages, rounds (weights, losses, throughput) and per-stage losses."""
     from cli.audit import cursor_rows
     from cli.output import console, loss_table, print_json, table
@@ -256,6 +259,9 @@ def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, 
         c.print(link_line(_mlflow_url(run)))
     if run.ray_job_id:
         c.print(f"Ray job: {run.ray_job_id} (the dashboard's Jobs page; metadata cpt_run_id={run.id})")
+    if not every and len(rounds) > last:  # a run of thousands of rounds: the newest, and how many more
+        c.print(f"rounds: the last {last} of {len(rounds):,} attempts (--all or --last N for more; --json for all)")
+        rounds = rounds[-last:]
     perf = [_throughput(x) for x in rounds]
     table("rounds", ["stage", "round", "try", "status", "steps", "weights", "train loss", "eval", "ranks", "tok/s",
                      "MFU", "overhead s"],

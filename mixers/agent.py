@@ -44,11 +44,14 @@ def state_features(obs: Observation) -> list[float]:
     last = stage[-1].weights if stage else None
     prev = stage[-2].weights if len(stage) >= 2 else last
     start = obs.start_losses or obs.latest_losses()
-    seq = [start, *(h.eval_losses for h in stage)]  # losses at the stage start and after each round
+    # losses at the stage start and after each round; only the last WINDOW + 1 are read (a late
+    # round of a long stage costs what an early one does)
+    tail = stage[-(WINDOW + 1):]
+    seq = ([start] if len(tail) == len(stage) else []) + [h.eval_losses for h in tail]
     rows: list[float] = []
     for d in doms:
         vals = [x.get(source_name(d)) for x in seq]
-        cur, first = vals[-1], vals[0]
+        cur, first = vals[-1], start.get(source_name(d))
         deltas = []
         for j in range(1, WINDOW + 1):
             a, b = (vals[-j], vals[-j - 1]) if len(vals) > j else (None, None)

@@ -41,26 +41,27 @@ def location(spec: RunSpec, workdir: Path, run_id: str, name: str) -> str:
     return fs.join(run_folder(spec, workdir, run_id), name)
 
 
-def prune(store: RunStore, spec: RunSpec, workdir: Path, run_id: str, message: Callable[[str], None]) -> None:
+def prune(store: RunStore, spec: RunSpec, workdir: Path, run_id: str, message: Callable[[str], None],
+          done: list[tuple[int, int, int]] | None = None) -> None:
     """Retention: delete every attempt folder of this run that is neither kept nor in flight.
 
     Kept: the last K finished rounds and the stages' last rounds. Deleted: older finished rounds,
     and attempts of rounds up to the last committed one that never committed (a crash after their
     upload, a retried attempt). A folder of a later round (still being written) and anything not
-    named like an attempt is left alone. Runs after a commit, so resume's checkpoint is kept."""
+    named like an attempt is left alone. Runs after a commit, so resume's checkpoint is kept.
+    `done`: (stage, round, attempt) of the finished rounds in order, when the caller holds them."""
     from corpus import fs
 
     keep = spec.checkpoints
     if keep.keep_last is None:
         return
-    done = store.rounds(run_id, status="finished")
+    done = store.finished_keys(run_id) if done is None else done  # the controller passes its commits
     if not done:
         return
-    kept = {(r.stage_index, r.round_index, r.attempt) for r in done[-keep.keep_last:]}
+    kept = set(done[-keep.keep_last:])
     if keep.keep_stage_ends:
-        kept |= {(r.stage_index, r.round_index, r.attempt) for r in done
-                 if r.round_index == spec.stages[r.stage_index].rounds - 1}
-    last = (done[-1].stage_index, done[-1].round_index)
+        kept |= {k for k in done if k[1] == spec.stages[k[0]].rounds - 1}
+    last = done[-1][:2]
     base = run_folder(spec, workdir, run_id)
     try:
         names = fs.list_folders(base)

@@ -110,6 +110,8 @@ class Commits:
             done = p.finished()
             self._committed.append(dataclasses.replace(done, mixer_state=json.loads(json.dumps(done.mixer_state))))
         self.after()
-        checkpoints.prune(self.store, self.spec, self.workdir, self.run_id, self.message)
+        keys = None if self._committed is None else [(x.stage_index, x.round_index, x.plan.attempt)
+                                                      for x in self._committed]
+        checkpoints.prune(self.store, self.spec, self.workdir, self.run_id, self.message, keys)
         for cb in self.callbacks:
             cb.round_finished(p.round_id, p.plan, p.result)

@@ -42,6 +42,7 @@ class LiveLogger:
         self.retry_s, self.max_retry_s = retry_s, max_retry_s
         self.queue: deque = deque()
         self.jobs: deque = deque()  # plots and artifacts: drawn and uploaded off the round loop too
+        self.ordered: deque = deque()  # round records: each runs, in order (never replaced)
         self.cond = threading.Condition()
         self.closed = False
         self.busy = False
@@ -65,6 +66,13 @@ class LiveLogger:
             self.jobs.append(job)
             self.cond.notify_all()
 
+    def call(self, job) -> None:
+        """Run `job()` on the logging thread after everything queued before it, in order; unlike
+        `submit`, every job runs (a round's record). Its failure is the job's own to handle."""
+        with self.cond:
+            self.ordered.append(job)
+            self.cond.notify_all()
+
     @property
     def backlog(self) -> int:
         with self.cond:
@@ -74,7 +82,7 @@ class LiveLogger:
         """Wait up to `timeout` s for everything queued to be delivered; True if it was."""
         deadline = time.monotonic() + timeout
         with self.cond:
-            while self.queue or self.jobs or self.busy:
+            while self.queue or self.ordered or self.jobs or self.busy:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -94,6 +102,7 @@ class LiveLogger:
         """Drop everything not yet sent and stop: this controller lost its run to another one."""
         with self.cond:
             self.queue.clear()
+            self.ordered.clear()
             self.jobs.clear()
             self.closed = True
             self.cond.notify_all()
@@ -102,12 +111,12 @@ class LiveLogger:
         delay = self.retry_s
         while True:
             with self.cond:
-                while not self.queue and not self.jobs and not self.closed:
+                while not self.queue and not self.ordered and not self.jobs and not self.closed:
                     self.cond.wait()
                 if self.closed:
                     return
                 if not self.queue:
-                    job, self.busy = self.jobs.popleft(), True
+                    job, self.busy = (self.ordered or self.jobs).popleft(), True
                 else:
                     job = None
                     batch = [self.queue[i] for i in range(min(BATCH, len(self.queue)))]

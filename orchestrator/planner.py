@@ -91,6 +91,7 @@ class RoundPlanner:
                  checkpoint_location: Callable[[str], str]):
         self.spec, self.run_id, self.workdir, self.data = spec, run_id, workdir, data
         self.checkpoint_location = checkpoint_location
+        self._seen: tuple[list[Finished], list[RoundRecord]] = ([], [])  # what _history converted last
 
     # ---- where things are ----------------------------------------------------------------------
     def buffer_folder(self, domain: str) -> Path | str:
@@ -114,8 +115,7 @@ class RoundPlanner:
     def observation(self, i: int, r: int, done: list[Finished], reference: Mapping[str, float]) -> Observation:
         """What the mixer of stage i sees before round r: the run's history and the stage's start."""
         st = self.spec.stages[i]
-        history = [RoundRecord(x.stage_index, x.round_index, x.weights, x.eval_losses,
-                               x.result.domain_train_losses, x.result.domain_loss_trace) for x in done]
+        history = self._history(done)
         earlier = [x for x in done if x.stage_index < i]
         # a stage starts where the previous one ended; the first, at the losses measured before any
         # training (known once its first round has run)
@@ -128,6 +128,19 @@ class RoundPlanner:
                            replay_domains=self.spec.replay_domains(i), replay_fraction=st.replay.fraction,
                            domain_tokens=tokens, history=history, start_losses=dict(start),
                            reference_losses=dict(reference), seed=self.spec.seed)
+
+    def _history(self, done: list[Finished]) -> list[RoundRecord]:
+        """The mixer's view of `done`, built incrementally: the committed rounds are the same
+        objects from round to round (the controller appends to them), so only the rounds after
+        the common prefix are converted, not thousands at every boundary of a long run."""
+        src, recs = self._seen
+        n, limit = 0, min(len(src), len(done))
+        while n < limit and src[n] is done[n]:  # pointer comparisons: microseconds for 5,000 rounds
+            n += 1
+        recs = recs[:n] + [RoundRecord(x.stage_index, x.round_index, x.weights, x.eval_losses,
+                                       x.result.domain_train_losses, x.result.domain_loss_trace) for x in done[n:]]
+        self._seen = (list(done), recs)
+        return list(recs)
 
     @staticmethod
     def restore(mixer: Mixer, i: int, done: list[Finished]) -> None:

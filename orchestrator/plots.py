@@ -72,17 +72,29 @@ def plot_lr(spec: RunSpec, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+MAX_BARS = 60
+
+
 def plot_mixture(rounds: list[dict], path: str | Path, title: str = "mixture weights") -> Path:
-    """rounds: [{'label': str, 'weights': {domain: w}}] in order; a stacked bar per round."""
+    """rounds: [{'label': str, 'weights': {domain: w}}] in order; a stacked bar per round, or past
+    MAX_BARS rounds a stacked area over the round index (the figure's size and drawing time stay
+    bounded: 5,000 bars made a 300,000-pixel-wide image)."""
     plt = _plt()
     domains = sorted({d for r in rounds for d in r["weights"]})
-    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(rounds) + 2), 3))
-    bottom = [0.0] * len(rounds)
-    for d in domains:
-        vals = [r["weights"].get(d, 0.0) for r in rounds]
-        ax.bar(range(len(rounds)), vals, bottom=bottom, label=d)
-        bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
-    ax.set_xticks(range(len(rounds)), [r["label"] for r in rounds], rotation=45, ha="right", fontsize=7)
+    series = [[r["weights"].get(d, 0.0) for r in rounds] for d in domains]
+    if len(rounds) > MAX_BARS:
+        fig, ax = plt.subplots(figsize=(10, 3))
+        ax.stackplot(range(len(rounds)), *series, labels=domains)
+        ticks = list(range(0, len(rounds), max(1, len(rounds) // 10)))
+        ax.set_xticks(ticks, [rounds[i]["label"] for i in ticks], rotation=45, ha="right", fontsize=7)
+        ax.set_xlim(0, len(rounds) - 1)
+    else:
+        fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(rounds) + 2), 3))
+        bottom = [0.0] * len(rounds)
+        for d, vals in zip(domains, series, strict=True):
+            ax.bar(range(len(rounds)), vals, bottom=bottom, label=d)
+            bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+        ax.set_xticks(range(len(rounds)), [r["label"] for r in rounds], rotation=45, ha="right", fontsize=7)
     ax.set_ylim(0, 1)
     ax.set_ylabel("weight")
     ax.set_title(title)

@@ -14,15 +14,16 @@ from store.secrets import redacted_yaml
 
 def curve(store: RunStore, run_id: str) -> list[dict[str, Any]]:
     """[(tokens seen, global step, eval losses)] at the start (if measured) and after every round."""
-    return _curve(store.rounds(run_id, status="finished"))
+    done = store.rounds(run_id, status="finished")
+    return _curve(done, done[0].result.eval_before if done else None)
 
 
-def _curve(done: list) -> list[dict[str, Any]]:
+def _curve(done: list, before: dict[str, float] | None) -> list[dict[str, Any]]:
+    """Points after every round of `done` (light rows will do), from `before` (the losses measured
+    before the first round) when known."""
     points, tokens = [], 0
-    if done:
-        before = done[0].result.eval_before
-        if before:
-            points.append({"tokens": 0, "step": done[0].step_start, "stage": -1, "losses": before})
+    if done and before:
+        points.append({"tokens": 0, "step": done[0].step_start, "stage": -1, "losses": before})
     for r in done:
         tokens += r.tokens or 0
         points.append({"tokens": tokens, "step": r.step_end, "stage": r.stage_index, "losses": r.eval_losses})
@@ -34,7 +35,7 @@ def summary(store: RunStore, run_id: str, domains: list[str] | None = None) -> d
     run = store.get_run(run_id)
     spec = run.spec_json
     done = store.rounds(run_id, status="finished")
-    pts = _curve(done)
+    pts = _curve(done, done[0].result.eval_before if done else None)
     final = pts[-1]["losses"] if pts else {}
     # forgetting: how much the last stage raised the loss of domains it does not train as new data,
     # measured from just before it (the previous stage's end, or the loaded checkpoint's eval)

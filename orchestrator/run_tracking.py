@@ -10,6 +10,7 @@ redone from it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -24,6 +25,7 @@ from store.runs import RunStore
 from store.secrets import redact, redacted_yaml
 
 ML_VIEW = "workflowType=machine_learning"
+MAX_POINTS = 1000  # rounds a redrawn plot shows (every k-th past that, the last always)
 
 
 class RunTracking(RoundCallback):
@@ -38,6 +40,8 @@ class RunTracking(RoundCallback):
         self.mlflow_id = mlflow_id  # the parent run (from the store on resume)
         self.tracker = None
         self.live = None  # LiveLogger: MLflow metrics while rounds run (orchestrator/live.py)
+        self._queued: set[int] = set()  # rounds whose record waits on the logging thread
+        self._drawn_at = 0  # the run's round count at the last redraw
         self.unlogged: list[int] = []  # finished rounds MLflow could not take yet (retried later)
 
     def _everyone(self, weights: dict[str, float]) -> dict[str, float]:
@@ -100,10 +104,28 @@ class RunTracking(RoundCallback):
             self.live.log(record_metrics(p, plan.global_step_start, plan.stage_step_start, everyone))
 
     def log_round(self, round_id: int, plan: RoundPlan, result: RoundResult) -> None:
-        """Log a finished round; an MLflow outage never stops training: the round stays without an
-        MLflow id and is logged at a later round boundary (or on resume)."""
+        """Log a finished round on the logging thread (the next round does not wait for MLflow; a
+        long run's nested runs cost the round loop nothing); an MLflow outage never stops
+        training: the round stays without an MLflow id and is logged at a later round boundary
+        (or on resume)."""
         if self.tracker is None:
             return
+        if self.live is None or self.live.closed:  # the run's end: at once
+            self._log_round(round_id, plan, result)
+            return
+        if round_id in self._queued:
+            return
+        self._queued.add(round_id)
+
+        def job() -> None:
+            try:
+                self._log_round(round_id, plan, result)
+            finally:
+                self._queued.discard(round_id)
+
+        self.live.call(job)
+
+    def _log_round(self, round_id: int, plan: RoundPlan, result: RoundResult) -> None:
         from dataclasses import asdict
 
         i, r = plan.stage_index, plan.round_index
@@ -117,44 +139,60 @@ class RunTracking(RoundCallback):
                          f"logged when it is back")
             return
         self.store.set_round_mlflow(round_id, cid)
-        if round_id in self.unlogged:
+        with contextlib.suppress(ValueError):  # the logging thread and a round boundary may both clear it
             self.unlogged.remove(round_id)
 
     def log_unlogged(self) -> None:
         """Retry rounds MLflow could not take earlier, oldest first; stop at the first failure."""
+        if not self.unlogged:  # the usual case: nothing to read back
+            return
         rows = {x.id: x for x in self.store.rounds(self.run_id, status="finished")}
         for round_id in list(self.unlogged):
             row = rows.get(round_id)
             if row is None or row.mlflow_run_id is not None:
-                self.unlogged.remove(round_id)
+                with contextlib.suppress(ValueError):
+                    self.unlogged.remove(round_id)
                 continue
             self.log_round(row.id, row.plan, row.result)
-            if round_id in self.unlogged:  # still down
+            if round_id in self.unlogged and (self.live is None or self.live.closed):  # still down
                 return
 
     def round_finished(self, round_id: int, plan: RoundPlan, result: RoundResult) -> None:
         """After a round's commit: earlier unlogged rounds first, then this one, then the plots."""
         self.log_unlogged()
         self.log_round(round_id, plan, result)
-        self.draw_artifacts()
+        i = plan.stage_index
+        self.draw_artifacts(sum(st.rounds for st in self.spec.stages[:i]) + plan.round_index + 1)
 
-    def draw_artifacts(self) -> None:
-        """mixture.png and the per-domain validation curves, redrawn after every round on the
-        logging thread (the round loop never waits on matplotlib or the artifact store)."""
+    def draw_artifacts(self, n: int | None = None) -> None:
+        """mixture.png and the per-domain validation curves, redrawn on the logging thread (the
+        round loop never waits on matplotlib or the artifact store): after every round for the
+        first 100, then every 1% of the rounds so far (a redraw reads and draws every round: so
+        spaced, its cost per round stays constant however long the run), and at the run's end.
+        `n`: the run's rounds so far, the one just finished included (None: the run's end)."""
         if self.live is None:
             return
-        from orchestrator.reports import _curve
-
-        done = self.store.rounds(self.run_id, status="finished")
-        rounds = [{"label": f"s{x.stage_index}r{x.round_index}", "weights": x.weights} for x in done]
-        points, tracker, mlflow_id, folder = _curve(done), self.tracker, self.mlflow_id, self.workdir
+        if n is not None and n > 100 and n - self._drawn_at < n // 100:
+            return
+        self._drawn_at = n or 0
+        store, run_id, tracker, mlflow_id, folder = self.store, self.run_id, self.tracker, self.mlflow_id, self.workdir
 
         def draw() -> None:
+            # the history is read here, on the logging thread, and without the rounds' plans and
+            # results: a round boundary of a long run neither waits for it nor parses every round
             from orchestrator.plots import _plt, plot_mixture
-            from orchestrator.reports import plot_curves
+            from orchestrator.reports import _curve, plot_curves
 
-            if not rounds:
+            done = store.rounds(run_id, status="finished", light=True)
+            if not done:
                 return
+            first = store.finished_round(run_id, done[0].stage_index, done[0].round_index)
+            points = _curve(done, first.result.eval_before if first and first.result else None)
+            # a figure of a few hundred pixels shows ~1,000 points at most: draw that many, the last kept
+            stride = -(-len(done) // MAX_POINTS)
+            rounds = [{"label": f"s{x.stage_index}r{x.round_index}", "weights": x.weights}
+                      for x in done[::-1][::stride][::-1]]
+            points = points[::-1][::stride][::-1]
             tracker.log_artifact(mlflow_id, plot_mixture(rounds, folder / "mixture.png"))
             domains = sorted({d for p in points for d in p["losses"]})
             if domains:

@@ -321,11 +321,34 @@ class RunStore:
 
         self._retry(do)
 
-    def rounds(self, run_id: str, status: str | None = None) -> list[Round]:
+    def rounds(self, run_id: str, status: str | None = None, light: bool = False) -> list[Round]:
+        """A run's round attempts in order. `light`: plain rows of the small columns only (no plan,
+        result, LR segment, mixer state or progress, and no ORM objects): what a redraw of a long
+        run's curves reads, thousands of rows in milliseconds."""
         with self._sessions() as s:
-            q = select(Round).where(Round.run_id == run_id)
+            cols = (Round,) if not light else (
+                Round.id, Round.stage_index, Round.round_index, Round.attempt, Round.status, Round.weights,
+                Round.eval_losses, Round.tokens, Round.step_start, Round.step_end, Round.train_loss,
+                Round.tokens_per_s, Round.checkpoint_uri, Round.mlflow_run_id)
+            q = select(*cols).where(Round.run_id == run_id)
             if status:
                 q = q.where(Round.status == status)
+            q = q.order_by(Round.stage_index, Round.round_index, Round.attempt)
+            return list(s.scalars(q)) if not light else list(s.execute(q))
+
+    def finished_keys(self, run_id: str) -> list[tuple[int, int, int]]:
+        """(stage, round, attempt) of the run's finished rounds, in order: plain tuples, no row
+        objects (what retention reads after every commit)."""
+        with self._sessions() as s:
+            q = (select(Round.stage_index, Round.round_index, Round.attempt)
+                 .where(Round.run_id == run_id, Round.status == "finished")
+                 .order_by(Round.stage_index, Round.round_index, Round.attempt))
+            return [tuple(row) for row in s.execute(q)]
+
+    def unlogged_rounds(self, run_id: str) -> list[Round]:
+        """Finished rounds that MLflow has not taken yet (an outage; a resume), in order."""
+        with self._sessions() as s:
+            q = select(Round).where(Round.run_id == run_id, Round.status == "finished", Round.mlflow_run_id.is_(None))
             return list(s.scalars(q.order_by(Round.stage_index, Round.round_index, Round.attempt)))
 
     def finished_round(self, run_id: str, stage_index: int, round_index: int) -> Round | None:

@@ -100,3 +100,23 @@ def test_lr_plot_samples_the_schedule_whatever_the_token_budget(tmp_path, synth)
     steps, lrs = sampled_lrs(big)
     assert len(steps) <= 4005 and steps[0] == 0 and steps[-1] == big.total_steps() - 1
     assert plot_lr(big, tmp_path / "lr.png").stat().st_size > 0
+
+
+def test_the_mixture_plot_of_5000_rounds_is_bounded(tmp_path):
+    """A stacked bar per round made a 5,000-round run's mixture.png ~300,000 pixels wide, redrawn
+    after every round; past 60 rounds it is an area plot of fixed size."""
+    import time
+
+    from PIL import Image
+
+    from orchestrator.plots import plot_mixture
+
+    rounds = [{"label": f"s0r{r}", "weights": {"en": 0.5 + 0.4 * (r % 7) / 7, "de": 0.5 - 0.4 * (r % 7) / 7}}
+              for r in range(5000)]
+    t0 = time.monotonic()
+    path = plot_mixture(rounds, tmp_path / "mixture.png")
+    seconds = time.monotonic() - t0
+    width, height = Image.open(path).size
+    assert width <= 1500 and height <= 500 and seconds < 20, (width, height, seconds)
+    small = plot_mixture(rounds[:8], tmp_path / "small.png")  # a short run keeps its bars
+    assert Image.open(small).size[0] < width
