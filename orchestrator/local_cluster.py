@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.cluster import WORKER_NICENESS
+from store import procs
 from store.errors import ClusterError
 
 STATE = "cluster.json"
@@ -42,27 +43,21 @@ def _proc(pid: int) -> dict[str, Any] | None:
     None if no such process (or pid is not a plain positive integer)."""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1:
         return None
+    st = procs.stat(pid)
+    if st is None:
+        return None
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()  # the name in parentheses may hold spaces
-    return {"start": int(fields[19]), "sid": int(fields[3]), "zombie": fields[0] in ("Z", "X"),
+    return {"start": st.start, "sid": st.sid, "zombie": st.state in ("Z", "X"),
             "cmd": [c.decode(errors="replace") for c in cmd if c]}
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
 
 
 def _is_head(state: dict[str, Any], proc: dict[str, Any] | None) -> bool:
     """Whether `proc` is the head `state` recorded: same boot, start time and command line. A PID
     alone names any process once the head is gone (PIDs are reused, after a reboot at once)."""
-    return (proc is not None and state.get("boot_id") == _boot_id() and proc["start"] == state.get("start")
+    return (proc is not None and state.get("boot_id") == procs.boot_id() and proc["start"] == state.get("start")
             and proc["cmd"] == state.get("cmd"))
 
 
@@ -120,7 +115,7 @@ def up(home, num_cpus: int | None = None, timeout: float = 120) -> dict[str, Any
     log = open(home.root / "cluster.log", "ab")  # noqa: SIM115 (the head outlives this process)
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
     me = _proc(proc.pid) or {}
-    state = {"pid": proc.pid, "start": me.get("start"), "cmd": me.get("cmd"), "boot_id": _boot_id(),
+    state = {"pid": proc.pid, "start": me.get("start"), "cmd": me.get("cmd"), "boot_id": procs.boot_id(),
              "gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}",
              "temp": str(temp), "started": time.time()}
     deadline = time.monotonic() + timeout
@@ -143,14 +138,14 @@ def _members(state: dict[str, Any]) -> list[int]:
     and workers stay in its session) that started after it on this boot: nothing else is touched,
     whatever its command line mentions."""
     pid = state["pid"]
-    if (state.get("boot_id") != _boot_id() or not isinstance(state.get("start"), int) or pid <= 1
+    if (state.get("boot_id") != procs.boot_id() or not isinstance(state.get("start"), int) or pid <= 1
             or pid == os.getsid(0)):
         return []
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
-            p = _proc(int(entry.name))
-            if p and not p["zombie"] and p["sid"] == state["pid"] and p["start"] >= state["start"]:
+            st = procs.stat(int(entry.name))
+            if st and st.state not in ("Z", "X") and st.sid == pid and st.start >= state["start"]:
                 found.append(int(entry.name))
     return found
 

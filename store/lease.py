@@ -24,10 +24,10 @@ import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy import select, update
 
+from store import procs
 from store.errors import InputError
 from store.models import Event, Run
 
@@ -52,22 +52,12 @@ def lease_ttl_s() -> float:
     return ttl
 
 
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text().strip()
-    except OSError:
-        return ""
-
-
 def _identity(pid: int) -> tuple[str, str, str] | None:
     """(boot id, PID namespace, start time in clock ticks) of a process of this machine, or None."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        ns = os.readlink(f"/proc/{pid}/ns/pid")
-    except OSError:
+    st, ns = procs.stat(pid), procs.pid_namespace(pid)
+    if st is None or ns is None:
         return None
-    start = stat[stat.rindex(")") + 2:].split()[19]
-    return _read("/proc/sys/kernel/random/boot_id")[:8], ns.strip("pid:[]"), start
+    return procs.boot_id()[:8], ns, str(st.start)
 
 
 def new_owner(ttl_s: float = DEFAULT_TTL_S) -> str:
@@ -153,7 +143,6 @@ class RunLease:
 
         self.store._retry(do)
         self._start_heartbeat()
-
 
     def renew(self) -> bool:
         """Refresh the heartbeat; False (and `lost` set) if someone else holds the lease now."""

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from orchestrator import local_cluster
 from orchestrator.home import Home
+from store import procs
 from store.errors import ClusterError
 from tests_helpers import cpt
 
@@ -72,12 +73,12 @@ def test_any_recorded_state_signals_nothing_it_did_not_start(tmp_path_factory, b
     state = {"pid": pid, "start": info["start"] if start == "bystander" else start,
              "cmd": {"bystander": info["cmd"], "other": ["ray", "start", "--head"]}.get(cmd, cmd)
              if isinstance(cmd, str) else cmd,
-             "boot_id": {"this": local_cluster._boot_id(), "other": "b00t"}.get(boot, boot) if isinstance(boot, str)
+             "boot_id": {"this": procs.boot_id(), "other": "b00t"}.get(boot, boot) if isinstance(boot, str)
              else boot, "gcs": "127.0.0.1:1", "dashboard": "http://127.0.0.1:1", "temp": "x"}
     for key in drop:
         state.pop(key)
     assume(not (state.get("pid") == proc.pid and state.get("start") == info["start"]
-                and state.get("cmd") == info["cmd"] and state.get("boot_id") == local_cluster._boot_id()))
+                and state.get("cmd") == info["cmd"] and state.get("boot_id") == procs.boot_id()))
     root = tmp_path_factory.mktemp("home")
     (root / "cluster.json").write_bytes(garbage if garbage is not None else json.dumps(state).encode())
     assert local_cluster.read_state(root) is None  # not up: `up` would start a cluster, `status` says none
@@ -93,7 +94,7 @@ def test_a_recorded_head_is_stopped_with_its_session_and_a_dead_heads_orphans_to
         proc = _bystander(root, orphan=orphan)
         time.sleep(0.3)
         info = local_cluster._proc(proc.pid)
-        state = {"pid": proc.pid, "start": info["start"], "cmd": info["cmd"], "boot_id": local_cluster._boot_id(),
+        state = {"pid": proc.pid, "start": info["start"], "cmd": info["cmd"], "boot_id": procs.boot_id(),
                  "gcs": "127.0.0.1:1", "dashboard": "http://127.0.0.1:1", "temp": str(root / "ray")}
         (root / "cluster.json").write_text(json.dumps(state))
         if orphan:
