@@ -16,7 +16,6 @@ size (memory maps and a per-shard offset table; nothing is concatenated).
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 from collections.abc import Mapping
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 from corpus import order
-from corpus.shards import DomainData, too_many_open_files
+from corpus.shards import DomainData, read_error
 from store.errors import DataError
 
 
@@ -80,9 +79,7 @@ class SequenceSource:
                 try:
                     fd = self._fds[path] = os.open(path, os.O_RDONLY)
                 except OSError as exc:
-                    if exc.errno in (errno.EMFILE, errno.ENFILE):
-                        raise too_many_open_files(path) from None
-                    raise DataError(f"{path}: cannot open shard ({exc.strerror})") from None
+                    raise read_error(path, exc, f"{path}: cannot open shard ({exc.strerror})") from None
             raw = os.pread(fd, nbytes, base + 4 * int(a))
             if len(raw) != nbytes:
                 raise DataError(f"{path}: shard shorter than its manifest says (truncated after opening?)")

@@ -121,9 +121,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         try:
             raw = path.read_bytes()
         except OSError as exc:
-            if exc.errno in (errno.EMFILE, errno.ENFILE):
-                raise too_many_open_files(path) from None
-            raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+            raise read_error(path, exc, f"{path}: cannot read ({exc.strerror})") from None
     try:
         manifest = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -205,14 +203,17 @@ class DomainData:
         return sum(len(a) for a in getattr(self, split))
 
 
-def too_many_open_files(path: str | Path) -> DataError:
-    """The error for a process out of file descriptors (many domains x shards), which is not a
-    corrupt shard, whatever the library that hit it says."""
-    import resource
+def read_error(path: str | Path, exc: Exception, message: str) -> DataError:
+    """The DataError for a failed open or read of `path`: `message`, unless the process ran out of
+    file descriptors (many domains x shards), which is said as such, not as a corrupt shard,
+    whatever the library that hit it says."""
+    if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+        import resource
 
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return DataError(f"{path}: too many open files (this process may open {soft}; many domains and shards "
-                     f"need more: raise it with `ulimit -n`)")
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return DataError(f"{path}: too many open files (this process may open {soft}; many domains and shards "
+                         f"need more: raise it with `ulimit -n`)")
+    return DataError(message)
 
 
 def _map_shard(path: Path, expected: int) -> tuple[list[np.ndarray], list[int]]:
@@ -235,12 +236,8 @@ def _map_shard(path: Path, expected: int) -> tuple[list[np.ndarray], list[int]]:
         chunks = [c for c in col.chunks if len(c)]
         arrays = [c.to_numpy(zero_copy_only=True) for c in chunks]
         offsets = [c.buffers()[1].address - whole.address + 4 * c.offset for c in chunks]
-    except OSError as exc:
-        if exc.errno in (errno.EMFILE, errno.ENFILE):
-            raise too_many_open_files(path) from None
-        raise DataError(f"{path}: corrupt or truncated shard ({str(exc).splitlines()[0]})") from None
-    except (pa.ArrowInvalid, KeyError, ValueError) as exc:
-        raise DataError(f"{path}: corrupt or truncated shard ({str(exc).splitlines()[0]})") from None
+    except (OSError, pa.ArrowInvalid, KeyError, ValueError) as exc:
+        raise read_error(path, exc, f"{path}: corrupt or truncated shard ({str(exc).splitlines()[0]})") from None
     if sum(map(len, arrays)) != expected:
         raise DataError(f"{path}: holds {sum(map(len, arrays))} tokens, manifest.json says {expected}")
     return arrays, offsets
