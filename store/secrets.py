@@ -35,7 +35,9 @@ def _redact_url(url: str) -> str:
     a password holding `/`, `?`, `#` or `@` is masked whole; a bare `TOKEN@host` (a token as the user
     name) is masked whole, while `s3://bucket/key@v2` (an `@` in a path) is left alone."""
     scheme, sep, rest = url.partition("://")
-    at = next((i for i in range(len(rest) - 1, -1, -1) if rest[i] == "@" and _HOST.match(rest, i + 1)), -1)
+    at = rest.rfind("@")
+    while at >= 0 and not _HOST.match(rest, at + 1):
+        at = rest.rfind("@", 0, at)
     if at < 0:
         return url
     info = rest[:at]
