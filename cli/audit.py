@@ -94,15 +94,11 @@ def show_sequence(domain: str = typer.Argument(..., help="Domain name (CPT_HOME/
     from store.errors import InputError
 
     home = state.home()
-    folder, tokenizer = _domain_folder(domain, run_id)
+    folder, tokenizer, recorded = _domain_folder(domain, run_id)
     if seq_len is None:
         seq_len = state.store().get_run(run_id).spec_json["seq_len"] if run_id else 128
     src = SequenceSource.open(domain, str(folder), seq_len)
-    if run_id:
-        rounds = state.store().rounds(run_id)
-        seen = [r.plan.cursors[domain]["data"] for r in rounds if domain in r.plan.cursors]
-        if seen:  # the data the run's rounds read last
-            same_data(domain, src, seen[-1], run_id)
+    same_data(domain, src, recorded, run_id)
     if not 0 <= seq < src.n:
         raise InputError(f"--seq {seq}: {domain!r} holds sequences 0..{src.n - 1} at seq_len {seq_len}")
     ids = src.rows([seq])[0].tolist()
@@ -114,24 +110,27 @@ def show_sequence(domain: str = typer.Argument(..., help="Domain name (CPT_HOME/
         console().print(text, markup=False, highlight=False)
 
 
-def _domain_folder(domain: str, run_id: str | None) -> tuple[Path | str, str | None]:
+def _domain_folder(domain: str, run_id: str | None) -> tuple[Path | str, str | None, str | None]:
+    """(folder, the run's tokenizer, the fingerprint of the data the run's rounds read last); the
+    last two None without a run."""
     from store.errors import InputError
 
     if run_id:
         store = state.store()
         run = store.get_run(run_id)
         # where the controller itself said the data was (replay buffers included, local or a URI)
-        rounds = store.rounds(run_id)
-        paths = rounds[-1].plan.domain_paths if rounds else dict(run.spec_json["domains"])
+        plans = [r.plan for r in store.rounds(run_id)]
+        paths = plans[-1].domain_paths if plans else dict(run.spec_json["domains"])
         if domain not in paths:
             raise InputError(f"{domain!r}: run {run_id} has domains {sorted(paths)}")
-        return paths[domain], run.spec_json["tokenizer"]
+        seen = [p.cursors[domain]["data"] for p in plans if domain in p.cursors]
+        return paths[domain], run.spec_json["tokenizer"], seen[-1] if seen else None
     from store.names import inside, is_name
 
     if is_name(domain) and (state.home().data / domain).is_dir():
-        return inside(state.home().data, domain), None
+        return inside(state.home().data, domain), None, None
     if Path(domain).is_dir():
-        return Path(domain), None
+        return Path(domain), None, None
     raise InputError(f"{domain!r}: no prepared domain of that name in {state.home().data} and no such folder")
 
 
