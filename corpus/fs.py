@@ -114,22 +114,39 @@ def cache_dir() -> Path:
     return cache_root() / "shards"
 
 
+fetched = {"files": 0, "bytes": 0}
+"""What this process has downloaded into the shard cache (tests and benchmarks count it)."""
+
+
 def fetch_shard(uri: str, sha256: str) -> Path:
-    """A local, checksum-verified copy of a remote shard (downloaded once per node)."""
+    """A local, checksum-verified copy of a remote shard, downloaded once per node: the ranks of a
+    node that ask at once take a lock, one downloads, the others use its copy."""
+    import fcntl
+
     if not (len(sha256) == 64 and all(c in "0123456789abcdef" for c in sha256)):
         raise DataError(f"{_shown(uri)}: manifest.json gives no valid sha256 for this shard")
     target = cache_dir() / f"{sha256}.arrow"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(f".{target.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        if not target.is_file():  # not fetched by another process of this node meanwhile
+            _fetch(uri, sha256, target)
+    return target
+
+
+def _fetch(uri: str, sha256: str, target: Path) -> None:
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     fs, path = _filesystem(uri)
     h = hashlib.sha256()
+    size = 0
     try:
         with fs.open_input_stream(path) as src, open(tmp, "wb") as dst:
             while chunk := src.read(8 << 20):
                 h.update(chunk)
                 dst.write(chunk)
+                size += len(chunk)
             dst.flush()
             os.fsync(dst.fileno())
         if h.hexdigest() != sha256:
@@ -142,7 +159,9 @@ def fetch_shard(uri: str, sha256: str) -> Path:
         tmp.unlink(missing_ok=True)
         raise DataError(f"{_shown(uri)}: cannot fetch shard ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0]})") from None
-    return target
+    finally:
+        fetched["files"] += 1
+        fetched["bytes"] += size
 
 
 def upload_files(files: list[Path], uri: str) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,7 +42,7 @@ class SequenceSource:
                             f"{self.window} (seq_len + 1)")
         self.stride = self.window if aligned else seq_len
         self.aligned = bool(aligned)
-        sizes = [len(a) for a in data.train]
+        sizes = data.sizes("train")
         if aligned and any(s % self.window for s in sizes):
             raise DataError(f"{data.folder}: replay buffer shards do not hold whole {self.window}-token "
                             f"sequences; delete the buffer folder and resume (it is refilled from the run)")
@@ -73,7 +73,7 @@ class SequenceSource:
         out = np.empty((len(ids), self.window), dtype=np.int64)
         nbytes = 4 * self.window
         for j, (s, a) in enumerate(zip(shard, starts, strict=True)):
-            path, base = self.data.train_files[s]
+            path, base = self.data.where(int(s))
             fd = self._fds.get(path)
             if fd is None:
                 try:
@@ -87,7 +87,7 @@ class SequenceSource:
         vocab = self.data.manifest["vocab_size"]
         if len(out) and (out.min() < 0 or out.max() >= vocab):  # a shard changed after its checksum was read
             j = int(np.flatnonzero((out < 0).any(1) | (out >= vocab).any(1))[0])
-            raise DataError(f"{self.data.train_files[shard[j]][0]}: sequence {int(ids[j])} holds token ids outside "
+            raise DataError(f"{self.data.where(int(shard[j]))[0]}: sequence {int(ids[j])} holds token ids outside "
                             f"the vocabulary [0, {vocab}) (a corrupt or rewritten shard; `cpt data verify` checks it)")
         return out
 
@@ -163,19 +163,32 @@ class RoundSampler:
         return out
 
 
-def val_batches(data: DomainData, seq_len: int, batch_size: int, n_batches: int) -> list[torch.Tensor]:
-    """Fixed validation windows evenly spaced over the val split (same every round).
+class ValBatches(Sequence[torch.Tensor]):
+    """Fixed validation windows evenly spaced over the val split (the same every round), read
+    when a batch is asked for: a rank reads (and, from object storage, fetches) only the shards
+    of the batches it evaluates. Windows never cross shard boundaries; a large val split is never
+    concatenated."""
 
-    Spaced over the windows that fit inside a shard (none crosses shard boundaries), read through
-    the memory maps: a large val split is never concatenated."""
-    window = seq_len + 1
-    fits = np.array([max(len(a) - window + 1, 0) for a in data.val], dtype=np.int64)
-    if fits.sum() == 0:
-        raise DataError(f"{data.folder}: no val shard holds {window} tokens (seq_len + 1)")
-    offsets = np.concatenate([[0], np.cumsum(fits)])
-    count = n_batches * batch_size
-    where = np.linspace(0, offsets[-1] - 1, num=count).astype(np.int64)
-    shard = np.searchsorted(offsets, where, side="right") - 1
-    rows = np.stack([data.val[s][w - offsets[s]:w - offsets[s] + window]
-                     for s, w in zip(shard, where, strict=True)]).astype(np.int64)
-    return [torch.from_numpy(rows[i:i + batch_size]) for i in range(0, count, batch_size)]
+    def __init__(self, data: DomainData, seq_len: int, batch_size: int, n_batches: int):
+        self.data, self.window, self.batch_size = data, seq_len + 1, batch_size
+        fits = np.array([max(n - self.window + 1, 0) for n in data.sizes("val")], dtype=np.int64)
+        if fits.sum() == 0:
+            raise DataError(f"{data.folder}: no val shard holds {self.window} tokens (seq_len + 1)")
+        self.offsets = np.concatenate([[0], np.cumsum(fits)])
+        self.where = np.linspace(0, self.offsets[-1] - 1, num=n_batches * batch_size).astype(np.int64)
+        self.n = n_batches
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(self.n))]
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        where = self.where[(i % self.n) * self.batch_size:(i % self.n + 1) * self.batch_size]
+        shard = np.searchsorted(self.offsets, where, side="right") - 1
+        rows = [self.data.array("val", int(s))[w - self.offsets[s]:w - self.offsets[s] + self.window]
+                for s, w in zip(shard, where, strict=True)]
+        return torch.from_numpy(np.stack(rows).astype(np.int64))
+

@@ -13,7 +13,6 @@ import mmap
 import os
 import shutil
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +76,9 @@ class ShardWriter:
         table = pa.Table.from_arrays([pa.array(np.concatenate(self.buf), type=pa.int32())], names=["tokens"])
         with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table, max_chunksize=self.shard_tokens)
+        # `batches`: the record batches' sizes, so a reader sizes a remote shard without fetching it
         self.shards.append({"file": name, "split": self.split, "tokens": self.buffered,
-                            "sha256": file_sha256(path)})
+                            "sha256": file_sha256(path), "batches": [self.buffered]})
         self.buf, self.buffered = [], 0
 
 
@@ -153,6 +153,11 @@ def _check_schema(m: dict[str, Any], path: Any) -> None:
                 or sh["tokens"] < 0 or not isinstance(sh.get("file"), str) or not isinstance(sh.get("sha256"), str):
             raise DataError(f"{path}: shards[{i}] must have file, split (train|val), tokens >= 0 and sha256")
         totals[sh["split"]] += sh["tokens"]
+        batches = sh.get("batches", [sh["tokens"]])
+        if not isinstance(batches, list) or not all(_int(b) and b >= 0 for b in batches) \
+                or sum(batches) != sh["tokens"]:
+            raise DataError(f"{path}: shards[{i}].batches must be the sizes of its record batches, summing to its "
+                            f"tokens ({sh['tokens']})")
     seen: dict[str, int] = {}
     for i, sh in enumerate(m["shards"]):  # one file, or one content, listed twice: data read twice, or val = train
         for key in (("file", os.path.normpath(sh["file"])), ("sha256", sh["sha256"])):
@@ -167,18 +172,27 @@ def _check_schema(m: dict[str, Any], path: Any) -> None:
             raise DataError(f"{path}: tokens.{split} says {m['tokens'].get(split)!r}, its shards hold {total}")
 
 
-@dataclass
 class DomainData:
-    """A memory-mapped domain: the train and val splits as token arrays (one per shard record batch)."""
+    """A domain's train and val splits as numbered token arrays (one per shard record batch).
 
-    name: str
-    folder: Path | str
-    """Local folder, or the URI the domain was read from (its shards are then in the local cache)."""
-    manifest: dict[str, Any]
-    train: list[np.ndarray]
-    val: list[np.ndarray]
-    train_files: list[tuple[str, int]] = field(default_factory=list)
-    """(file, byte offset) of each train array: where pread finds its tokens."""
+    Local shards are memory-mapped when the domain is opened (a truncated or foreign file is an
+    error then). A remote domain whose manifest lists each shard's record-batch sizes (every shard
+    cpt writes) is sized from the manifest alone: a shard is fetched into the node's cache on its
+    first read, so `cpt submit`, the controller and a rank download only what they read. A remote
+    manifest without sizes (written by hand or by another tool) is fetched whole when opened."""
+
+    def __init__(self, name: str, folder: Path | str, manifest: dict[str, Any], lazy: bool):
+        self.name, self.folder, self.manifest = name, folder, manifest
+        self._parts: dict[str, list[tuple[int, int]]] = {"train": [], "val": []}  # (shard, batch in shard)
+        self._sizes: dict[str, list[int]] = {"train": [], "val": []}
+        self._mapped: dict[int, tuple[Path, list[np.ndarray], list[int]]] = {}
+        for i, shard in enumerate(manifest["shards"]):
+            _shard_name(folder, shard)  # a path outside the folder is refused before anything is read
+            # an empty record batch holds no sequence: the numbered arrays are the non-empty ones
+            sizes = [n for n in shard["batches"] if n] if lazy else [len(a) for a in self._map(i)[1]]
+            for j, n in enumerate(sizes):
+                self._parts[shard["split"]].append((i, j))
+                self._sizes[shard["split"]].append(n)
 
     @classmethod
     def open(cls, name: str, folder: str | Path, tokenizer_hash: str | None = None) -> DomainData:
@@ -189,18 +203,46 @@ class DomainData:
             raise DataError(
                 f"{folder}: shards were tokenized with tokenizer {manifest['tokenizer_hash']}, "
                 f"but the run uses {tokenizer_hash}; re-prepare the domain with the run's tokenizer")
-        splits: dict[str, list[np.ndarray]] = {"train": [], "val": []}
-        where: list[tuple[str, int]] = []
-        for shard in manifest["shards"]:
-            path = _shard_path(folder, shard)
-            arrays, offsets = _map_shard(path, shard["tokens"])
-            splits[shard["split"]].extend(arrays)
-            if shard["split"] == "train":
-                where.extend((str(path), off) for off in offsets)
-        return cls(name, folder, manifest, splits["train"], splits["val"], where)
+        lazy = remote and all("batches" in sh for sh in manifest["shards"])
+        return cls(name, folder, manifest, lazy)
+
+    def sizes(self, split: str = "train") -> list[int]:
+        """Tokens of each numbered array of the split (no shard is read)."""
+        return self._sizes[split]
 
     def tokens(self, split: str = "train") -> int:
-        return sum(len(a) for a in getattr(self, split))
+        return sum(self._sizes[split])
+
+    def array(self, split: str, k: int) -> np.ndarray:
+        """The split's k-th array, a view of its (fetched, mapped) shard."""
+        i, j = self._parts[split][k]
+        return self._map(i)[1][j]
+
+    def where(self, k: int) -> tuple[str, int]:
+        """(local file, byte offset) of the k-th train array: where pread finds its tokens."""
+        i, j = self._parts["train"][k]
+        path, _, offsets = self._map(i)
+        return str(path), offsets[j]
+
+    @property
+    def train(self) -> list[np.ndarray]:
+        """Every train array (fetches every train shard of a remote domain)."""
+        return [self.array("train", k) for k in range(len(self._sizes["train"]))]
+
+    @property
+    def val(self) -> list[np.ndarray]:
+        return [self.array("val", k) for k in range(len(self._sizes["val"]))]
+
+    def _map(self, i: int) -> tuple[Path, list[np.ndarray], list[int]]:
+        if i not in self._mapped:
+            shard = self.manifest["shards"][i]
+            path = _shard_path(self.folder, shard)
+            arrays, offsets = _map_shard(path, shard["tokens"])
+            if "batches" in shard and [len(a) for a in arrays] != [n for n in shard["batches"] if n]:
+                raise DataError(f"{path}: record batches of {[len(a) for a in arrays]} tokens, manifest.json says "
+                                f"{shard['batches']}")
+            self._mapped[i] = (path, arrays, offsets)
+        return self._mapped[i]
 
 
 def read_error(path: str | Path, exc: Exception, message: str) -> DataError:
@@ -243,11 +285,16 @@ def _map_shard(path: Path, expected: int) -> tuple[list[np.ndarray], list[int]]:
     return arrays, offsets
 
 
-def _shard_path(folder: Path | str, shard: dict[str, Any]) -> Path:
-    """A shard's local file: in the folder, or fetched once into the node's cache (checksum checked)."""
+def _shard_name(folder: Path | str, shard: dict[str, Any]) -> str:
     name = shard.get("file")
     if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", ".."):
         raise DataError(f"{folder}: manifest.json lists a shard file {name!r} outside its folder")
+    return name
+
+
+def _shard_path(folder: Path | str, shard: dict[str, Any]) -> Path:
+    """A shard's local file: in the folder, or fetched once into the node's cache (checksum checked)."""
+    name = _shard_name(folder, shard)
     if isinstance(folder, str) and fs.is_remote(folder):
         return fs.fetch_shard(fs.join(folder, name), str(shard.get("sha256", "")))
     return Path(folder) / name

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from corpus.sampler import RoundSampler, SequenceSource, val_batches
+from corpus.sampler import RoundSampler, SequenceSource, ValBatches
 from corpus.shards import DomainData
 from store.configs import Resources, SampleLossConfig
 from store.errors import TrainingError
@@ -231,7 +231,7 @@ class RoundRunner:
         micro = plan.micro_batch_size or max(1, plan.batch_size // self.world)
         acc = torch.zeros(len(names), 2, dtype=torch.float64)
         for i, name in enumerate(names):
-            batches = val_batches(domains[name], plan.seq_len, plan.batch_size, plan.eval_batches)
+            batches = ValBatches(domains[name], plan.seq_len, plan.batch_size, plan.eValBatches)
             passes = -(-len(batches) // self.world)  # ceil: the same on every rank
             for p in range(passes):
                 j = p * self.world + self.rank

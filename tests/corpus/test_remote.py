@@ -44,8 +44,9 @@ def test_a_tampered_or_missing_remote_domain_is_a_clear_error(tmp_path, synth, s
             f.write(b"not the shard" * 10)
     with fs.open_output_stream("corpora/bad/manifest.json") as f:
         f.write(json.dumps(manifest).encode())
+    bad = DomainData.open("de", "s3://corpora/bad")  # sized from its manifest: nothing fetched yet
     with pytest.raises(DataError, match=r"s3://corpora/bad/train-00000.arrow: checksum does not match"):
-        DomainData.open("de", "s3://corpora/bad")
+        SequenceSource(bad, 16).rows(np.arange(2))
     assert not list((tmp_path / "fresh-cache" / "shards").glob("*.arrow"))  # nothing half-fetched kept
     with pytest.raises(DataError, match=r"s3://corpora/nothing/manifest.json: does not exist"):
         DomainData.open("x", "s3://corpora/nothing")
@@ -140,3 +141,56 @@ def test_a_replay_buffer_lives_in_s3(tmp_path, synth, s3):
     reread = ReplayBuffer.load(uri)
     assert more.seen == reread.seen == 35 and reread.filled_from == ["stage-0", "stage-1"]
     assert np.array_equal(reread.seqs, more.seqs)
+
+
+def test_remote_domains_are_sized_from_the_manifest_and_fetched_per_read(tmp_path, synth, s3, monkeypatch):
+    """Validation (what `cpt submit` and the controller run) downloads nothing; a rank fetches only
+    the shards holding its rows, each once; the processes of a node share one download."""
+    import subprocess
+    import sys
+
+    from conftest import tiny_spec
+    from corpus import fs
+    from corpus.ingest import prepare_domain
+    from corpus.sampler import RoundSampler, ValBatches
+    from orchestrator.data_check import check_data
+    from orchestrator.spec import load_spec
+
+    monkeypatch.setenv("CPT_CACHE", str(tmp_path / "cache"))
+    for d in ("en", "de"):  # many small shards, so "only the shards read" means something
+        prepare_domain(synth["raw"][d], d, f"s3://corpora/lazy-{d}", synth["tokenizer"], val_fraction=0.2,
+                       shard_tokens=1500)
+    spec = tiny_spec(synth)
+    spec["domains"] = {d: f"s3://corpora/lazy-{d}" for d in ("en", "de")}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    fs.fetched.update(files=0, bytes=0)
+    check_data(load_spec(tmp_path / "s.yaml")[0])  # validate / submit
+    sources = {d: SequenceSource.open(d, f"s3://corpora/lazy-{d}", 32) for d in ("en", "de")}  # the controller
+    assert fs.fetched == {"files": 0, "bytes": 0} and not (tmp_path / "cache").exists()
+
+    shards = {d: [sh for sh in s.data.manifest["shards"] if sh["split"] == "train"] for d, s in sources.items()}
+    assert min(len(v) for v in shards.values()) >= 4
+    sampler = RoundSampler.fresh(sources, {"en": 0.5, "de": 0.5}, batch_size=8, steps=1)
+    ids, dom = sampler.step_ids(0)
+    mine = {(sampler.names[d], int(np.searchsorted(sources[sampler.names[d]].offsets, i, side="right") - 1))
+            for i, d in zip(ids[:4], dom[:4], strict=True)}  # rank 0 of 2: the first half of the rows
+    sampler.batch(0, rank=0, world=2)
+    sizes = {(d, k): s3["fs"].get_file_info(f"corpora/lazy-{d}/{shards[d][k]['file']}").size for d, k in mine}
+    assert fs.fetched == {"files": len(mine), "bytes": sum(sizes.values())}
+    assert len(mine) < sum(len(v) for v in shards.values())  # not every shard
+    sampler.batch(0, rank=0, world=2)
+    assert fs.fetched["files"] == len(mine)  # read again: from the cache
+
+    val = ValBatches(sources["en"].data, 32, 4, 2)
+    before = fs.fetched["files"]
+    val[0]
+    assert 1 <= fs.fetched["files"] - before < len(sources["en"].data.manifest["shards"]) - len(shards["en"])
+
+    # two processes of a node ask for the same shard at once: one downloads it
+    last = shards["de"][-1]
+    code = (f"from corpus import fs; fs.fetch_shard('s3://corpora/lazy-de/{last['file']}', '{last['sha256']}'); "
+            f"print(fs.fetched['files'])")
+    env = {**os.environ, "CPT_CACHE": str(tmp_path / "node-cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(3)]
+    assert sorted(int(p.communicate(timeout=60)[0]) for p in procs) == [0, 0, 1]

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from corpus.order import start_cursors
-from corpus.sampler import RoundSampler, SequenceSource, val_batches
+from corpus.sampler import RoundSampler, SequenceSource, ValBatches
 from corpus.shards import DomainData
 from store.errors import DataError
 
@@ -68,7 +68,7 @@ def test_changed_shards_are_refused_and_a_refilled_buffer_restarts(synth):
 
 def test_val_batches_fixed_and_from_val_split(synth):
     d = DomainData.open("en", synth["domains"]["en"])
-    a, b = val_batches(d, 16, 4, 3), val_batches(d, 16, 4, 3)
+    a, b = ValBatches(d, 16, 4, 3), ValBatches(d, 16, 4, 3)
     assert len(a) == 3 and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert a[0].shape == (4, 17)
     assert np.array_equal(a[0][0].numpy(), d.val[0][:17])

@@ -82,7 +82,7 @@ def test_verify_finds_ids_outside_the_vocabulary_and_a_foreign_tokenizer(tmp_pat
     def fix(m):
         for sh in m["shards"]:
             if sh["file"] == shard.name:
-                sh["tokens"], sh["sha256"] = 100, file_sha256(shard)
+                sh["tokens"], sh["sha256"], sh["batches"] = 100, file_sha256(shard), [100]
         m["tokens"]["train"] = sum(sh["tokens"] for sh in m["shards"] if sh["split"] == "train")
 
     _rewrite(folder, fix)
@@ -143,7 +143,7 @@ def test_a_shard_listed_twice_or_in_both_splits_is_refused_on_every_open(tmp_pat
         train = next(sh for sh in m["shards"] if sh["split"] == "train")
         for sh in m["shards"]:
             if sh["split"] == "val":
-                sh.update(file=train["file"], sha256=train["sha256"], tokens=train["tokens"])
+                sh.update(file=train["file"], sha256=train["sha256"], tokens=train["tokens"], batches=train["batches"])
         totals(m)
 
     def copied(m):  # the train shard's bytes under a second name, listed as val

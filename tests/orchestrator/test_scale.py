@@ -109,7 +109,7 @@ class CorruptRankOnesRows(SilentReporter):
         for i, d in zip(ids[per:], dom[per:], strict=True):
             src = live[sampler.names[d]]
             shard = int(np.searchsorted(src.offsets, i, side="right") - 1)
-            path, base = src.data.train_files[shard]
+            path, base = src.data.where(int(shard))
             with open(path, "r+b") as f:  # a token inside the sequence: its neighbours share only the ends
                 f.seek(base + 4 * (int(i - src.offsets[shard]) * src.stride + 3))
                 f.write(np.int32(src.data.manifest["vocab_size"] + 7).tobytes())

@@ -34,7 +34,7 @@ def test_continue_and_export_each_family(tmp_path, synth, ray_local):
     from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from corpus.sampler import val_batches
+    from corpus.sampler import ValBatches
     from corpus.shards import DomainData
     from workers.model import token_losses
 
@@ -69,7 +69,7 @@ def test_continue_and_export_each_family(tmp_path, synth, ray_local):
         last = store.rounds(run_id, status="finished")[-1]
         data = DomainData.open("en", str(synth["domains"]["en"]))
         with torch.no_grad():
-            losses = [token_losses(model.eval(), b).mean().item() for b in val_batches(data, 32, 4, 2)]
+            losses = [token_losses(model.eval(), b).mean().item() for b in ValBatches(data, 32, 4, 2)]
         assert sum(losses) / len(losses) == pytest.approx(last.eval_losses["en"], rel=1e-5), family
 
     # bad requests change nothing: a non-empty output folder, a round that does not exist, a malformed one
