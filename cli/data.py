@@ -13,7 +13,8 @@ tokenizer_app = typer.Typer(help="Train tokenizers.", no_args_is_help=True)
 
 
 @data_app.command("prepare")
-def prepare(src: list[Path] = typer.Argument(..., help="Text files/folders, JSONL(.gz/.zst) or Parquet folders."),
+def prepare(src: list[str] = typer.Argument(..., help="Text, JSONL(.gz/.zst) or Parquet: files, folders or globs, "
+                                             "local or at a URI (s3://, gs://, file://)."),
             domain: str = typer.Option(..., "--domain", "-d", help="Domain name."),
             out: str = typer.Option(None, "--out", help="Output folder or URI (s3://..., gs://...; default "
                                     "CPT_HOME/data/DOMAIN)."),
@@ -25,14 +26,19 @@ def prepare(src: list[Path] = typer.Argument(..., help="Text files/folders, JSON
                                         "documents (Python escapes like \\n work); default: blank lines."),
             shard_tokens: int = typer.Option(4_000_000, min=1024, help="Tokens per shard."),
             overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+            engine: str = typer.Option(None, help="local (this process, all cores) or ray (Ray Data on the "
+                                       "cluster --address or `cpt cluster up` names, else an embedded one); "
+                                       "default: ray when a cluster is named, else local."),
+            workers: int = typer.Option(None, min=1, help="--engine ray: tokenizer actors (default: the "
+                                        "cluster's CPUs)."),
             as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON.")) -> None:
-    """Tokenize documents into Arrow shards + manifest.json (streamed; written atomically)."""
+    """Tokenize documents into Arrow shards + manifest.json (streamed; published only when complete)."""
     import codecs
     import time
 
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from cli.output import console, print_json
+    from cli.output import console, fmt_seconds, print_json
     from corpus.ingest import prepare_domain
     from store.errors import InputError
     from store.names import check_name, inside
@@ -44,19 +50,34 @@ def prepare(src: list[Path] = typer.Argument(..., help="Text files/folders, JSON
         doc_sep = codecs.decode(doc_sep, "unicode_escape")
         if not doc_sep:
             raise InputError("--doc-sep: must not be empty")
+    engine = engine or ("ray" if home.ray_address else "local")
+    if engine not in ("local", "ray"):
+        raise InputError(f"--engine: {engine!r} is not an engine (valid: local, ray)")
+    if workers is not None and engine != "ray":
+        raise InputError("--workers: only with --engine ray")
     t0 = time.perf_counter()
 
-    def show(n: int, t: int) -> None:
-        rate = t / max(time.perf_counter() - t0, 1e-9)
-        progress.update(task, description=f"{domain}: {n:,} docs, {t:,} tokens, {rate:,.0f} tokens/s")
+    def show(n: int, t: int, done: float | None) -> None:
+        elapsed = max(time.perf_counter() - t0, 1e-9)
+        eta = f", ETA {fmt_seconds(elapsed * (1 - done) / done)}" if done else ""
+        progress.update(task, description=f"{domain}: {n:,} docs, {t:,} tokens, {t / elapsed:,.0f} tokens/s{eta}")
 
+    options = dict(val_fraction=val_fraction, seed=seed, text_field=text_field, overwrite=overwrite, doc_sep=doc_sep,
+                   shard_tokens=shard_tokens, on_progress=show)
     with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn(),
                   console=console(stderr=True), transient=True) as progress:
-        task = progress.add_task(f"tokenizing {domain}", total=None)
-        manifest = prepare_domain(
-            list(src), domain, out, tokenizer or home.tokenizer, val_fraction=val_fraction, seed=seed,
-            text_field=text_field, overwrite=overwrite, doc_sep=doc_sep, shard_tokens=shard_tokens,
-            on_progress=show)
+        task = progress.add_task(f"tokenizing {domain} ({engine})", total=None)
+        if engine == "ray":
+            from corpus.prepare_ray import prepare_ray
+            from orchestrator import cluster
+
+            cluster.connect(home, dashboard=False)
+            try:
+                manifest = prepare_ray(list(src), domain, out, tokenizer or home.tokenizer, workers=workers, **options)
+            finally:
+                cluster.shutdown()
+        else:
+            manifest = prepare_domain(list(src), domain, out, tokenizer or home.tokenizer, **options)
     if as_json:
         print_json(manifest)
     else:
@@ -132,7 +153,7 @@ def train(src: list[Path] = typer.Argument(..., help="Text files/folders, JSONL 
           text_field: str = typer.Option("text", help="JSONL field / Parquet column with the text.")) -> None:
     """Train a byte-level BPE tokenizer (HF tokenizers) over the given sources."""
     from cli.output import console
-    from corpus.ingest import iter_documents
+    from corpus.sources import iter_documents
     from corpus.tokenizer import train_tokenizer
 
     out = out or state.home().tokenizer

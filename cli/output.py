@@ -55,3 +55,13 @@ def loss_table(title: str, rows: list[dict[str, Any]]) -> list[list[Any]]:
     body = [[r["point"], *[r["losses"].get(d) for d in domains]] for r in rows]
     table(title, ["", *domains], body)
     return body
+
+
+def fmt_seconds(s: float) -> str:
+    """A duration as 42s, 7m05s or 3h12m."""
+    s = int(round(s))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"

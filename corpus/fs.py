@@ -287,3 +287,28 @@ def delete_folder(uri: str) -> None:
     except Exception as exc:
         raise DataError(f"{_shown(uri)}: cannot delete ({type(exc).__name__}: {str(exc).splitlines()[0]})") \
             from None
+
+
+def list_files(uri: str) -> list[str]:
+    """Names of the files directly in a remote folder ([] if it does not exist)."""
+    import pyarrow.fs as pafs
+
+    fs, base = _filesystem(uri)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    except Exception as exc:
+        raise DataError(f"{_shown(uri)}: cannot list ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
+
+
+def delete_files(uri: str, names: list[str]) -> None:
+    """Remove files of a remote folder (a file already gone is fine)."""
+    fs, base = _filesystem(uri)
+    for name in names:
+        try:
+            fs.delete_file(f"{base.rstrip('/')}/{name}")
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise DataError(f"{_shown(join(uri, name))}: cannot delete ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0]})") from None

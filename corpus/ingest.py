@@ -10,7 +10,6 @@ leaves nothing half-written.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import uuid
@@ -23,144 +22,52 @@ from typing import Any
 
 from corpus import fs
 from corpus.shards import FORMAT, SHARD_TOKENS, ShardWriter, publish_folder, read_manifest, write_json_atomic
+from corpus.sources import documents as read_documents
+from corpus.sources import list_inputs
 from corpus.tokenizer import EOS, load_tokenizer, tokenizer_hash
 from store.errors import DataError
 from store.files import check_replaceable
 
-TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".text", ""}
+SPLIT_RULE = "crc32(seed:text)"
 
 
-def _files(src: Path) -> list[Path]:
-    if not src.exists():
-        raise DataError(f"{src}: source does not exist")
-    if src.is_file():
-        return [src]
-    files = sorted(p for p in src.rglob("*") if p.is_file() and not any(x.startswith(".") for x in
-                                                                        p.relative_to(src).parts))
-    if not files:
-        raise DataError(f"{src}: folder has no files")
-    # a dataset folder (Hugging Face layout: data/*.parquet beside README.md, dataset_info.json) is
-    # its data files only; the card and metadata are not documents
-    for kind in (".parquet", JSONL_SUFFIXES):
-        data = [p for p in files if p.name.lower().endswith(kind)]
-        if data:
-            return data
-    return files
-
-
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".ndjson")
-READ_CHARS = 1 << 20
-
-
-def iter_documents(src: str | Path, text_field: str = "text", doc_sep: str | None = None) -> Iterator[str]:
-    """Documents of a file or folder: JSONL a line, Parquet a row, plain text split at `doc_sep`
-    (None: at blank lines, i.e. paragraphs; a file without separators is one document)."""
-    for path in _files(Path(src)):
-        name = path.name.lower()
-        if name.endswith(JSONL_SUFFIXES):
-            yield from _jsonl(path, text_field)
-        elif name.endswith(".parquet"):
-            yield from _parquet(path, text_field)
-        else:
-            yield from _text(path, doc_sep)
-
-
-def _text(path: Path, sep: str | None) -> Iterator[str]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            if sep is None:  # paragraphs: documents end at one or more blank lines
-                doc: list[str] = []
-                for line in f:
-                    if line.strip():
-                        doc.append(line)
-                    elif doc:
-                        yield "".join(doc)
-                        doc = []
-                if doc:
-                    yield "".join(doc)
-                return
-            tail = ""
-            for chunk in iter(lambda: f.read(READ_CHARS), ""):
-                *docs, tail = (tail + chunk).split(sep)
-                yield from (d for d in docs if d.strip())
-            if tail.strip():
-                yield tail
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start} of a read block)") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-
-
-def _open_text(path: Path):
-    name = path.name.lower()
-    if name.endswith(".gz"):
-        import gzip
-
-        return gzip.open(path, "rt", encoding="utf-8")
-    if name.endswith(".zst"):
-        import io
-
-        try:
-            import zstandard
-        except ImportError:
-            raise DataError(f"{path}: reading .zst needs the zstandard package (pip install zstandard)") from None
-        return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True),
-                                encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
-def _jsonl(path: Path, field: str) -> Iterator[str]:
-    import gzip
-
-    try:
-        yield from _jsonl_lines(path, field)
-    except (gzip.BadGzipFile, EOFError, OSError) as exc:
-        if isinstance(exc, OSError) and exc.strerror:
-            raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-        raise DataError(f"{path}: corrupt compressed file ({exc})") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text") from None
-    except Exception as exc:
-        if type(exc).__module__.startswith("zstandard"):
-            raise DataError(f"{path}: corrupt compressed file ({exc})") from None
-        raise
-
-
-def _jsonl_lines(path: Path, field: str) -> Iterator[str]:
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
-                raise DataError(f"{path}:{lineno}: no string field {field!r}")
-            if obj[field].strip():
-                yield obj[field]
-
-
-def _parquet(path: Path, field: str) -> Iterator[str]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
-    if field not in pf.schema_arrow.names:
-        raise DataError(f"{path}: no column {field!r} (columns: {pf.schema_arrow.names})")
-    for batch in pf.iter_batches(columns=[field], batch_size=1024):
-        for text in batch.column(0).to_pylist():
-            if isinstance(text, str) and text.strip():
-                yield text
-
-
-def is_val(doc_index: int, val_fraction: float, seed: int) -> bool:
-    """Deterministic document-level split: the same document always lands in the same split."""
-    h = zlib.crc32(f"{seed}:{doc_index}".encode()) % 1_000_000
+def is_val(text: str, val_fraction: float, seed: int) -> bool:
+    """The document-level split, a function of the document's text: the same whatever reads it
+    (engine, worker count, block boundaries, file order), and a duplicated document lands in
+    one split, never in both (no train/val leak)."""
+    h = zlib.crc32(text.encode("utf-8", "surrogatepass"), zlib.crc32(f"{seed}:".encode())) % 1_000_000
     return h < val_fraction * 1_000_000
+
+
+def add_documents(writers: dict[str, ShardWriter], docs: dict[str, int], texts: list[str], encodings: Any,
+                  eos: int, val_fraction: float, seed: int) -> int:
+    """Append tokenized documents (each followed by EOS) to their split's shards; returns tokens added."""
+    tokens = 0
+    for text, enc in zip(texts, encodings, strict=True):
+        split = "val" if is_val(text, val_fraction, seed) else "train"
+        ids = enc.ids
+        ids.append(eos)
+        writers[split].add(ids)
+        docs[split] += 1
+        tokens += len(ids)
+    return tokens
+
+
+def make_manifest(domain: str, sources: list[Any], tokenizer_path: str | Path, vocab_size: int, eos: int,
+                  val_fraction: float, seed: int, docs: dict[str, int], shards: list[dict[str, Any]],
+                  **extra: Any) -> dict[str, Any]:
+    """A domain's manifest; DataError if a split is empty (a domain needs both)."""
+    if docs["train"] == 0 or docs["val"] == 0:
+        raise DataError(f"{domain}: needs at least one train and one val document "
+                        f"(got {docs['train']} train, {docs['val']} val from {docs['train'] + docs['val']} documents)")
+    return {
+        "format": FORMAT, "domain": domain, "sources": [str(s) for s in sources],
+        "tokenizer": str(tokenizer_path), "tokenizer_hash": tokenizer_hash(tokenizer_path),
+        "vocab_size": vocab_size, "eos_id": eos, "val_fraction": val_fraction, "seed": seed,
+        "split_rule": SPLIT_RULE, "documents": docs,
+        "tokens": {s: sum(sh["tokens"] for sh in shards if sh["split"] == s) for s in ("train", "val")},
+        "shards": shards, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra,
+    }
 
 
 def prepare_domain(src: str | Path | list[str | Path], domain: str, out: str | Path, tokenizer_path: str | Path,
@@ -189,7 +96,7 @@ def prepare_domain(src: str | Path | list[str | Path], domain: str, out: str | P
 def _prepare_local(src: str | Path | list[str | Path], domain: str, out: str | Path, tokenizer_path: str | Path,
                    val_fraction: float = 0.05, seed: int = 0, text_field: str = "text",
                    overwrite: bool = False, max_docs: int | None = None,
-                   on_progress: Callable[[int, int], None] | None = None,
+                   on_progress: Callable[[int, int, float | None], None] | None = None,
                    documents: Iterator[str] | None = None, doc_sep: str | None = None,
                    shard_tokens: int = SHARD_TOKENS, batch_chars: int = 1 << 20) -> dict[str, Any]:
     if not 0 < val_fraction < 1:
@@ -202,31 +109,27 @@ def _prepare_local(src: str | Path | list[str | Path], domain: str, out: str | P
     tok = load_tokenizer(tokenizer_path)
     eos = tok.token_to_id(EOS)
     sources = src if isinstance(src, list) else [src]
+    inputs = []
     if documents is None:
-        for s in sources:
-            _files(Path(s))  # fail on a missing source before anything is created
-        documents = (d for s in sources for d in iter_documents(s, text_field, doc_sep))
+        inputs = [i for s in sources for i in list_inputs(s)]  # a missing source fails before anything is made
+        documents = (d for i in inputs for d in read_documents(i, text_field, doc_sep))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
         writers = {"train": ShardWriter(tmp, "train", shard_tokens), "val": ShardWriter(tmp, "val", shard_tokens)}
         docs = {"train": 0, "val": 0}
-        n = tokens = chars = submitted = 0
+        n = tokens = chars = submitted = done_chars = 0
         batch: list[str] = []
+        total = sum(i.size for i in inputs) if inputs and all(i.plain for i in inputs) else None
 
-        def write(encodings) -> None:
-            nonlocal n, tokens
-            for enc in encodings:
-                split = "val" if is_val(n, val_fraction, seed) else "train"
-                ids = enc.ids
-                ids.append(eos)
-                writers[split].add(ids)
-                docs[split] += 1
-                tokens += len(ids)
-                n += 1
+        def write(texts: list[str], encodings) -> None:
+            nonlocal n, tokens, done_chars
+            tokens += add_documents(writers, docs, texts, encodings, eos, val_fraction, seed)
+            n += len(texts)
+            done_chars += sum(map(len, texts))
             if on_progress:
-                on_progress(n, tokens)
+                on_progress(n, tokens, min(done_chars / total, 1.0) if total else None)
 
         # encode_batch (Rust, all cores, GIL released) tokenizes batch k while this thread reads
         # and splits batch k+1 and writes batch k-1: a pipeline, in order
@@ -239,28 +142,18 @@ def _prepare_local(src: str | Path | list[str | Path], domain: str, out: str | P
                 done = max_docs is not None and submitted >= max_docs
                 if chars >= batch_chars or done:
                     if pending is not None:
-                        write(pending.result())
-                    pending, batch, chars = pool.submit(tok.encode_batch, batch), [], 0
+                        write(pending[0], pending[1].result())
+                    pending, batch, chars = (batch, pool.submit(tok.encode_batch, batch)), [], 0
                 if done:
                     break
             if pending is not None:
-                write(pending.result())
+                write(pending[0], pending[1].result())
             if batch:
-                write(tok.encode_batch(batch))
-        if docs["train"] == 0 or docs["val"] == 0:
-            raise DataError(f"{domain}: needs at least one train and one val document "
-                            f"(got {docs['train']} train, {docs['val']} val from {n} documents)")
+                write(batch, tok.encode_batch(batch))
         for w in writers.values():
             w.flush()
-        manifest = {
-            "format": FORMAT, "domain": domain, "sources": [str(s) for s in sources],
-            "tokenizer": str(tokenizer_path), "tokenizer_hash": tokenizer_hash(tokenizer_path),
-            "vocab_size": tok.get_vocab_size(), "eos_id": eos, "val_fraction": val_fraction, "seed": seed,
-            "documents": docs,
-            "tokens": {s: sum(sh["tokens"] for sh in w.shards) for s, w in writers.items()},
-            "shards": writers["train"].shards + writers["val"].shards,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+        manifest = make_manifest(domain, sources, tokenizer_path, tok.get_vocab_size(), eos, val_fraction, seed, docs,
+                                 writers["train"].shards + writers["val"].shards)
         write_json_atomic(tmp / "manifest.json", manifest)
         publish_folder(tmp, out, overwrite)
     except BaseException:

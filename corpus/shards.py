@@ -50,8 +50,8 @@ class ShardWriter:
     Every shard but the last holds exactly shard_tokens tokens (a document may continue in the
     next shard), so shard sizes, and the sequences per shard, do not depend on document lengths."""
 
-    def __init__(self, folder: Path, split: str, shard_tokens: int = SHARD_TOKENS):
-        self.folder, self.split, self.shard_tokens = folder, split, shard_tokens
+    def __init__(self, folder: Path, split: str, shard_tokens: int = SHARD_TOKENS, prefix: str = ""):
+        self.folder, self.split, self.shard_tokens, self.prefix = folder, split, shard_tokens, prefix
         self.buf: list[np.ndarray] = []
         self.buffered = 0
         self.shards: list[dict[str, Any]] = []
@@ -69,7 +69,7 @@ class ShardWriter:
     def flush(self) -> None:
         if not self.buffered:
             return
-        name = f"{self.split}-{len(self.shards):05d}.arrow"
+        name = f"{self.split}-{self.prefix}{len(self.shards):05d}.arrow"
         path = self.folder / name
         # one record batch per shard: a reader maps it as one zero-copy array (pa.table(dict) would
         # also import pandas, ~0.4 s)

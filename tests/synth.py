@@ -40,7 +40,8 @@ def write_corpus(folder: Path, lang: str, docs: int = 60, seed: int = 0) -> Path
 
 def make_domains(root: Path, langs: tuple[str, ...] = ("en", "de"), docs: int = 60, vocab: int = 400) -> dict:
     """Raw corpora, a tokenizer and prepared shard folders under root; returns paths."""
-    from corpus.ingest import iter_documents, prepare_domain
+    from corpus.ingest import prepare_domain
+    from corpus.sources import iter_documents
     from corpus.tokenizer import train_tokenizer
 
     raws = {lang: write_corpus(root / "raw" / lang, lang, docs) for lang in langs}

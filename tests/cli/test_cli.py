@@ -54,10 +54,16 @@ def test_bad_inputs_exit_2_with_one_message(tmp_path, synth):
         (("tokenizer", "train", synth["raw"]["en"], "--out", tmp_path), "is a directory; give the tokenizer.json"),
         (("data", "list", tmp_path / "nowhere"), "folder does not exist"),
         (("data", "list", tmp_path / "bad.yaml"), "is a file, not a folder of domains"),
+        (("data", "prepare", synth["raw"]["en"], "-d", "x", "--engine", "spark", "--tokenizer", synth["tokenizer"]),
+         "--engine: 'spark' is not an engine (valid: local, ray)"),
+        (("data", "prepare", synth["raw"]["en"], "-d", "x", "--workers", "2", "--tokenizer", synth["tokenizer"]),
+         "--workers: only with --engine ray"),
+        (("data", "prepare", f"{synth['raw']['en']}/*.none", "-d", "x", "--tokenizer", synth["tokenizer"]),
+         "no file matches"),
     ]
     for args, says in cases:
         out = cpt(*args, home=tmp_path / "home")
-        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        assert out.returncode == 2 and says in out.stderr, (args, out.stdout, out.stderr)
         assert out.stderr.strip().startswith("error: ") and "Traceback" not in out.stderr, out.stderr
         assert out.stderr.count("error:") == 1 and says in out.stderr, (args, out.stderr)
     assert not (tmp_path / "home" / "data").exists()  # nothing half-written
@@ -113,6 +119,19 @@ def test_data_prepare_list_and_tokenizer(tmp_path, synth):
     assert (tmp_path / "mine" / "keep.txt").exists() and (home / "data" / "en" / "manifest.json").is_file()
     out = cpt("data", "prepare", synth["raw"]["en"], "--domain", "en", "--overwrite", home=home)
     assert out.returncode == 0, out.stderr
+
+
+def test_data_prepare_on_ray_data(tmp_path, synth):
+    """`--engine ray` on an embedded Ray (no cluster named): the documents of the local engine."""
+    home = tmp_path / "home"
+    args = ("data", "prepare", f"{synth['raw']['de']}/doc*.txt", "--tokenizer", synth["tokenizer"], "--val-fraction",
+            "0.2", "--json")
+    out = cpt(*args, "--domain", "de", "--engine", "ray", "--workers", "1", home=home)
+    assert out.returncode == 0, out.stderr
+    ray = json.loads(out.stdout)
+    local = json.loads(cpt(*args, "--domain", "local", home=home).stdout)
+    assert ray["engine"] == "ray" and "engine" not in local
+    assert ray["documents"] == local["documents"] and ray["tokens"] == local["tokens"]
 
 
 def test_db_upgrade_and_runs_list_empty(tmp_path):
@@ -185,7 +204,7 @@ def _corrupt_copy(src: Path, dst: Path) -> Path:
 
 
 def _other_tokenizer(tmp: Path, synth) -> str:
-    from corpus.ingest import iter_documents
+    from corpus.sources import iter_documents
     from corpus.tokenizer import train_tokenizer
 
     train_tokenizer(iter_documents(synth["raw"]["code"]), tmp / "other.json", vocab_size=310)

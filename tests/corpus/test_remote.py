@@ -159,7 +159,7 @@ def test_remote_domains_are_sized_from_the_manifest_and_fetched_per_read(tmp_pat
     monkeypatch.setenv("CPT_CACHE", str(tmp_path / "cache"))
     for d in ("en", "de"):  # many small shards, so "only the shards read" means something
         prepare_domain(synth["raw"][d], d, f"s3://corpora/lazy-{d}", synth["tokenizer"], val_fraction=0.2,
-                       shard_tokens=1500)
+                       shard_tokens=500)
     spec = tiny_spec(synth)
     spec["domains"] = {d: f"s3://corpora/lazy-{d}" for d in ("en", "de")}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))

@@ -5,8 +5,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from corpus.ingest import iter_documents, prepare_domain
+from corpus.ingest import prepare_domain
 from corpus.shards import DomainData, read_manifest, verify_domain
+from corpus.sources import iter_documents
 from corpus.tokenizer import EOS, load_tokenizer, tokenizer_hash, train_tokenizer
 from store.errors import DataError
 
@@ -111,7 +112,7 @@ def test_plain_text_is_split_into_documents_while_streaming(tmp_path, synth):
     (tmp_path / "blank.txt").write_text("first doc\nstill first\n\n\nsecond doc\n  \nthird\n")
     assert list(iter_documents(tmp_path / "blank.txt")) == ["first doc\nstill first\n", "second doc\n", "third\n"]
     # a custom separator, with documents straddling the streaming read blocks
-    import corpus.ingest as ingest
+    import corpus.sources as ingest
 
     docs = [f"doc {i} " + "x" * (i * 37 % 500) for i in range(300)]
     (tmp_path / "sep.txt").write_text("\n%%\n".join(docs))

@@ -91,7 +91,7 @@ def test_verify_finds_ids_outside_the_vocabulary_and_a_foreign_tokenizer(tmp_pat
         verify_domain(folder)  # ...the full one does
 
     other = tmp_path / "other.json"
-    from corpus.ingest import iter_documents
+    from corpus.sources import iter_documents
     from corpus.tokenizer import train_tokenizer
 
     train_tokenizer(iter_documents(synth["raw"]["code"]), other, vocab_size=310)
