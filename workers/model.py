@@ -42,9 +42,10 @@ def check_hf_checkpoint(path: str | Path, vocab_size: int | None = None, tokeniz
 
 def build_model(model: ModelConfig | dict[str, Any], vocab_size: int, seq_len: int, seed: int,
                 device: Any = None):
-    """A fresh model (seeded init) or a local HF checkpoint loaded from safetensors only. A fresh
-    model is initialised on `device` (default CPU): on a GPU a 1B model's init takes a fraction of a
-    second instead of a CPU's seconds, and no host copy of it is made."""
+    """A fresh model (seeded init, workers/init.py: the same weights FSDP's unit-by-unit build gives)
+    or a local HF checkpoint loaded from safetensors only. A fresh model is initialised on `device`
+    (default CPU): on a GPU a 1B model's init takes a fraction of a second instead of a CPU's
+    seconds, and no host copy of it is made."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -65,12 +66,29 @@ def build_model(model: ModelConfig | dict[str, Any], vocab_size: int, seq_len: i
             raise CheckpointError(f"{model.path}: vocab_size {m.config.vocab_size} does not match the "
                                   f"run's tokenizer ({vocab_size})")
         return m
-    config = family(model.family).config(model, vocab_size, seq_len)
-    dev = torch.device(device or "cpu")
-    gpu = [dev.index or 0] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=gpu), dev:
-        torch.manual_seed(seed)
-        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    from workers.init import empty, materialize
+
+    return materialize(empty(family(model.family).config(model, vocab_size, seq_len)), seed, device or "cpu")
+
+
+def build_empty(model: ModelConfig | dict[str, Any], vocab_size: int, seq_len: int):
+    """The model with its parameters on the meta device, for FSDP to materialise unit by unit
+    (workers/init.py); `model.path` (an HF folder) gives its structure, its weights are loaded after
+    sharding (workers/init.py). Returns (model, the HF folder its weights come from, or None)."""
+    from transformers import AutoConfig
+
+    from workers.families import family
+    from workers.init import empty
+
+    model = ModelConfig.model_validate(model)
+    if model.path and not is_cpt_checkpoint(model.path):
+        check_hf_checkpoint(model.path)
+        config = AutoConfig.from_pretrained(model.path)
+        if config.vocab_size != vocab_size:
+            raise CheckpointError(f"{model.path}: vocab_size {config.vocab_size} does not match the "
+                                  f"run's tokenizer ({vocab_size})")
+        return empty(config), model.path
+    return empty(family(model.family).config(model, vocab_size, seq_len)), None
 
 
 def token_losses(model, ids):

@@ -27,7 +27,16 @@ from store.records import RoundPlan, RoundResult
 from workers import sharded
 from workers.checkpoint import full_state, is_sharded, read_checkpoint, read_meta, restore_state, save_state
 from workers.fabric import make_fabric, make_optimizer, prepare_model
-from workers.model import build_model, eval_losses, eval_losses_whole, model_signature, token_losses
+from workers.init import fsdp_param_init
+from workers.model import (
+    build_empty,
+    build_model,
+    eval_losses,
+    eval_losses_whole,
+    is_cpt_checkpoint,
+    model_signature,
+    token_losses,
+)
 from workers.sample_weights import sample_weights
 
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
@@ -52,18 +61,24 @@ class RoundRunner:
         return f"{plan.model.model_dump_json()}|{plan.vocab_size}|{plan.seq_len}"
 
     def _init_device(self):
-        """Where a fresh model is initialised: the rank's GPU, except under FSDP (which shards a
-        model it is handed on the host, one unit at a time)."""
-        gpu = self.fabric.device.type == "cuda" and self.res.strategy != "fsdp"
-        return self.fabric.device if gpu else None
+        """Where a fresh whole model is initialised (DDP, one rank): the rank's GPU, or the host."""
+        return self.fabric.device if self.fabric.device.type == "cuda" else None
 
     def _build(self, plan: RoundPlan) -> None:
-        raw = build_model(plan.model, plan.vocab_size, plan.seq_len, plan.seed, self._init_device())
+        fsdp = self.res.strategy == "fsdp"
+        if fsdp:  # nothing full-size on any rank: FSDP materialises one unit (a block) at a time, then shards it
+            raw, weights = build_empty(plan.model, plan.vocab_size, plan.seq_len)  # an HF folder: read unit by unit
+            self.fabric.strategy._fsdp_kwargs["param_init_fn"] = fsdp_param_init(raw, plan.seed, self.fabric.device,
+                                                                                 weights)
+        else:
+            raw = build_model(plan.model, plan.vocab_size, plan.seq_len, plan.seed, self._init_device())
         self.signature = model_signature(raw)
         self.n_params = sum(p.numel() for p in raw.parameters())
         self.tied = bool(getattr(raw.config, "tie_word_embeddings", False))
         self.model = self.fabric.setup_module(prepare_model(raw, self.res))
         self.optimizer = self.fabric.setup_optimizers(make_optimizer(self.model, plan.optimizer))
+        if fsdp and plan.model.path and is_cpt_checkpoint(plan.model.path):  # into this rank's shards (DCP)
+            self._load(plan.model.path, with_optimizer=False)
         self.built, self.at = self._blueprint(plan), _fresh(plan)
 
     def _restore(self, plan: RoundPlan) -> None:
@@ -73,18 +88,25 @@ class RoundRunner:
         target = plan.init_checkpoint or _fresh(plan)
         if target != self.at:  # a retry, a resume, or a group that never saw this checkpoint
             self.finish_writes()  # a checkpoint still being written is never read half-done
-            if plan.init_checkpoint is None:
+            if plan.init_checkpoint is None and self.res.strategy == "fsdp":
+                self.model = self.optimizer = None  # a fresh start: built again, unit by unit
+                self._build(plan)
+            elif plan.init_checkpoint is None:
                 fresh = build_model(plan.model, plan.vocab_size, plan.seq_len, plan.seed, self._init_device())
                 restore_state(self.model, self.optimizer, fresh.state_dict(), None, self.tied)
-            elif is_sharded(read_meta(target, self.signature)):  # any world size wrote it: DCP reshards
-                sharded.read(target, self.model, self.optimizer, plan.load_optimizer, self.ckpt_group)
-                self._evict(target)
-            else:  # the full format: restore_state starts the optimizer empty, loads its state if asked
-                weights, opt_state = read_checkpoint(target, self.signature, plan.load_optimizer)
-                restore_state(self.model, self.optimizer, weights, opt_state, self.tied)
+            else:
+                self._load(target, plan.load_optimizer)
             self.at = target
         elif not plan.load_optimizer:
             self.optimizer.state.clear()  # a stage that starts with fresh AdamW state
+
+    def _load(self, target: str, with_optimizer: bool) -> None:
+        if is_sharded(read_meta(target, self.signature)):  # any world size wrote it: DCP reshards
+            sharded.read(target, self.model, self.optimizer, with_optimizer, self.ckpt_group)
+            self._evict(target)
+        else:  # the full format: restore_state starts the optimizer empty, loads its state if asked
+            weights, opt_state = read_checkpoint(target, self.signature, with_optimizer)
+            restore_state(self.model, self.optimizer, weights, opt_state, self.tied)
 
     # ---- the round ----------------------------------------------------------------------------
     def run(self, plan: RoundPlan, seq: int = 0) -> RoundResult:
@@ -231,7 +253,7 @@ class RoundRunner:
         micro = plan.micro_batch_size or max(1, plan.batch_size // self.world)
         acc = torch.zeros(len(names), 2, dtype=torch.float64)
         for i, name in enumerate(names):
-            batches = ValBatches(domains[name], plan.seq_len, plan.batch_size, plan.eValBatches)
+            batches = ValBatches(domains[name], plan.seq_len, plan.batch_size, plan.eval_batches)
             passes = -(-len(batches) // self.world)  # ceil: the same on every rank
             for p in range(passes):
                 j = p * self.world + self.rank
