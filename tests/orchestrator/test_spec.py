@@ -166,8 +166,8 @@ def test_max_epochs_exceeded_at_run_time_fails_before_training(tmp_path, synth, 
     from conftest import recorded_run
     from orchestrator.controller import Controller
 
-    home, store, run_id = recorded_run(tmp_path / "home", yaml.safe_load(
-        _epoch_spec(synth, {"kind": "temperature"}, {"en": 1})))
+    home, store, run_id = recorded_run(tmp_path / "home", yaml.safe_load(  # round 0 alone reads > 1 epoch
+        _epoch_spec(synth, {"kind": "temperature"}, {"en": 1}, 32 * 4 * 200)))
     with pytest.raises(DataError, match=r"stages.0.max_epochs.en: round 0.0 would read domain 'en' into epoch 2"):
         Controller(store, home, run_id, tracking=False, groups=GROUPS).run()
     assert store.get_run(run_id).status == "failed" and store.rounds(run_id) == []
