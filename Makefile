@@ -17,10 +17,15 @@ $(BIN)/cpt: pyproject.toml
 
 setup: $(BIN)/cpt
 
+# lm-evaluation-harness (downstream evaluations between rounds): optional, the tests use it
+$(VENV)/.eval-extra: $(BIN)/cpt
+	$(BIN)/pip install -q -e '.[dev,eval]'
+	touch $@
+
 demo: setup
 	$(BIN)/cpt demo
 
-test: setup
+test: setup $(VENV)/.eval-extra
 	bash .ci/sysdeps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -226,7 +226,7 @@ def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, 
     """A run's stages, rounds (weights, losses, throughput) and per-stage losses."""
     from cli.audit import cursor_rows
     from cli.output import console, loss_table, print_json, table
-    from orchestrator.reports import stage_summary
+    from orchestrator.reports import eval_summary, stage_summary
     from orchestrator.tracking import link_line
 
     store = state.store()
@@ -251,7 +251,7 @@ def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, 
                                 "error": x.error} for x in rounds],
                     "data": {"cursors": cursors, "epoch_rollovers": rollovers}, "progress": live,
                     "mlflow_url": _mlflow_url(run),
-                    "summary": stage_summary(store, run_id)})
+                    "summary": stage_summary(store, run_id), "evals": eval_summary(store, run_id)})
         return
     c = console()
     c.print(render(run, live, status) + (f" - {run.error}" if run.error else ""))
@@ -279,6 +279,10 @@ def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, 
     rows = stage_summary(store, run_id)
     if rows:
         loss_table("validation loss per domain", rows)
+    scores = eval_summary(store, run_id)
+    if scores:
+        table("downstream scores (`cpt runs evals` for each round)", ["task metric", "first", "final", "change"],
+              [[k, f"{v['first']:.4f}", f"{v['final']:.4f}", f"{v['change']:+.4f}"] for k, v in sorted(scores.items())])
 
 
 def _mlflow_url(run) -> str | None:

@@ -42,14 +42,15 @@ def location(spec: RunSpec, workdir: Path, run_id: str, name: str) -> str:
 
 
 def prune(store: RunStore, spec: RunSpec, workdir: Path, run_id: str, message: Callable[[str], None],
-          done: list[tuple[int, int, int]] | None = None) -> None:
+          done: list[tuple[int, int, int]] | None = None, protected: set[tuple[int, int, int]] = frozenset()) -> None:
     """Retention: delete every attempt folder of this run that is neither kept nor in flight.
 
     Kept: the last K finished rounds and the stages' last rounds. Deleted: older finished rounds,
     and attempts of rounds up to the last committed one that never committed (a crash after their
     upload, a retried attempt). A folder of a later round (still being written) and anything not
     named like an attempt is left alone. Runs after a commit, so resume's checkpoint is kept.
-    `done`: (stage, round, attempt) of the finished rounds in order, when the caller holds them."""
+    `done`: (stage, round, attempt) of the finished rounds in order, when the caller holds them;
+    `protected`: attempts something still reads (a downstream evaluation in flight)."""
     from corpus import fs
 
     keep = spec.checkpoints
@@ -58,7 +59,7 @@ def prune(store: RunStore, spec: RunSpec, workdir: Path, run_id: str, message: C
     done = store.finished_keys(run_id) if done is None else done  # the controller passes its commits
     if not done:
         return
-    kept = set(done[-keep.keep_last:])
+    kept = set(done[-keep.keep_last:]) | set(protected)
     if keep.keep_stage_ends:
         kept |= {k for k in done if k[1] == spec.stages[k[0]].rounds - 1}
     last = done[-1][:2]
@@ -95,6 +96,19 @@ def remove_partial(spec: RunSpec, workdir: Path, run_id: str, message: Callable[
     for tmp in folder.glob(".*.tmp-*"):
         shutil.rmtree(tmp, ignore_errors=True)
         message(f"removed partial checkpoint {tmp.name}")
+
+
+def kept(checkpoint: str) -> bool:
+    """Whether a committed round's checkpoint is still there (retention may have deleted it)."""
+    from corpus import fs
+
+    if not fs.is_remote(checkpoint):
+        return (fs.local_path(checkpoint) / "meta.json").is_file()
+    try:
+        fs.read_bytes(fs.join(checkpoint, "meta.json"))
+        return True
+    except CptError:
+        return False
 
 
 def latest(store: RunStore, run_id: str) -> str | None:

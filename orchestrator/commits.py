@@ -53,9 +53,11 @@ class Commits:
     """The run's commits, in round order."""
 
     def __init__(self, store: RunStore, spec: RunSpec, workdir: Path, run_id: str, planner: RoundPlanner,
-                 callbacks: list[RoundCallback], message: Callable[[str], None], after: Callable[[], None]):
+                 callbacks: list[RoundCallback], message: Callable[[str], None], after: Callable[[], None],
+                 protected: Callable[[], set[tuple[int, int, int]]] = set):
         self.store, self.spec, self.workdir, self.run_id = store, spec, workdir, run_id
         self.planner, self.callbacks, self.message, self.after = planner, callbacks, message, after
+        self.protected = protected  # checkpoints retention must keep (an evaluation reads them)
         self.pending: Pending | None = None
         self._committed: list[Finished] | None = None
 
@@ -112,6 +114,6 @@ class Commits:
         self.after()
         keys = None if self._committed is None else [(x.stage_index, x.round_index, x.plan.attempt)
                                                       for x in self._committed]
-        checkpoints.prune(self.store, self.spec, self.workdir, self.run_id, self.message, keys)
+        checkpoints.prune(self.store, self.spec, self.workdir, self.run_id, self.message, keys, self.protected())
         for cb in self.callbacks:
             cb.round_finished(p.round_id, p.plan, p.result)

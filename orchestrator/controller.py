@@ -22,6 +22,7 @@ from mixers.base import build_mixer
 from orchestrator import checkpoints
 from orchestrator.callbacks import Reporter, RoundCallback, SilentReporter, StoreProgress, ToReporter
 from orchestrator.commits import Commits, Pending, WriteLost
+from orchestrator.evals import Evals
 from orchestrator.group import GroupFailed, Groups, OwnGroups, WorkerGroup
 from orchestrator.home import Home
 from orchestrator.planner import DataInfo, DomainSize, Finished, RoundPlanner
@@ -70,8 +71,10 @@ class Controller:
         self.tracking = RunTracking(self.store, home, self.spec, run_id, self.workdir, self._message,
                                     lambda: self.planner.domain_paths() if self.planner else self.spec.domains,
                                     run.mlflow_run_id, enabled=tracking)
+        self.evals = Evals(self.store, self.spec, run_id, self.tracking, self._message)
+        # evals before tracking: at the run's end the last scores reach MLflow before its run closes
         self.callbacks: list[RoundCallback] = [ToReporter(lambda: self.reporter, self.spec.total_steps()),
-                                               StoreProgress(self.store), self.tracking]
+                                               StoreProgress(self.store), self.evals, self.tracking]
         self.planner: RoundPlanner | None = None
         self.commits: Commits | None = None
         self.group: WorkerGroup | None = None
@@ -115,7 +118,7 @@ class Controller:
         self.planner = RoundPlanner(self.spec, self.run_id, self.workdir, DataInfo.from_manifests(manifests),
                                     lambda name: checkpoints.location(self.spec, self.workdir, self.run_id, name))
         self.commits = Commits(self.store, self.spec, self.workdir, self.run_id, self.planner, self.callbacks,
-                               self._message, self._after_commit)
+                               self._message, self._after_commit, self.evals.protected)
         self.store.set_run_status(self.run_id, "running", message="resumed" if run.status != "pending" else None)
         abandoned = self.store.abandon_open_rounds(self.run_id, "abandoned: controller stopped mid-round")
         if abandoned:
@@ -135,8 +138,12 @@ class Controller:
                 self._group()  # Ray Train starts the ranks (seconds) while MLflow is set up
                 self.tracking.start()  # inside: an unreachable MLflow server fails the run, recorded
                 self.tracking.announce(ray_info["dashboard"])
+                self.evals.resume(self.commits.committed(), checkpoints.kept)
                 for i in range(len(self.spec.stages)):
                     self._run_stage(i)
+                if self.evals.jobs:  # the run is finished when its last scores are recorded; the ranks'
+                    self._drop_group(kill=False)  # CPUs/GPUs go to the evaluations still waiting for them
+                    self.evals.poll(timeout=None)
         except LeaseLost:
             raise
         except BaseException as exc:

@@ -32,6 +32,8 @@ def check_data(spec: RunSpec) -> dict[str, dict[str, Any]]:
         manifests[name] = data.manifest
         sources[name] = data
     _check_epochs(spec, sources)
+    if spec.evals:
+        _check_eval_packages()
     if spec.checkpoints.uri:  # unreachable or read-only storage is found now, not after the first round trained
         from corpus import fs
 
@@ -42,6 +44,17 @@ def check_data(spec: RunSpec) -> dict[str, dict[str, Any]]:
         vocab = next(iter(manifests.values()))["vocab_size"]
         check_hf_checkpoint(spec.model.path, vocab_size=vocab, tokenizer_hash=tok_hash)
     return manifests
+
+
+def _check_eval_packages() -> None:
+    """`evals:` needs lm-evaluation-harness (and accelerate, which its HF model imports) here and on
+    the nodes; here is checked now, not after the first round trained."""
+    from importlib.util import find_spec
+
+    needed = (("lm-eval", "lm_eval"), ("accelerate", "accelerate"))
+    missing = [name for name, module in needed if find_spec(module) is None]
+    if missing:
+        raise SpecError(f"evals: needs {' and '.join(missing)} (pip install 'cpt[eval]')")
 
 
 KNOWN_UPFRONT = ("static", "fixed_replay")  # mixers whose weights do not depend on training feedback

@@ -51,7 +51,26 @@ def summary(store: RunStore, run_id: str, domains: list[str] | None = None) -> d
         "tokens": sum(r.tokens or 0 for r in done),
         "wall_s": sum(r.result.wall_s for r in done),
         "rounds": len(done),
+        "evals": eval_summary(store, run_id),
     }
+
+
+def eval_curves(store: RunStore, run_id: str) -> dict[str, list[tuple[int, int, float]]]:
+    """Each downstream score (`task` `metric`) over the run: (stage, round, value), in round order."""
+    from store.evals import results
+
+    out: dict[str, list[tuple[int, int, float]]] = {}
+    for e in results(store, run_id):
+        if e.error is None and e.value is not None:
+            out.setdefault(f"{e.task} {e.metric.split(',')[0]}", []).append((e.stage_index, e.round_index, e.value))
+    return out
+
+
+def eval_summary(store: RunStore, run_id: str) -> dict[str, dict[str, float]]:
+    """Per downstream score: its first and last value and the change (a source task's drop is
+    forgetting, a target task's rise is gain)."""
+    return {k: {"first": v[0][2], "final": v[-1][2], "change": v[-1][2] - v[0][2]}
+            for k, v in eval_curves(store, run_id).items()}
 
 
 def _restrict(final: dict[str, float], doms: list[str]) -> dict[str, Any]:
@@ -131,6 +150,17 @@ def write_report(store: RunStore, run_id: str, out: Path) -> Path:
     ax.set_ylabel("mixture weight")
     ax.legend(fontsize=7)
     imgs["mixture weights"] = _png(fig)
+    scores = eval_curves(store, run_id)
+    if scores:  # downstream scores per task over rounds
+        steps_of = {(r.stage_index, r.round_index): r.step_end for r in done}
+        fig, ax = plt.subplots(figsize=(8, 3))
+        for name, pts_ in sorted(scores.items()):
+            xs = [(steps_of.get((st, rd)), v) for st, rd, v in pts_ if (st, rd) in steps_of]
+            ax.plot([x for x, _ in xs], [v for _, v in xs], marker="o", label=name)
+        ax.set_xlabel("global step")
+        ax.set_ylabel("downstream score")
+        ax.legend(fontsize=7)
+        imgs["downstream scores"] = _png(fig)
 
     esc = html.escape
     rows = "".join(

@@ -142,6 +142,26 @@ class RunTracking(RoundCallback):
         with contextlib.suppress(ValueError):  # the logging thread and a round boundary may both clear it
             self.unlogged.remove(round_id)
 
+    def log_evals(self, stage: int, round_: int, step: int, values: dict[str, float]) -> None:
+        """A round's downstream scores (`eval.<task>.<metric>`) at the round's last step, on the run
+        and on the round's nested run, on the logging thread; MLflow being down loses only these."""
+        if self.tracker is None or not values:
+            return
+
+        def job() -> None:
+            row = self.store.finished_round(self.run_id, stage, round_)
+            ids = [self.mlflow_id] + ([row.mlflow_run_id] if row is not None and row.mlflow_run_id else [])
+            try:
+                self.tracker.log_metrics(ids, values, step)
+            except Exception as exc:
+                self.message(f"MLflow unavailable ({redact(type(exc).__name__)}): scores of round {stage}.{round_} "
+                             f"are in the store only (`cpt runs evals`)")
+
+        if self.live is None or self.live.closed:
+            job()
+        else:
+            self.live.call(job)
+
     def log_unlogged(self) -> None:
         """Retry rounds MLflow could not take earlier, oldest first; stop at the first failure."""
         if not self.unlogged:  # the usual case: nothing to read back

@@ -17,9 +17,10 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from corpus.fs import is_uri, scheme_problem
 from corpus.names import buffer_name
-from orchestrator.spec_parts import MAX_STAGE_STEPS, CheckpointSpec, StageSpec, TrackingSpec
+from orchestrator.spec_parts import MAX_STAGE_STEPS, CheckpointSpec, EvalSpec, StageSpec, TrackingSpec
 from store.configs import Config, ModelConfig, OptimizerConfig, Resources
 from store.errors import SpecError
+from store.evals import is_task_path
 from store.names import NAME_PATTERN, NAME_RULE, is_name
 
 
@@ -67,6 +68,8 @@ class RunSpec(Config):
     """MLflow settings."""
     checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
     """Checkpoint retention."""
+    evals: list[EvalSpec] = Field(default_factory=list, max_length=64)
+    """Downstream evaluations (lm-evaluation-harness) of committed rounds, run beside training."""
 
     @model_validator(mode="after")
     def _cross(self) -> RunSpec:
@@ -250,6 +253,9 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         raw["stages"] = [{**st, "mixer": {**st["mixer"], "path": fix(st["mixer"]["path"])}}
                          if isinstance(st, dict) and isinstance(st.get("mixer"), dict)
                          and isinstance(st["mixer"].get("path"), str) else st for st in raw["stages"]]
+    if isinstance(raw.get("evals"), list):  # a task folder (a path, not an lm-eval task name) is the spec's too
+        raw["evals"] = [{**e, "task": fix(e["task"])} if isinstance(e, dict) and isinstance(e.get("task"), str)
+                        and is_task_path(e["task"]) else e for e in raw["evals"]]
     return raw
 
 

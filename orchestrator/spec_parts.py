@@ -14,6 +14,7 @@ from pydantic import Field, SerializeAsAny, field_validator
 from corpus.fs import scheme_problem
 from mixers.base import MixerConfig, parse_mixer
 from store.configs import Config, SampleLossConfig
+from store.evals import is_task_path
 from store.names import NAME_PATTERN
 from store.schedules import Cosine, ScheduleSpec
 
@@ -126,4 +127,46 @@ class TrackingSpec(Config):
     def _mlflow_store(cls, v: str | None) -> str | None:
         if v is not None and (why := scheme_problem(v, MLFLOW_SCHEMES)):
             raise ValueError(why)
+        return v
+
+
+class EvalResources(Config):
+    cpus: float = Field(1.0, gt=0, le=1024)
+    """CPUs of the Ray task that runs one evaluation (beside the training ranks)."""
+    gpus: float = Field(0.0, ge=0, le=64)
+    """GPUs of that task (0: it evaluates on CPU)."""
+
+
+class EvalSpec(Config):
+    """A downstream evaluation of committed rounds with lm-evaluation-harness (`pip install
+    cpt[eval]`), in its own Ray task while the next round trains; it never fails the run."""
+
+    task: str = Field(min_length=1, max_length=500)
+    """An lm-eval task name (its data comes from the Hub: needs a network), or a folder of lm-eval
+    task YAML files pointing at local data (relative to the spec's folder; every task it defines is
+    evaluated)."""
+    every: Literal["round", "stage"] = "round"
+    """Evaluate every committed round, or each stage's last round."""
+    limit: int | None = Field(None, gt=0, le=10_000_000)
+    """Examples per task (None: all)."""
+    num_fewshot: int = Field(0, ge=0, le=64)
+    """Few-shot examples in each prompt."""
+    role: Literal["source", "target", "none"] = "none"
+    """What the score measures: the domain the model came from (forgetting) or the one it is
+    continued on (gain); recorded with the scores."""
+    resources: EvalResources = Field(default_factory=EvalResources)
+    """The evaluation task's resources."""
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, v: str) -> str:
+        if is_task_path(v):
+            from pathlib import Path
+
+            if not Path(v).is_dir():
+                raise ValueError(f"{v}: not a folder of lm-eval task YAML files")
+            if not any(Path(v).glob("*.yaml")):
+                raise ValueError(f"{v}: holds no *.yaml task files")
+        elif not all(c.isalnum() or c in "_-." for c in v):
+            raise ValueError(f"{v!r}: not an lm-eval task name (letters, digits, _ - .) or a folder path")
         return v

@@ -143,6 +143,17 @@ class Tracker:
         self.client.set_terminated(cid, "FINISHED", end_time=ts_end)
         return cid
 
+    def log_metrics(self, run_ids: list[str], values: dict[str, float], step: int) -> None:
+        """Metrics at one step on each of the given runs (a round's downstream scores: the parent
+        and the round's nested run)."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        for run_id in run_ids:
+            self._batched(run_id, [Metric(k, v, now, step) for k, v in sorted(values.items())])
+
     def _batched(self, run_id: str, metrics: list) -> None:
         for i in range(0, len(metrics), 1000):
             self.client.log_batch(run_id, metrics=metrics[i:i + 1000])

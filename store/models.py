@@ -148,3 +148,25 @@ class Transition(Base):
     feature_version: Mapped[str] = mapped_column(String(8), default="1", server_default="1", index=True)
     """Version of the state features (mixers/agent.py FEATURE_VERSION); agents train on one version."""
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Eval(Base):
+    """One metric of one downstream evaluation (lm-evaluation-harness) of a committed round's
+    checkpoint, or the evaluation's failure (metric and value None, error set)."""
+
+    __tablename__ = "evals"
+    __table_args__ = (UniqueConstraint("run_id", "stage_index", "round_index", "task", "metric"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    stage_index: Mapped[int] = mapped_column(Integer)
+    round_index: Mapped[int] = mapped_column(Integer)
+    task: Mapped[str] = mapped_column(String(200))
+    metric: Mapped[str] = mapped_column(String(200))
+    """lm-eval's `metric,filter` (acc,none); "" for a failed evaluation."""
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    stderr: Mapped[float | None] = mapped_column(Float, nullable=True)
+    samples: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    seconds: Mapped[float] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
+
+import yaml
 
 WORDS = {
     "en": (
@@ -52,3 +55,28 @@ def make_domains(root: Path, langs: tuple[str, ...] = ("en", "de"), docs: int = 
         prepare_domain(raw, lang, root / "data" / lang, tok, val_fraction=0.2)
         out[lang] = root / "data" / lang
     return {"tokenizer": tok, "domains": out, "raw": raws}
+
+
+TASK = "cpt_synth_german"
+
+
+def mc_task(folder: Path, words: dict, n: int = 120, name: str = TASK, data: Path | None = None) -> Path:
+    """An lm-eval task folder: n items, a German context and two continuations, the German one right."""
+    rng = random.Random(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    items = []
+    for _ in range(n):
+        de = " ".join(rng.choice(words["de"]) for _ in range(6)).capitalize()
+        right = " ".join(rng.choice(words["de"]) for _ in range(5))
+        wrong = " ".join(rng.choice(words["en"]) for _ in range(5))
+        gold = rng.randrange(2)
+        items.append({"context": de, "choices": [right, wrong] if gold == 0 else [wrong, right], "gold": gold})
+    path = data or folder / "items.jsonl"
+    if data is None:
+        path.write_text("\n".join(json.dumps(i) for i in items))
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump({
+        "task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(path)}},
+        "test_split": "test", "output_type": "multiple_choice", "doc_to_text": "{{context}}",
+        "doc_to_choice": "{{choices}}", "doc_to_target": "{{gold}}",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]}))
+    return folder

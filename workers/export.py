@@ -45,22 +45,25 @@ def export_hf(checkpoint: str | Path, out: str | Path, tokenizer_json: str | Pat
         raise CheckpointError(f"{checkpoint}: the checkpoint records no model config (written by an older cpt); "
                               f"re-run the round to export it")
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg = AutoConfig.for_model(config.pop("model_type"), **config)
     with torch.random.fork_rng(devices=[]):
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     load_checkpoint(checkpoint, model)
+    own = [Path(model_path) / f for f in TOKENIZER_FILES if model_path and (Path(model_path) / f).is_file()]
+    own = own if model_path and (Path(model_path) / "tokenizer_config.json").is_file() else []
+    if not own:
+        tokenizer = _run_tokenizer(tokenizer_json)
+        _declare_special_tokens(model, tokenizer)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         _save_quietly(model, tmp, max_shard_size)
-        own = [Path(model_path) / f for f in TOKENIZER_FILES if model_path and (Path(model_path) / f).is_file()]
-        if own and (Path(model_path) / "tokenizer_config.json").is_file():
-            for f in own:
-                shutil.copy2(f, tmp / f.name)
-        else:
-            PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_json)).save_pretrained(tmp)
+        for f in own:
+            shutil.copy2(f, tmp / f.name)
+        if not own:
+            tokenizer.save_pretrained(tmp)
         (tmp / "cpt_export.json").write_text(json.dumps({**(extra or {}), "checkpoint": str(checkpoint),
                                                          "tokenizer_hash": meta.get("tokenizer_hash")}, indent=2))
         if out.exists():
@@ -71,6 +74,24 @@ def export_hf(checkpoint: str | Path, out: str | Path, tokenizer_json: str | Pat
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _run_tokenizer(tokenizer_json: str | Path):
+    """The run's tokenizer as a transformers tokenizer that names its special token: training joins
+    documents with EOS (and nothing else), so EOS is also what begins and pads a sequence for tools
+    that ask (lm-evaluation-harness decodes with it; a missing one fails there)."""
+    from transformers import PreTrainedTokenizerFast
+
+    from corpus.tokenizer import EOS
+
+    return PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_json), eos_token=EOS, bos_token=EOS, pad_token=EOS)
+
+
+def _declare_special_tokens(model, tokenizer) -> None:
+    """The token ids in config.json and generation_config.json, as the tokenizer declares them."""
+    eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+    for cfg in (model.config, model.generation_config):
+        cfg.eos_token_id = cfg.bos_token_id = cfg.pad_token_id = eos
 
 
 def _save_quietly(model, folder: Path, max_shard_size: str) -> None:

@@ -1,0 +1,126 @@
+"""Downstream evaluations of committed rounds, beside training.
+
+After each commit (or each stage's last), every `evals:` entry of the spec becomes a Ray task
+with its own resources (workers/evals.py: export, then lm-evaluation-harness); the controller
+never waits for one between rounds. At each round boundary the finished ones are recorded
+(store/evals.py, MLflow `eval.<task>.<metric>` at the round's last step); an evaluation that
+raises is recorded with its error and the run goes on. A checkpoint with an evaluation in flight
+is kept by retention until the evaluation is done. On resume, committed rounds whose checkpoint
+is still kept and that have no successful score for a task are evaluated; at the run's end the
+controller waits for the evaluations still running (a stopped run cancels them: resume runs them).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.callbacks import RoundCallback
+from store import evals as stored
+
+if TYPE_CHECKING:
+    from orchestrator.run_tracking import RunTracking
+    from orchestrator.spec import RunSpec
+    from store.records import RoundPlan, RoundResult
+    from store.runs import RunStore
+
+
+@dataclass(frozen=True)
+class Job:
+    stage: int
+    round: int
+    attempt: int
+    step: int
+    names: tuple[str, ...]
+    """The lm-eval tasks the entry evaluates (a folder may define several)."""
+    started: float
+
+
+class Evals(RoundCallback):
+    def __init__(self, store: RunStore, spec: RunSpec, run_id: str, tracking: RunTracking,
+                 message: Callable[[str], None]):
+        self.store, self.spec, self.run_id, self.tracking, self.message = store, spec, run_id, tracking, message
+        self.jobs: dict[Any, Job] = {}  # Ray ObjectRef -> what it evaluates
+
+    def protected(self) -> set[tuple[int, int, int]]:
+        """(stage, round, attempt) of checkpoints an evaluation still reads: retention keeps them."""
+        return {(j.stage, j.round, j.attempt) for j in self.jobs.values()}
+
+    def round_finished(self, round_id: int, plan: RoundPlan, result: RoundResult) -> None:
+        self.poll()
+        last = plan.round_index == self.spec.stages[plan.stage_index].rounds - 1
+        for entry in self.spec.evals:
+            if entry.every == "round" or last:
+                self._launch(entry, plan.stage_index, plan.round_index, plan.attempt,
+                             plan.global_step_start + plan.num_steps, result.checkpoint)
+
+    def resume(self, committed: list[Any], kept: Callable[[str], bool]) -> None:
+        """Evaluate what a stopped controller left unevaluated (committed rounds still on disk)."""
+        if not self.spec.evals:
+            return
+        from workers.evals import task_names
+
+        done = stored.evaluated(self.store, self.run_id)
+        for c in committed:
+            last = c.round_index == self.spec.stages[c.stage_index].rounds - 1
+            for entry in self.spec.evals:
+                missing = [n for n in task_names(entry.task) if (c.stage_index, c.round_index, n) not in done]
+                if missing and (entry.every == "round" or last) and kept(c.checkpoint):
+                    self._launch(entry, c.stage_index, c.round_index, c.plan.attempt,
+                                 c.plan.global_step_start + c.plan.num_steps, c.checkpoint)
+
+    def _launch(self, entry, stage: int, round_: int, attempt: int, step: int, checkpoint: str) -> None:
+        import ray
+
+        from workers.evals import evaluate, task_names
+
+        task = ray.remote(evaluate).options(num_cpus=entry.resources.cpus, num_gpus=entry.resources.gpus,
+                                            max_retries=0, name=f"cpt-eval-{self.run_id}-s{stage}r{round_}")
+        ref = task.remote(checkpoint, self.spec.tokenizer, entry.task, entry.limit, entry.num_fewshot,
+                          self.spec.seed, entry.resources.gpus)
+        self.jobs[ref] = Job(stage, round_, attempt, step, tuple(task_names(entry.task)), time.monotonic())
+
+    def poll(self, timeout: float | None = 0) -> None:
+        """Record the evaluations that are done (all of them, waiting up to `timeout`; None: no limit)."""
+        import ray
+
+        while self.jobs:
+            ready, _ = ray.wait(list(self.jobs), num_returns=len(self.jobs), timeout=timeout)
+            if not ready:
+                return
+            for ref in ready:
+                self._record(ref, self.jobs.pop(ref))
+            if timeout == 0:
+                return
+
+    def _record(self, ref: Any, job: Job) -> None:
+        import ray
+
+        seconds = time.monotonic() - job.started
+        try:
+            out = ray.get(ref)
+        except Exception as exc:  # the task raised, or its worker died: recorded, the run goes on
+            lines = str(exc).strip().splitlines()
+            why = lines[-1] if lines else type(exc).__name__  # the task's own exception, not Ray's wrapper
+            for name in job.names:
+                stored.record(self.store, self.run_id, job.stage, job.round, name, [], seconds, error=why[:4000])
+            self.message(f"evaluation of round {job.stage}.{job.round} failed ({why[:200]}); the run goes on")
+            return
+        values = {}
+        for name in job.names:
+            scores = out["scores"].get(name, [])
+            stored.record(self.store, self.run_id, job.stage, job.round, name, scores, out["seconds"])
+            values.update({f"eval.{name}.{sc.metric.split(',')[0]}": sc.value for sc in scores})
+        self.tracking.log_evals(job.stage, job.round, job.step, values)
+
+    def run_ended(self, status: str) -> None:
+        if status == "finished":
+            self.poll(timeout=None)  # the last rounds' evaluations: the run is done when they are
+            return
+        import ray
+
+        for ref in self.jobs:  # a stopped run: its resume evaluates these rounds again
+            ray.cancel(ref, force=True)
+        self.jobs.clear()

@@ -1,0 +1,90 @@
+"""Downstream evaluation between rounds with lm-evaluation-harness: a local multiple-choice task
+(which continuation is German?) the tiny model learns as it trains on German; the scores cpt
+records are what `lm_eval.simple_evaluate` gives on `cpt export`'s folder; a task that crashes is
+recorded and the run finishes; resume evaluates what is missing."""
+
+import json
+import signal
+
+import pytest
+import yaml
+
+from store.errors import SpecError
+from store.evals import Score
+from synth import TASK, mc_task
+from workers.evals import scores_of, task_names
+
+
+def test_scores_are_read_from_lm_eval_results_and_task_folders_list_their_tasks(tmp_path):
+    from synth import WORDS
+
+    results = {"results": {"t": {"alias": "t", "acc,none": 0.75, "acc_stderr,none": 0.05, "acc_norm,none": 0.5,
+                                 "acc_norm_stderr,none": "N/A"}},
+               "n-samples": {"t": {"original": 200, "effective": 100}}}
+    assert scores_of(results, "t") == [Score("acc,none", 0.75, 0.05, 100), Score("acc_norm,none", 0.5, None, 100)]
+    assert scores_of(results, "missing") == []
+    folder = mc_task(tmp_path / "tasks", WORDS)
+    assert task_names(str(folder)) == [TASK] and task_names("hellaswag") == ["hellaswag"]
+
+
+def test_eval_entries_are_checked_when_the_spec_is_read(tmp_path, synth):
+    from conftest import tiny_spec
+    from orchestrator.spec import load_spec
+
+    (tmp_path / "empty").mkdir()
+    for task, says in (("../nowhere/x", "not a folder of lm-eval task YAML files"),
+                       ("./empty", r"holds no \*\.yaml task files"), ("bad name!", "not an lm-eval task name")):
+        (tmp_path / "s.yaml").write_text(yaml.safe_dump(tiny_spec(synth, evals=[{"task": task}])))
+        with pytest.raises(SpecError, match=says):
+            load_spec(tmp_path / "s.yaml")
+    mc_task(tmp_path / "tasks", {"de": ["a"], "en": ["b"]}, n=2)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(tiny_spec(synth, evals=[{"task": "./tasks"}])))
+    assert load_spec(tmp_path / "s.yaml")[0].evals[0].task == str((tmp_path / "tasks").resolve())
+
+
+@pytest.mark.e2e
+def test_scores_rise_are_lm_evals_own_survive_a_crashing_task_and_resume_fills_the_gaps(tmp_path, synth):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from conftest import tiny_spec
+    from store.evals import results
+    from synth import WORDS
+    from tests_helpers import cpt, cpt_until_round_runs
+
+    good = mc_task(tmp_path / "german", WORDS)
+    broken = mc_task(tmp_path / "broken", WORDS, n=2, name="cpt_broken", data=tmp_path / "no-such-file.jsonl")
+    spec = tiny_spec(synth, checkpoints={"keep_last": None})
+    spec["stages"] = [{"name": "de", "domains": ["de"], "tokens": 32 * 4 * 90, "rounds": 3,
+                       "schedule": {"kind": "cosine", "peak_lr": 3e-3, "min_lr": 3e-4, "warmup": 0.1}}]
+    spec["evals"] = [{"task": str(good), "role": "target"}, {"task": str(broken), "every": "stage"}]
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(spec))
+    home = tmp_path / "home"
+    # stopped (SIGTERM) once round 0 is committed, while its evaluation runs: resume evaluates it
+    proc, store, run_id = cpt_until_round_runs(home, ["submit", str(tmp_path / "run.yaml"), "--quiet"], finished=1,
+                                               timeout=600)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    assert (0, TASK) not in {(e.round_index, e.task) for e in results(store, run_id) if e.error is None}
+    out = cpt(home, "runs", "resume", run_id, "--quiet", timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads(cpt(home, "runs", "evals", run_id, "--json").stdout)
+    acc = {r["round"]: r["value"] for r in rows if r["task"] == TASK and r["metric"] == "acc,none"}
+    assert sorted(acc) == [0, 1, 2] and all(r["samples"] == 120 for r in rows if r["task"] == TASK)
+    assert acc[2] > acc[0] + 0.15 and acc[2] > 0.7, acc  # it learns which continuation is German
+    failed = [r for r in rows if r["task"] == "cpt_broken"]
+    assert len(failed) == 1 and failed[0]["round"] == 2 and failed[0]["value"] is None and failed[0]["error"]
+    shown = json.loads(cpt(home, "runs", "show", run_id, "--json").stdout)
+    assert shown["status"] == "finished" and shown["evals"][f"{TASK} acc"]["final"] == acc[2]
+
+    # the recorded score is lm-eval's own on the exported checkpoint (the export declares its EOS)
+    export = tmp_path / "export"
+    assert cpt(home, "export", run_id, "--round", "0.2", "-o", str(export)).returncode == 0
+    assert json.loads((export / "config.json").read_text())["eos_token_id"] is not None
+    assert json.loads((export / "tokenizer_config.json").read_text())["eos_token"] == "<|endoftext|>"
+    assert json.loads((export / "generation_config.json").read_text())["eos_token_id"] is not None
+    direct = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": str(export), "dtype": "float32",
+                                                             "device": "cpu"},
+                                     tasks=[TASK], task_manager=TaskManager(include_path=str(good)), batch_size=8)
+    assert direct["results"][TASK]["acc,none"] == pytest.approx(acc[2], abs=1e-9)
+
