@@ -23,6 +23,9 @@ class RoundRecord:
     eval_losses: dict[str, float]
     domain_train_losses: dict[str, float] = field(default_factory=dict)
     domain_loss_trace: dict[str, list[float | None]] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
+    """Downstream scores of the round's checkpoint (`task metric` -> value; spec `evals:`), those
+    recorded by the time the mixer is asked (a mixer with `wait_for_evals` gets its last round's)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ class Observation:
     """A reference run's final validation losses (DoReMi's excess-loss baseline), if configured."""
     seed: int = 0
     """Run seed (random mixers draw from it, so a resumed run repeats its draws)."""
+    score_roles: dict[str, str] = field(default_factory=dict)
+    """Role of each downstream task (`source`: the domain the model came from, `target`: the one it
+    is continued on), from the spec's `evals:`; the scores are in each round's record."""
 
     @property
     def stage_history(self) -> list[RoundRecord]:
@@ -73,6 +79,10 @@ class MixerConfig(Config):
 
     kind: str = ""
     """Registered name of the mixer (`cpt mixers` lists them); the spec's `kind`."""
+    wait_for_evals: bool = False
+    """Before each round, wait for the previous round's downstream evaluations (spec `evals:`) so
+    its scores are in the observation. Training waits too (the previous checkpoint is committed,
+    then evaluated); the wait is recorded as an event of the run."""
 
 
 class Mixer:

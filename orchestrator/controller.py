@@ -243,7 +243,9 @@ class Controller:
     def _run_round(self, i: int, r: int, mixer, reference: dict[str, float], done: list[Finished]) -> None:
         self._check_control("before round start")
         planner = self.planner
-        obs = planner.observation(i, r, done, reference)
+        if getattr(mixer.config, "wait_for_evals", False) and self.spec.evals and done:
+            self._wait_for_evals(mixer.name)
+        obs = planner.observation(i, r, done, reference, self.evals.scores, self.evals.roles())
         weights = planner.propose(mixer, obs)
         attempt = self.store.next_attempt(self.run_id, i, r)
         while True:
@@ -263,6 +265,17 @@ class Controller:
                     raise WriteLost() from exc
                 attempt += 1
         self.commits.add(Pending(round_id, plan, result, obs, weights, mixer.name, mixer.state_dict(), seq))
+
+    def _wait_for_evals(self, mixer: str) -> None:
+        """A mixer that reads downstream scores gets the last round's: its checkpoint is committed
+        (which launches its evaluations), then they are waited for; the wait is an event."""
+        t0 = time.perf_counter()
+        self._drain()
+        self.evals.poll(timeout=None)
+        waited = time.perf_counter() - t0
+        if waited > 0.5:
+            self.store.add_event(self.run_id, f"waited {waited:.1f} s for the last round's evaluations (mixer "
+                                              f"{mixer} reads their scores)")
 
     def _drain(self) -> None:
         """Wait until the pending round's checkpoint is durable and commit it (a stage's end)."""

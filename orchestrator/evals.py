@@ -43,6 +43,16 @@ class Evals(RoundCallback):
                  message: Callable[[str], None]):
         self.store, self.spec, self.run_id, self.tracking, self.message = store, spec, run_id, tracking, message
         self.jobs: dict[Any, Job] = {}  # Ray ObjectRef -> what it evaluates
+        self.scores: dict[tuple[int, int], dict[str, float]] = {}  # (stage, round) -> {"task metric": value}
+        self.task_roles: dict[str, str] = {}  # lm-eval task -> role (source / target / none)
+
+    def roles(self) -> dict[str, str]:
+        """The role of every score seen so far (a mixer's Observation.score_roles)."""
+        return {k: self.task_roles.get(k.split(" ")[0], "none") for v in self.scores.values() for k in v}
+
+    def _keep(self, stage: int, round_: int, task: str, scores: list) -> None:
+        for sc in scores:
+            self.scores.setdefault((stage, round_), {})[f"{task} {sc.metric.split(',')[0]}"] = sc.value
 
     def protected(self) -> set[tuple[int, int, int]]:
         """(stage, round, attempt) of checkpoints an evaluation still reads: retention keeps them."""
@@ -62,6 +72,11 @@ class Evals(RoundCallback):
             return
         from workers.evals import task_names
 
+        for entry in self.spec.evals:
+            self.task_roles.update(dict.fromkeys(task_names(entry.task), entry.role))
+        for e in stored.results(self.store, self.run_id):  # what mixers see of earlier rounds
+            if e.error is None and e.value is not None:
+                self._keep(e.stage_index, e.round_index, e.task, [e])
         done = stored.evaluated(self.store, self.run_id)
         for c in committed:
             last = c.round_index == self.spec.stages[c.stage_index].rounds - 1
@@ -80,7 +95,9 @@ class Evals(RoundCallback):
                                             max_retries=0, name=f"cpt-eval-{self.run_id}-s{stage}r{round_}")
         ref = task.remote(checkpoint, self.spec.tokenizer, entry.task, entry.limit, entry.num_fewshot,
                           self.spec.seed, entry.resources.gpus)
-        self.jobs[ref] = Job(stage, round_, attempt, step, tuple(task_names(entry.task)), time.monotonic())
+        names = tuple(task_names(entry.task))
+        self.task_roles.update(dict.fromkeys(names, entry.role))
+        self.jobs[ref] = Job(stage, round_, attempt, step, names, time.monotonic())
 
     def poll(self, timeout: float | None = 0) -> None:
         """Record the evaluations that are done (all of them, waiting up to `timeout`; None: no limit)."""
@@ -112,6 +129,7 @@ class Evals(RoundCallback):
         for name in job.names:
             scores = out["scores"].get(name, [])
             stored.record(self.store, self.run_id, job.stage, job.round, name, scores, out["seconds"])
+            self._keep(job.stage, job.round, name, scores)
             values.update({f"eval.{name}.{sc.metric.split(',')[0]}": sc.value for sc in scores})
         self.tracking.log_evals(job.stage, job.round, job.step, values)
 

@@ -15,7 +15,7 @@ shares) is decided here, so it is unit-tested without a cluster:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,10 +112,16 @@ class RoundPlanner:
         return paths
 
     # ---- the mixer's side ----------------------------------------------------------------------
-    def observation(self, i: int, r: int, done: list[Finished], reference: Mapping[str, float]) -> Observation:
-        """What the mixer of stage i sees before round r: the run's history and the stage's start."""
+    def observation(self, i: int, r: int, done: list[Finished], reference: Mapping[str, float],
+                    scores: Mapping[tuple[int, int], dict[str, float]] | None = None,
+                    roles: Mapping[str, str] | None = None) -> Observation:
+        """What the mixer of stage i sees before round r: the run's history (with the downstream
+        scores recorded so far, by (stage, round)) and the stage's start."""
         st = self.spec.stages[i]
         history = self._history(done)
+        if scores:  # they arrive after their round committed: laid over the cached records
+            history = [replace(h, scores=dict(scores[(h.stage_index, h.round_index)]))
+                       if (h.stage_index, h.round_index) in scores else h for h in history]
         earlier = [x for x in done if x.stage_index < i]
         # a stage starts where the previous one ended; the first, at the losses measured before any
         # training (known once its first round has run)
@@ -127,7 +133,7 @@ class RoundPlanner:
         return Observation(stage_index=i, round_index=r, num_rounds=st.rounds, stage_domains=list(st.domains),
                            replay_domains=self.spec.replay_domains(i), replay_fraction=st.replay.fraction,
                            domain_tokens=tokens, history=history, start_losses=dict(start),
-                           reference_losses=dict(reference), seed=self.spec.seed)
+                           reference_losses=dict(reference), seed=self.spec.seed, score_roles=dict(roles or {}))
 
     def _history(self, done: list[Finished]) -> list[RoundRecord]:
         """The mixer's view of `done`, built incrementally: the committed rounds are the same

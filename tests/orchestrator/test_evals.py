@@ -88,3 +88,48 @@ def test_scores_rise_are_lm_evals_own_survive_a_crashing_task_and_resume_fills_t
                                      tasks=[TASK], task_manager=TaskManager(include_path=str(good)), batch_size=8)
     assert direct["results"][TASK]["acc,none"] == pytest.approx(acc[2], abs=1e-9)
 
+
+
+@pytest.mark.e2e
+def test_a_mixer_that_waits_for_evals_sees_the_last_rounds_scores(tmp_path, synth, ray_local):
+    """`wait_for_evals: true`: before each round the previous round is committed and evaluated, and
+    the mixer's observation carries its scores (with their roles); the wait is an event."""
+    from conftest import GROUPS, recorded_run, tiny_spec
+    from mixers.base import Mixer, MixerConfig, Observation, register
+    from orchestrator.controller import Controller
+    from synth import WORDS
+
+    @register
+    class ScoreSeer(Mixer):
+        """Uniform weights; remembers the scores each observation carried."""
+
+        name = "score_seer"
+        Config = MixerConfig
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.seen: list = []
+
+        def propose(self, obs: Observation) -> dict[str, float]:
+            self.seen.append({"round": obs.round_index, "roles": obs.score_roles,
+                              "scores": {f"{h.stage_index}.{h.round_index}": h.scores for h in obs.history}})
+            return {d: 1 / len(obs.domains) for d in obs.domains}
+
+        def state_dict(self):
+            return {"seen": self.seen}
+
+    GROUPS.close()  # pooled groups of earlier tests hold the CPU the evaluations need
+    spec = tiny_spec(synth, evals=[{"task": str(mc_task(tmp_path / "task", WORDS, n=40)), "role": "target"}])
+    spec["stages"] = [{"name": "de", "domains": ["de"], "tokens": 32 * 4 * 9, "rounds": 3,
+                       "mixer": {"kind": "score_seer", "wait_for_evals": True},
+                       "schedule": {"kind": "cosine", "peak_lr": 3e-3, "min_lr": 3e-4, "warmup": 0.1}}]
+    home, store, run_id = recorded_run(tmp_path / "home", spec)
+    assert Controller(store, home, run_id, tracking=False, groups=GROUPS).run() == "finished"
+    seen = store.rounds(run_id, status="finished")[-1].mixer_state["seen"]
+    assert [s["round"] for s in seen] == [0, 1, 2]
+    assert seen[0]["scores"] == {}  # nothing evaluated before round 0
+    for s in seen[1:]:  # round r saw the scores of every earlier round, round r - 1's included
+        assert sorted(s["scores"]) == [f"0.{k}" for k in range(s["round"])]
+        assert all(0 <= v[f"{TASK} acc"] <= 1 for v in s["scores"].values())
+        assert s["roles"] == {f"{TASK} acc": "target"}
+    assert sum("waited" in e.message for e in store.events(run_id) if e.message) == 2
