@@ -135,7 +135,8 @@ def test_a_controller_paused_past_its_lease_writes_nothing_after_the_take_over(t
                                   env=cli_env(home, ttl), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 60
         while store.get_run(run_id).lease_owner in (owner, None):
-            assert time.time() < deadline and second.poll() is None, "the lease was not taken over"
+            assert time.time() < deadline and second.poll() is None, \
+                f"the lease was not taken over: {second.stderr.read().decode()[-2000:] if second.poll() else ''}"
             time.sleep(0.1)
         taken = len(store.events(run_id))
     finally:
