@@ -34,8 +34,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 def cli(home: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "CPT_HOME": str(home), "PYTHONPATH": str(ROOT), "CPT_DASHBOARD": "0"}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], env=env, capture_output=True, text=True,
-                          check=True, timeout=3600)
+    out = subprocess.run([sys.executable, "-m", "cli.main", *args], env=env, capture_output=True, text=True,
+                         timeout=3600)
+    if out.returncode:
+        raise SystemExit(f"cpt {' '.join(args)}: exit {out.returncode}\n{out.stderr[-3000:]}")
+    return out
 
 
 def main() -> None:

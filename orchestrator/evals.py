@@ -87,16 +87,26 @@ class Evals(RoundCallback):
                                  c.plan.global_step_start + c.plan.num_steps, c.checkpoint)
 
     def _launch(self, entry, stage: int, round_: int, attempt: int, step: int, checkpoint: str) -> None:
-        import ray
+        from workers.evals import task_names
 
-        from workers.evals import evaluate, task_names
-
-        task = ray.remote(evaluate).options(num_cpus=entry.resources.cpus, num_gpus=entry.resources.gpus,
-                                            max_retries=0, name=f"cpt-eval-{self.run_id}-s{stage}r{round_}")
-        ref = task.remote(checkpoint, self.spec.tokenizer, entry.task, entry.limit, entry.num_fewshot,
-                          self.spec.seed, entry.resources.gpus)
         names = tuple(task_names(entry.task))
         self.task_roles.update(dict.fromkeys(names, entry.role))
+        try:
+            import ray
+
+            from workers.evals import evaluate
+
+            # max_calls=1: the worker process (niced: workers/evals.py) exits with the task, never reused by a rank
+            task = ray.remote(max_calls=1, max_retries=0)(evaluate).options(
+                num_cpus=entry.resources.cpus, num_gpus=entry.resources.gpus,
+                name=f"cpt-eval-{self.run_id}-s{stage}r{round_}")
+            ref = task.remote(checkpoint, self.spec.tokenizer, entry.task, entry.limit, entry.num_fewshot,
+                              self.spec.seed, entry.resources.gpus)
+        except Exception as exc:  # an evaluation that cannot even start is recorded, like one that fails
+            for name in names:
+                stored.record(self.store, self.run_id, stage, round_, name, [], 0.0, error=f"not started: {exc}")
+            self.message(f"evaluation of round {stage}.{round_} could not start ({exc}); the run goes on")
+            return
         self.jobs[ref] = Job(stage, round_, attempt, step, names, time.monotonic())
 
     def poll(self, timeout: float | None = 0) -> None:

@@ -57,6 +57,9 @@ def evaluate(checkpoint: str, tokenizer: str, task: str, limit: int | None, num_
     from workers.export import export_hf
 
     t0 = time.perf_counter()
+    # the ranks are the workload: on a node they share, an evaluation takes only the CPU they leave
+    # (its worker process ends with the task, max_calls=1: no later task inherits the priority)
+    os.nice(max(0, 19 - os.nice(0)))
     if "OMP_NUM_THREADS" in os.environ:  # a reused Ray worker: the threads this task was given
         torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
     local = is_task_path(task)
