@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -119,20 +120,25 @@ fetched = {"files": 0, "bytes": 0}
 
 
 def fetch_shard(uri: str, sha256: str) -> Path:
-    """A local, checksum-verified copy of a remote shard, downloaded once per node: the ranks of a
-    node that ask at once take a lock, one downloads, the others use its copy."""
-    import fcntl
-
+    """A local, checksum-verified copy of a remote shard, downloaded once per node."""
     if not (len(sha256) == 64 and all(c in "0123456789abcdef" for c in sha256)):
         raise DataError(f"{_shown(uri)}: manifest.json gives no valid sha256 for this shard")
     target = cache_dir() / f"{sha256}.arrow"
-    if target.is_file():
+    return _once_per_node(target, Path.is_file, lambda: _fetch(uri, sha256, target))
+
+
+def _once_per_node(target: Path, exists: Callable[[Path], bool], make: Callable[[], object]) -> Path:
+    """`target`, made by `make` unless it exists. The processes of a node (its ranks) ask at once: a
+    lock file makes one of them make it while the others wait for it."""
+    import fcntl
+
+    if exists(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.with_name(f".{target.name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
-        if not target.is_file():  # not fetched by another process of this node meanwhile
-            _fetch(uri, sha256, target)
+        if not exists(target):  # not made by another process of this node meanwhile
+            make()
     return target
 
 
@@ -187,19 +193,9 @@ def upload_folder(local: Path, uri: str, last: str = "manifest.json") -> None:
 
 def local_copy(uri: str, kind: str = "checkpoints") -> Path:
     """A local copy of a remote folder (a checkpoint), downloaded once per node into the cache:
-    fetched into a temp folder and renamed, so a copy that exists is complete. The ranks of a node
-    ask at once; a lock file makes one of them download while the others wait for its copy."""
-    import fcntl
-
+    fetched into a temp folder and renamed, so a copy that exists is complete."""
     target = cache_root() / kind / hashlib.sha256(uri.encode()).hexdigest()[:24]
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.with_name(f".{target.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
-        if target.is_dir():  # another rank of this node fetched it meanwhile
-            return target
-        return _download(uri, target)
+    return _once_per_node(target, Path.is_dir, lambda: _download(uri, target))
 
 
 def evict(uri: str, kind: str = "checkpoints") -> None:
@@ -244,13 +240,19 @@ def list_folders(location: str) -> list[str]:
         return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
     import pyarrow.fs as pafs
 
-    fs, base = _filesystem(location)
+    return sorted(i.base_name for i in _entries(location) if i.type == pafs.FileType.Directory)
+
+
+def _entries(uri: str) -> list:
+    """The file infos directly in a remote folder ([] if it does not exist)."""
+    import pyarrow.fs as pafs
+
+    fs, base = _filesystem(uri)
     try:
-        infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        return fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
     except Exception as exc:
-        raise DataError(f"{_shown(location)}: cannot list ({type(exc).__name__}: {str(exc).splitlines()[0]})") \
+        raise DataError(f"{_shown(uri)}: cannot list ({type(exc).__name__}: {str(exc).splitlines()[0]})") \
             from None
-    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
 
 def probe_writable(location: str) -> None:
@@ -293,12 +295,7 @@ def list_files(uri: str) -> list[str]:
     """Names of the files directly in a remote folder ([] if it does not exist)."""
     import pyarrow.fs as pafs
 
-    fs, base = _filesystem(uri)
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
-    except Exception as exc:
-        raise DataError(f"{_shown(uri)}: cannot list ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-    return sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
+    return sorted(i.base_name for i in _entries(uri) if i.type == pafs.FileType.File)
 
 
 def delete_files(uri: str, names: list[str]) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 from corpus import fs
 from corpus.shards import FORMAT, SHARD_TOKENS, ShardWriter, publish_folder, read_manifest, write_json_atomic
 from corpus.sources import documents as read_documents
-from corpus.sources import list_inputs
+from corpus.sources import list_inputs, plain_bytes
 from corpus.tokenizer import EOS, load_tokenizer, tokenizer_hash
 from store.errors import DataError
 from store.files import check_replaceable
@@ -70,6 +70,38 @@ def make_manifest(domain: str, sources: list[Any], tokenizer_path: str | Path, v
     }
 
 
+def check_val_fraction(val_fraction: float) -> None:
+    if not 0 < val_fraction < 1:
+        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """An existing local `out` is refused, or with `overwrite` checked to be a domain folder."""
+    if out.exists() and not overwrite:
+        raise DataError(f"{out}: already exists (pass --overwrite to replace it)")
+    if out.exists():
+        check_replaceable(out, "manifest.json", "a domain folder")
+
+
+def staging_folder(out: Path) -> Path:
+    """The temp folder a local domain is built in, beside `out` (renamed into place when complete)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    return tmp
+
+
+def existing_remote_domain(out: str, overwrite: bool) -> dict[str, Any] | None:
+    """The manifest of the domain already at a remote `out` (None if none); refused without `overwrite`."""
+    try:
+        old = read_manifest(out)
+    except DataError:
+        return None
+    if not overwrite:
+        raise DataError(f"{out}: already holds a prepared domain (pass --overwrite to replace it)")
+    return old
+
+
 def prepare_domain(src: str | Path | list[str | Path], domain: str, out: str | Path, tokenizer_path: str | Path,
                    **options: Any) -> dict[str, Any]:
     """Tokenize documents into `out`/{train,val}-NNNNN.arrow + manifest.json. Returns the manifest.
@@ -78,14 +110,7 @@ def prepare_domain(src: str | Path | list[str | Path], domain: str, out: str | P
     uploaded shards first and manifest last, so readers never see a half-written domain."""
     if not fs.is_remote(out):
         return _prepare_local(src, domain, fs.local_path(out), tokenizer_path, **options)
-    overwrite = options.pop("overwrite", False)
-    try:
-        read_manifest(out)
-        exists = True
-    except DataError:
-        exists = False
-    if exists and not overwrite:
-        raise DataError(f"{out}: already holds a prepared domain (pass --overwrite to replace it)")
+    existing_remote_domain(str(out), options.pop("overwrite", False))
     with tempfile.TemporaryDirectory(prefix="cpt-prepare-") as tmp:
         staged = Path(tmp) / domain.replace("/", "_")
         manifest = _prepare_local(src, domain, staged, tokenizer_path, **options)
@@ -99,13 +124,9 @@ def _prepare_local(src: str | Path | list[str | Path], domain: str, out: str | P
                    on_progress: Callable[[int, int, float | None], None] | None = None,
                    documents: Iterator[str] | None = None, doc_sep: str | None = None,
                    shard_tokens: int = SHARD_TOKENS, batch_chars: int = 1 << 20) -> dict[str, Any]:
-    if not 0 < val_fraction < 1:
-        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise DataError(f"{out}: already exists (pass --overwrite to replace it)")
-    if out.exists():  # refused before tokenizing, not after
-        check_replaceable(out, "manifest.json", "a domain folder")
+    check_output(out, overwrite)  # refused before tokenizing, not after
     tok = load_tokenizer(tokenizer_path)
     eos = tok.token_to_id(EOS)
     sources = src if isinstance(src, list) else [src]
@@ -113,15 +134,13 @@ def _prepare_local(src: str | Path | list[str | Path], domain: str, out: str | P
     if documents is None:
         inputs = [i for s in sources for i in list_inputs(s)]  # a missing source fails before anything is made
         documents = (d for i in inputs for d in read_documents(i, text_field, doc_sep))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
+    tmp = staging_folder(out)
     try:
         writers = {"train": ShardWriter(tmp, "train", shard_tokens), "val": ShardWriter(tmp, "val", shard_tokens)}
         docs = {"train": 0, "val": 0}
         n = tokens = chars = submitted = done_chars = 0
         batch: list[str] = []
-        total = sum(i.size for i in inputs) if inputs and all(i.plain for i in inputs) else None
+        total = plain_bytes(inputs)
 
         def write(texts: list[str], encodings) -> None:
             nonlocal n, tokens, done_chars

@@ -29,8 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from corpus import fs
-from corpus.shards import SHARD_TOKENS, ShardWriter, publish_folder, read_manifest, write_json_atomic
-from corpus.sources import Input, documents, list_inputs
+from corpus.ingest import (
+    add_documents,
+    check_output,
+    check_val_fraction,
+    existing_remote_domain,
+    make_manifest,
+    staging_folder,
+)
+from corpus.shards import SHARD_TOKENS, ShardWriter, publish_folder, write_json_atomic
+from corpus.sources import Input, documents, list_inputs, plain_bytes
 from store.errors import DataError
 
 BLOCK_CHARS = 4 << 20  # text per block: one tokenize-and-write batch, about a million tokens
@@ -103,8 +111,6 @@ class Encoder:
         self.attempt = attempt
 
     def __call__(self, batch: Any) -> dict[str, list]:
-        from corpus.ingest import add_documents
-
         texts = batch["text"].to_pylist()
         # named by attempt and first document: a retried block rewrites its own files, never another
         # attempt's (object storage: the live domain's shards stay until the new manifest replaces it)
@@ -139,21 +145,19 @@ def prepare_ray(src: str | Path | list[str | Path], domain: str, out: str | Path
     """Prepare a domain on the connected Ray cluster (ray.init done by the caller). Returns the manifest."""
     import ray
 
-    from corpus.ingest import make_manifest
     from corpus.tokenizer import EOS, load_tokenizer
 
-    if not 0 < val_fraction < 1:
-        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)
     sources = src if isinstance(src, list) else [src]
     inputs = [i for s in sources for i in list_inputs(s)]
     tok = load_tokenizer(tokenizer_path)  # a bad tokenizer fails here, not in every actor
     remote = fs.is_remote(out)
-    staging, old = _staging(str(out), domain, overwrite) if remote else (_local_staging(Path(out), overwrite), None)
+    staging, old = _staging(str(out), overwrite) if remote else (_local_staging(Path(out), overwrite), None)
     workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     try:
         ds = _pipeline(inputs, text_field, doc_sep, str(tokenizer_path), staging, val_fraction, seed, shard_tokens,
                        workers, block_chars)
-        total = sum(i.size for i in inputs) if all(i.plain for i in inputs) else None
+        total = plain_bytes(inputs)
         shards, docs, seen = [], {"train": 0, "val": 0}, [0, 0, 0]  # documents, tokens, chars
         for batch in _unwrapped(ds.iter_batches(batch_size=None, batch_format="pyarrow")):
             for row in batch.to_pylist():
@@ -223,36 +227,32 @@ def _unwrapped(batches: Iterator) -> Iterator:
 
 
 def _local_staging(out: Path, overwrite: bool) -> str:
-    from store.files import check_replaceable
-
-    if out.exists() and not overwrite:
-        raise DataError(f"{out}: already exists (pass --overwrite to replace it)")
-    if out.exists():
-        check_replaceable(out, "manifest.json", "a domain folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_output(out, overwrite)
     for stale in out.parent.glob(f".{out.name}.tmp-*"):  # an earlier attempt killed before it cleaned up
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    return str(tmp)
+    return str(staging_folder(out))
 
 
-def _staging(out: str, domain: str, overwrite: bool) -> tuple[str, dict[str, Any] | None]:
+def _live(manifest: dict[str, Any] | None) -> set[str]:
+    """The shard files a manifest lists (none without one)."""
+    return {sh["file"] for sh in manifest["shards"]} if manifest else set()
+
+
+def _sweep(uri: str, keep: set[str]) -> None:
+    """Delete the files of a remote domain folder that are neither in `keep` nor its manifest."""
+    fs.delete_files(uri, [n for n in fs.list_files(uri) if n not in keep and n != "manifest.json"])
+
+
+def _staging(out: str, overwrite: bool) -> tuple[str, dict[str, Any] | None]:
     """Object storage: shards go straight to `out`; what an earlier failed attempt left there (files
     the current manifest does not list) is deleted first."""
-    try:
-        old: dict[str, Any] | None = read_manifest(out)
-    except DataError:
-        old = None
-    if old is not None and not overwrite:
-        raise DataError(f"{out}: already holds a prepared domain (pass --overwrite to replace it)")
-    live = {sh["file"] for sh in old["shards"]} if old else set()
-    fs.delete_files(out, [n for n in fs.list_files(out) if n not in live and n != "manifest.json"])
+    old = existing_remote_domain(out, overwrite)
+    _sweep(out, _live(old))
     return out, old
 
 
 def _publish(manifest: dict[str, Any], staging: str, out: str, old: dict[str, Any] | None, overwrite: bool) -> None:
-    listed = {sh["file"] for sh in manifest["shards"]}
+    listed = _live(manifest)
     if not fs.is_remote(out):
         for p in Path(staging).iterdir():  # a retried block's partial files
             if p.name not in listed:
@@ -260,18 +260,16 @@ def _publish(manifest: dict[str, Any], staging: str, out: str, old: dict[str, An
         write_json_atomic(Path(staging) / "manifest.json", manifest)
         publish_folder(Path(staging), Path(out), overwrite)
         return
-    live = {sh["file"] for sh in old["shards"]} if old else set()
-    fs.delete_files(out, [n for n in fs.list_files(out) if n not in listed | live and n != "manifest.json"])
+    _sweep(out, listed | _live(old))
     with tempfile.TemporaryDirectory(prefix="cpt-manifest-") as tmp:
         write_json_atomic(Path(tmp) / "manifest.json", manifest)
         fs.upload_files([Path(tmp) / "manifest.json"], out)  # the publication: one PUT
-    fs.delete_files(out, sorted(live - listed))
+    fs.delete_files(out, sorted(_live(old) - listed))
 
 
 def _discard(staging: str, remote: bool, old: dict[str, Any] | None) -> None:
     if not remote:
         shutil.rmtree(staging, ignore_errors=True)
         return
-    live = {sh["file"] for sh in old["shards"]} if old else set()
     with contextlib.suppress(DataError):  # else the next attempt deletes them (see _staging)
-        fs.delete_files(staging, [n for n in fs.list_files(staging) if n not in live and n != "manifest.json"])
+        _sweep(staging, _live(old))

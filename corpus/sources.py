@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from corpus import fs
-from store.errors import DataError
+from store.errors import DataError, first_line
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".ndjson")
 READ_CHARS = 1 << 20
@@ -43,6 +43,11 @@ class Input:
         return not self.uri.split("?", 1)[0].lower().endswith((".gz", ".zst", ".parquet"))
 
 
+def plain_bytes(inputs: list[Input]) -> int | None:
+    """Bytes of the inputs when all are plain (progress through them is measurable), else None."""
+    return sum(i.size for i in inputs) if inputs and all(i.plain for i in inputs) else None
+
+
 def list_inputs(src: str | Path) -> list[Input]:
     """The input files of one SRC argument, in a fixed order (sorted paths)."""
     text = str(src)
@@ -50,7 +55,7 @@ def list_inputs(src: str | Path) -> list[Input]:
         return _remote(text)
     path = fs.local_path(text)
     if GLOB.search(str(path)) and not path.exists():
-        root = Path(*[p for p in _until_glob(path.parts)]) or Path(".")
+        root = Path(*_until_glob(path.parts))  # "." when the glob starts the path
         rx = _glob_regex(str(path))
         files = sorted(p for p in root.rglob("*") if p.is_file() and rx.fullmatch(str(p)) and not _hidden(p, root))
         if not files:
@@ -177,11 +182,8 @@ def documents(inp: Input, text_field: str = "text", doc_sep: str | None = None) 
     except DataError:
         raise
     except OSError as exc:
-        raise DataError(f"{inp.shown}: cannot read ({exc.strerror or first(exc)})") from None
-
-
-def first(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"{inp.shown}: cannot read ({exc.strerror or first_line(exc) or type(exc).__name__})") \
+            from None
 
 
 def _text(shown: str, raw: BinaryIO, sep: str | None) -> Iterator[str]:
@@ -261,7 +263,8 @@ def _parquet(inp: Input, field: str) -> Iterator[str]:
         else:
             pf = pq.ParquetFile(inp.uri)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{inp.shown}: not a readable Parquet file ({first(exc)})") from None
+        raise DataError(f"{inp.shown}: not a readable Parquet file ({first_line(exc) or type(exc).__name__})") \
+            from None
     if field not in pf.schema_arrow.names:
         raise DataError(f"{inp.shown}: no column {field!r} (columns: {pf.schema_arrow.names})")
     for batch in pf.iter_batches(columns=[field], batch_size=1024):

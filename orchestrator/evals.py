@@ -44,7 +44,11 @@ class Evals(RoundCallback):
         self.store, self.spec, self.run_id, self.tracking, self.message = store, spec, run_id, tracking, message
         self.jobs: dict[Any, Job] = {}  # Ray ObjectRef -> what it evaluates
         self.scores: dict[tuple[int, int], dict[str, float]] = {}  # (stage, round) -> {"task metric": value}
-        self.task_roles: dict[str, str] = {}  # lm-eval task -> role (source / target / none)
+        from workers.evals import task_names
+
+        # the lm-eval tasks of each entry (a folder's YAML read once) and each task's role
+        self.names = [tuple(task_names(entry.task)) for entry in spec.evals]
+        self.task_roles = {n: entry.role for entry, names in zip(spec.evals, self.names, strict=True) for n in names}
 
     def roles(self) -> dict[str, str]:
         """The role of every score seen so far (a mixer's Observation.score_roles)."""
@@ -52,7 +56,11 @@ class Evals(RoundCallback):
 
     def _keep(self, stage: int, round_: int, task: str, scores: list) -> None:
         for sc in scores:
-            self.scores.setdefault((stage, round_), {})[f"{task} {sc.metric.split(',')[0]}"] = sc.value
+            self.scores.setdefault((stage, round_), {})[stored.score_key(task, sc.metric)] = sc.value
+
+    def _due(self, entry, stage: int, round_: int) -> bool:
+        """Whether an entry evaluates this round: every round, or each stage's last."""
+        return entry.every == "round" or round_ == self.spec.stages[stage].rounds - 1
 
     def protected(self) -> set[tuple[int, int, int]]:
         """(stage, round, attempt) of checkpoints an evaluation still reads: retention keeps them."""
@@ -60,37 +68,29 @@ class Evals(RoundCallback):
 
     def round_finished(self, round_id: int, plan: RoundPlan, result: RoundResult) -> None:
         self.poll()
-        last = plan.round_index == self.spec.stages[plan.stage_index].rounds - 1
-        for entry in self.spec.evals:
-            if entry.every == "round" or last:
-                self._launch(entry, plan.stage_index, plan.round_index, plan.attempt,
+        for k, entry in enumerate(self.spec.evals):
+            if self._due(entry, plan.stage_index, plan.round_index):
+                self._launch(k, plan.stage_index, plan.round_index, plan.attempt,
                              plan.global_step_start + plan.num_steps, result.checkpoint)
 
     def resume(self, committed: list[Any], kept: Callable[[str], bool]) -> None:
         """Evaluate what a stopped controller left unevaluated (committed rounds still on disk)."""
         if not self.spec.evals:
             return
-        from workers.evals import task_names
-
-        for entry in self.spec.evals:
-            self.task_roles.update(dict.fromkeys(task_names(entry.task), entry.role))
         for e in stored.results(self.store, self.run_id):  # what mixers see of earlier rounds
             if e.error is None and e.value is not None:
                 self._keep(e.stage_index, e.round_index, e.task, [e])
         done = stored.evaluated(self.store, self.run_id)
         for c in committed:
-            last = c.round_index == self.spec.stages[c.stage_index].rounds - 1
-            for entry in self.spec.evals:
-                missing = [n for n in task_names(entry.task) if (c.stage_index, c.round_index, n) not in done]
-                if missing and (entry.every == "round" or last) and kept(c.checkpoint):
-                    self._launch(entry, c.stage_index, c.round_index, c.plan.attempt,
+            for k, entry in enumerate(self.spec.evals):
+                missing = [n for n in self.names[k] if (c.stage_index, c.round_index, n) not in done]
+                if missing and self._due(entry, c.stage_index, c.round_index) and kept(c.checkpoint):
+                    self._launch(k, c.stage_index, c.round_index, c.plan.attempt,
                                  c.plan.global_step_start + c.plan.num_steps, c.checkpoint)
 
-    def _launch(self, entry, stage: int, round_: int, attempt: int, step: int, checkpoint: str) -> None:
-        from workers.evals import task_names
-
-        names = tuple(task_names(entry.task))
-        self.task_roles.update(dict.fromkeys(names, entry.role))
+    def _launch(self, k: int, stage: int, round_: int, attempt: int, step: int, checkpoint: str) -> None:
+        """Start the spec's k-th evaluation of round (stage, round_)."""
+        entry, names = self.spec.evals[k], self.names[k]
         try:
             import ray
 
@@ -103,9 +103,7 @@ class Evals(RoundCallback):
             ref = task.remote(checkpoint, self.spec.tokenizer, entry.task, entry.limit, entry.num_fewshot,
                               self.spec.seed, entry.resources.gpus)
         except Exception as exc:  # an evaluation that cannot even start is recorded, like one that fails
-            for name in names:
-                stored.record(self.store, self.run_id, stage, round_, name, [], 0.0, error=f"not started: {exc}")
-            self.message(f"evaluation of round {stage}.{round_} could not start ({exc}); the run goes on")
+            self._failed(stage, round_, names, 0.0, f"not started: {exc}")
             return
         self.jobs[ref] = Job(stage, round_, attempt, step, names, time.monotonic())
 
@@ -131,17 +129,20 @@ class Evals(RoundCallback):
         except Exception as exc:  # the task raised, or its worker died: recorded, the run goes on
             lines = str(exc).strip().splitlines()
             why = lines[-1] if lines else type(exc).__name__  # the task's own exception, not Ray's wrapper
-            for name in job.names:
-                stored.record(self.store, self.run_id, job.stage, job.round, name, [], seconds, error=why[:4000])
-            self.message(f"evaluation of round {job.stage}.{job.round} failed ({why[:200]}); the run goes on")
+            self._failed(job.stage, job.round, job.names, seconds, why)
             return
         values = {}
         for name in job.names:
             scores = out["scores"].get(name, [])
             stored.record(self.store, self.run_id, job.stage, job.round, name, scores, out["seconds"])
             self._keep(job.stage, job.round, name, scores)
-            values.update({f"eval.{name}.{sc.metric.split(',')[0]}": sc.value for sc in scores})
+            values.update({f"eval.{name}.{sc.metric.split(',')[0]}": sc.value for sc in scores})  # MLflow's names
         self.tracking.log_evals(job.stage, job.round, job.step, values)
+
+    def _failed(self, stage: int, round_: int, names: tuple[str, ...], seconds: float, why: str) -> None:
+        for name in names:
+            stored.record(self.store, self.run_id, stage, round_, name, [], seconds, error=why[:4000])
+        self.message(f"evaluation of round {stage}.{round_} failed ({why[:200]}); the run goes on")
 
     def run_ended(self, status: str) -> None:
         if status == "finished":

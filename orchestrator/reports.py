@@ -57,12 +57,12 @@ def summary(store: RunStore, run_id: str, domains: list[str] | None = None) -> d
 
 def eval_curves(store: RunStore, run_id: str) -> dict[str, list[tuple[int, int, float]]]:
     """Each downstream score (`task` `metric`) over the run: (stage, round, value), in round order."""
-    from store.evals import results
+    from store.evals import results, score_key
 
     out: dict[str, list[tuple[int, int, float]]] = {}
     for e in results(store, run_id):
         if e.error is None and e.value is not None:
-            out.setdefault(f"{e.task} {e.metric.split(',')[0]}", []).append((e.stage_index, e.round_index, e.value))
+            out.setdefault(score_key(e.task, e.metric), []).append((e.stage_index, e.round_index, e.value))
     return out
 
 

@@ -34,6 +34,11 @@ class Score:
     samples: int | None
 
 
+def score_key(task: str, metric: str) -> str:
+    """How a score is named to mixers and in reports: `task metric`, the filter dropped (acc,none -> acc)."""
+    return f"{task} {metric.split(',')[0]}"
+
+
 def record(store: RunStore, run_id: str, stage: int, round_: int, task: str, scores: list[Score],
            seconds: float, error: str | None = None) -> None:
     """A task's evaluation of round (stage, round_): its scores, or its error (scores empty)."""

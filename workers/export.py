@@ -51,10 +51,12 @@ def export_hf(checkpoint: str | Path, out: str | Path, tokenizer_json: str | Pat
     with torch.random.fork_rng(devices=[]):
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     load_checkpoint(checkpoint, model)
-    own = [Path(model_path) / f for f in TOKENIZER_FILES if model_path and (Path(model_path) / f).is_file()]
-    own = own if model_path and (Path(model_path) / "tokenizer_config.json").is_file() else []
-    if not own:
-        tokenizer = _run_tokenizer(tokenizer_json)
+    # the continued model's own tokenizer files when it had a complete set, else the run's tokenizer
+    own = []
+    if model_path and (Path(model_path) / "tokenizer_config.json").is_file():
+        own = [Path(model_path) / f for f in TOKENIZER_FILES if (Path(model_path) / f).is_file()]
+    tokenizer = None if own else _run_tokenizer(tokenizer_json)
+    if tokenizer is not None:
         _declare_special_tokens(model, tokenizer)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -62,7 +64,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, tokenizer_json: str | Pat
         _save_quietly(model, tmp, max_shard_size)
         for f in own:
             shutil.copy2(f, tmp / f.name)
-        if not own:
+        if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         (tmp / "cpt_export.json").write_text(json.dumps({**(extra or {}), "checkpoint": str(checkpoint),
                                                          "tokenizer_hash": meta.get("tokenizer_hash")}, indent=2))

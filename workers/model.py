@@ -49,7 +49,7 @@ def build_model(model: ModelConfig | dict[str, Any], vocab_size: int, seq_len: i
     import torch
     from transformers import AutoModelForCausalLM
 
-    from workers.families import family
+    from workers.init import materialize
 
     model = ModelConfig.model_validate(model)
     if model.path and is_cpt_checkpoint(model.path):
@@ -59,22 +59,17 @@ def build_model(model: ModelConfig | dict[str, Any], vocab_size: int, seq_len: i
         m = build_model(model.model_copy(update={"path": None}), vocab_size, seq_len, seed)
         load_checkpoint(model.path, m, expect_signature=model_signature(m))
         return m
-    if model.path:
-        check_hf_checkpoint(model.path)
-        m = AutoModelForCausalLM.from_pretrained(model.path, use_safetensors=True, dtype=torch.float32)
-        if m.config.vocab_size != vocab_size:
-            raise CheckpointError(f"{model.path}: vocab_size {m.config.vocab_size} does not match the "
-                                  f"run's tokenizer ({vocab_size})")
-        return m
-    from workers.init import empty, materialize
-
-    return materialize(empty(family(model.family).config(model, vocab_size, seq_len)), seed, device or "cpu")
+    shell, weights = build_empty(model, vocab_size, seq_len)
+    if weights:
+        return AutoModelForCausalLM.from_pretrained(weights, config=shell.config, use_safetensors=True,
+                                                    dtype=torch.float32)
+    return materialize(shell, seed, device or "cpu")
 
 
 def build_empty(model: ModelConfig | dict[str, Any], vocab_size: int, seq_len: int):
     """The model with its parameters on the meta device, for FSDP to materialise unit by unit
-    (workers/init.py); `model.path` (an HF folder) gives its structure, its weights are loaded after
-    sharding (workers/init.py). Returns (model, the HF folder its weights come from, or None)."""
+    (workers/init.py); `model.path` (an HF folder, checked against the run's tokenizer) gives its
+    structure and its weights. Returns (model, the HF folder its weights come from, or None)."""
     from transformers import AutoConfig
 
     from workers.families import family
