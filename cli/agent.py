@@ -57,14 +57,22 @@ def train(out: Path = typer.Option(Path("agent.safetensors"), "--out", "-o", hel
           epochs: int = typer.Option(400, help="Full-batch epochs (value and policy; critic and actor)."),
           val_fraction: float = typer.Option(0.25, help="Share of trajectories held out to select the epoch."),
           exclude_run: list[str] = typer.Option(None, help="Runs whose transitions are left out."),
+          reward: str = typer.Option("losses", help="losses: balanced change of held-out losses (every "
+                                                    "transition has it); scores: balanced change of the "
+                                                    "downstream scores of evals with role source/target."),
+          metric: list[str] = typer.Option(None, help="With --reward scores: a task's score is the first of "
+                                                      "these metrics it reports (default: acc, exact_match)."),
           seed: int = typer.Option(0)) -> None:
     """Train the policy offline on the stored transitions; the best epoch on held-out trajectories is kept."""
     from cli.output import console
     from mixers.agent import FEATURE_VERSION, save_agent
     from mixers.agent_train import train_agent
     from orchestrator.explore import describe_runs
+    from store.errors import InputError
     from store.files import check_output
 
+    if reward not in ("losses", "scores"):
+        raise InputError(f"--reward: unknown {reward!r}; valid: losses, scores")
     check_output(out, "the agent file path")  # before the training, not after it
     store = state.store()
     stored = store.transitions(num_domains=domains, exclude_runs=exclude_run or None)
@@ -72,9 +80,15 @@ def train(out: Path = typer.Option(Path("agent.safetensors"), "--out", "-o", hel
     old = len(stored) - len(rows)
     if old:
         console().print(f"skipping {old} transitions of older feature versions (not {FEATURE_VERSION})")
+    if reward == "scores":
+        from mixers.agent_rewards import DEFAULT_METRICS, from_store
+
+        rows, dropped = from_store(store, rows, metric or DEFAULT_METRICS)
+        console().print(f"reward from downstream scores: {len(rows)} transitions; {dropped} left out (no source "
+                        f"or target score at their round and the round before)")
     nets, meta = train_agent(rows, method=method, beta=beta, gamma=gamma, epochs=epochs, seed=seed,
                              val_fraction=val_fraction, cql_alpha=cql_alpha,
-                             describe=describe_runs(store, sorted({t.run_id for t in rows})))
+                             describe={**describe_runs(store, sorted({t.run_id for t in rows})), "reward": reward})
     save_agent(nets, out, meta)
     console().print(f"wrote {out}: {method}, {meta['transitions']} transitions from {meta['trajectories']} "
                     f"trajectories (+{meta['val_trajectories']} held out), held-out score {meta['val_score']} "
@@ -109,6 +123,7 @@ def show(path: Path = typer.Argument(..., help="Agent file."),
                      f"global {meta['global_features']}"),
         ("held-out score", f"{meta['val_score']} (epoch {meta['best_epoch']} of {meta['epochs']}; "
                            f"corr. of policy log-density with held-out return)"),
+        ("reward", meta.get("reward", "losses")),
         ("network", f"hidden {meta['hidden']}, gamma {meta['gamma']}, seed {meta['seed']}"),
     ]
     for key, value in lines:

@@ -56,14 +56,14 @@ def evals(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False,
 
     store = state.store()
     store.get_run(run_id)  # an unknown run is exit 2 naming it
-    rows = [{"stage": e.stage_index, "round": e.round_index, "task": e.task, "metric": e.metric or None,
+    rows = [{"stage": e.stage_index, "round": e.round_index, "task": e.task, "role": e.role, "metric": e.metric or None,
              "value": e.value, "stderr": e.stderr, "samples": e.samples, "seconds": round(e.seconds, 2),
              "error": e.error} for e in results(store, run_id)]
     if as_json:
         print_json(rows)
         return
-    table(f"evaluations of {run_id}", ["round", "task", "metric", "value", "stderr", "samples", "s"],
-          [[f"{r['stage']}.{r['round']}", r["task"], r["metric"] or "failed",
+    table(f"evaluations of {run_id}", ["round", "task", "role", "metric", "value", "stderr", "samples", "s"],
+          [[f"{r['stage']}.{r['round']}", r["task"], r["role"], r["metric"] or "failed",
             f"{r['value']:.4f}" if r["value"] is not None else (r["error"] or "")[:80],
             f"{r['stderr']:.4f}" if r["stderr"] is not None else "-", r["samples"] or "-", r["seconds"]]
            for r in rows])

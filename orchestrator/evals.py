@@ -134,14 +134,16 @@ class Evals(RoundCallback):
         values = {}
         for name in job.names:
             scores = out["scores"].get(name, [])
-            stored.record(self.store, self.run_id, job.stage, job.round, name, scores, out["seconds"])
+            stored.record(self.store, self.run_id, job.stage, job.round, name, scores, out["seconds"],
+                          role=self.task_roles[name])
             self._keep(job.stage, job.round, name, scores)
             values.update({f"eval.{name}.{sc.metric.split(',')[0]}": sc.value for sc in scores})  # MLflow's names
         self.tracking.log_evals(job.stage, job.round, job.step, values)
 
     def _failed(self, stage: int, round_: int, names: tuple[str, ...], seconds: float, why: str) -> None:
         for name in names:
-            stored.record(self.store, self.run_id, stage, round_, name, [], seconds, error=why[:4000])
+            stored.record(self.store, self.run_id, stage, round_, name, [], seconds, error=why[:4000],
+                          role=self.task_roles[name])
         self.message(f"evaluation of round {stage}.{round_} failed ({why[:200]}); the run goes on")
 
     def run_ended(self, status: str) -> None:

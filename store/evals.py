@@ -1,4 +1,4 @@
-"""Downstream evaluation results in the run store (table `evals`, migration 0009).
+"""Downstream evaluation results in the run store (table `evals`, migrations 0009-0010).
 
 A round's evaluation of one task is recorded whole: every metric lm-evaluation-harness returned
 for it, or one row with the error, in one transaction that replaces what an earlier attempt
@@ -40,17 +40,19 @@ def score_key(task: str, metric: str) -> str:
 
 
 def record(store: RunStore, run_id: str, stage: int, round_: int, task: str, scores: list[Score],
-           seconds: float, error: str | None = None) -> None:
-    """A task's evaluation of round (stage, round_): its scores, or its error (scores empty)."""
+           seconds: float, error: str | None = None, role: str = "none") -> None:
+    """A task's evaluation of round (stage, round_): its scores, or its error (scores empty); `role`
+    is the spec entry's (source, target, none)."""
     def do() -> None:
         with store._tx() as s:
             s.execute(delete(Eval).where(Eval.run_id == run_id, Eval.stage_index == stage,
                                          Eval.round_index == round_, Eval.task == task))
             rows = [Eval(run_id=run_id, stage_index=stage, round_index=round_, task=task, metric=sc.metric,
-                         value=sc.value, stderr=sc.stderr, samples=sc.samples, seconds=seconds) for sc in scores]
+                         value=sc.value, stderr=sc.stderr, samples=sc.samples, seconds=seconds, role=role)
+                    for sc in scores]
             if error is not None or not rows:
                 rows = [Eval(run_id=run_id, stage_index=stage, round_index=round_, task=task, metric="",
-                             seconds=seconds, error=(error or "no metrics returned")[:4000])]
+                             seconds=seconds, error=(error or "no metrics returned")[:4000], role=role)]
             s.add_all(rows)
 
     store._retry(do)

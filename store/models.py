@@ -169,4 +169,6 @@ class Eval(Base):
     samples: Mapped[int | None] = mapped_column(Integer, nullable=True)
     seconds: Mapped[float] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    role: Mapped[str] = mapped_column(String(8), default="none", server_default="none")
+    """The spec entry's role: source (forgetting), target (gain) or none; the agent's score reward reads it."""
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

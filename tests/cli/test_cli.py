@@ -51,6 +51,7 @@ def test_bad_inputs_exit_2_with_one_message(tmp_path, synth):
         (("runs", "events", "no-such-run"), "no run 'no-such-run'"),
         (("agent", "show", tmp_path), "is a folder; give the agent file"),
         (("agent", "train", "-o", tmp_path), "is a directory; give the agent file path"),
+        (("agent", "train", "--reward", "accuracy"), "--reward: unknown 'accuracy'; valid: losses, scores"),
         (("tokenizer", "train", synth["raw"]["en"], "--out", tmp_path), "is a directory; give the tokenizer.json"),
         (("data", "list", tmp_path / "nowhere"), "folder does not exist"),
         (("data", "list", tmp_path / "bad.yaml"), "is a file, not a folder of domains"),

@@ -74,6 +74,7 @@ def test_scores_rise_are_lm_evals_own_survive_a_crashing_task_and_resume_fills_t
     assert acc[2] > acc[0] + 0.15 and acc[2] > 0.7, acc  # it learns which continuation is German
     failed = [r for r in rows if r["task"] == "cpt_broken"]
     assert len(failed) == 1 and failed[0]["round"] == 2 and failed[0]["value"] is None and failed[0]["error"]
+    assert {r["role"] for r in rows if r["task"] == TASK} == {"target"} and failed[0]["role"] == "none"
     shown = json.loads(cpt(home, "runs", "show", run_id, "--json").stdout)
     assert shown["status"] == "finished" and shown["evals"][f"{TASK} acc"]["final"] == acc[2]
 
