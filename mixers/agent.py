@@ -1,12 +1,17 @@
 """The Data Mixing Agent: a small policy mapping a run's mixing state to the next mixture.
 
-State (feature version 2): one row of `PER_DOMAIN` numbers per domain plus `GLOBAL` numbers. A
+State (feature version 3): one row of `PER_DOMAIN` numbers per domain plus `GLOBAL` numbers. A
 domain's row carries its *role* (1 = new in the stage, the target; 0 = replayed, a source), its
-last two weights, its validation loss relative to the stage start (log ratio) and a window of its
+last two weights, its validation loss relative to the stage start (log ratio), a window of its
 last `WINDOW` per-round relative loss changes (the trend; the paper's state likewise carries the
-feedback history). Nothing in the state is tied to a domain's name or a fixed number of domains:
-the networks (mixers/agent_nets.py) see a set of domain rows and pool them by role, so one agent
-mixes 2, 3 or 8 domains. Action: the next weights on the simplex. Reward: balanced improvement,
+feedback history) and its loss level: the log of its current loss over the mean current loss of
+all the stage's domains. Version 2 had no level, so at a stage's first round every new domain's
+row was identical and a policy could not tell a new language from new junk until a round had
+been spent on both; the level tells text the model already predicts well (near-duplicates of what
+it has seen) from text it cannot yet (a new field, or shuffled tokens) before any weight is spent.
+Nothing in the state is tied to a domain's name or a fixed number of domains: the networks
+(mixers/agent_nets.py) see a set of domain rows and pool them by role, so one agent mixes 2, 3
+or 18 domains. Action: the next weights on the simplex. Reward: balanced improvement,
 -1/2 (relative change of the target loss + relative change of the source loss).
 
 Training (mixers/agent_train.py) is offline, on stored transitions, with AWR or CQL and model
@@ -28,12 +33,13 @@ from mixers.base import Mixer, MixerConfig, Observation, RoundRecord, register
 from store.errors import CheckpointError
 from store.records import RoundResult
 
-FEATURE_VERSION = "2"
+FEATURE_VERSION = "3"
 WINDOW = 3
 """Per-round loss changes each domain row carries (most recent first)."""
-PER_DOMAIN = ("role", "weight", "prev_weight", "log_loss_ratio", *(f"delta_{i}" for i in range(1, WINDOW + 1)))
+PER_DOMAIN = ("role", "weight", "prev_weight", "log_loss_ratio", *(f"delta_{i}" for i in range(1, WINDOW + 1)),
+              "log_loss_level")
 GLOBAL = ("progress", "inv_domains")
-AGENT_FORMAT = "cpt-agent/2"
+AGENT_FORMAT = "cpt-agent/3"
 
 
 def state_features(obs: Observation) -> list[float]:
@@ -48,6 +54,8 @@ def state_features(obs: Observation) -> list[float]:
     # round of a long stage costs what an early one does)
     tail = stage[-(WINDOW + 1):]
     seq = ([start] if len(tail) == len(stage) else []) + [h.eval_losses for h in tail]
+    now = [v for v in (seq[-1].get(source_name(d)) for d in doms) if v]
+    mean_now = sum(now) / len(now) if now else None
     rows: list[float] = []
     for d in doms:
         vals = [x.get(source_name(d)) for x in seq]
@@ -59,12 +67,13 @@ def state_features(obs: Observation) -> list[float]:
             deltas.append(10.0 * (a - b) / b if a and b else 0.0)
         rows += [1.0 if d in obs.stage_domains else 0.0,
                  last.get(d, 0.0) if last else 1.0 / k, prev.get(d, 0.0) if prev else 1.0 / k,
-                 math.log(cur / first) if cur and first else 0.0, *deltas]
+                 math.log(cur / first) if cur and first else 0.0, *deltas,
+                 math.log(cur / mean_now) if cur and mean_now else 0.0]
     return [*rows, obs.progress, 1.0 / k]
 
 
 def split_state(state: list[float], k: int) -> tuple[list[list[float]], list[float]]:
-    """Flat state -> (K domain rows, global features); checks the length fits feature version 2."""
+    """Flat state -> (K domain rows, global features); checks the length fits the feature version."""
     f = len(PER_DOMAIN)
     if len(state) != k * f + len(GLOBAL):
         raise CheckpointError(f"state of {len(state)} numbers does not fit {k} domains x {f} + {len(GLOBAL)} "

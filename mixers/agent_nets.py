@@ -51,10 +51,16 @@ class MixingNets(nn.Module):
     def fit_normalisation(self, batches: list[Batch]) -> None:
         xs = torch.cat([b.x.reshape(-1, b.x.shape[-1]) for b in batches])
         gs = torch.cat([b.g for b in batches])
+        def spread(v: torch.Tensor) -> torch.Tensor:
+            # a feature (nearly) constant in training is centred, not scaled: dividing by its tiny
+            # spread would blow a different value at inference (another setting) up a thousandfold
+            std = v.std(0) if len(v) > 1 else torch.ones(v.shape[1])
+            return torch.where(std < 1e-3, torch.ones_like(std), std)
+
         self.x_mean.copy_(xs.mean(0))
-        self.x_std.copy_(xs.std(0).clamp_min(1e-3) if len(xs) > 1 else torch.ones_like(self.x_std))
+        self.x_std.copy_(spread(xs))
         self.g_mean.copy_(gs.mean(0))
-        self.g_std.copy_(gs.std(0).clamp_min(1e-3) if len(gs) > 1 else torch.ones_like(self.g_std))
+        self.g_std.copy_(spread(gs))
         self.x_mean[0], self.x_std[0] = 0.0, 1.0  # the role stays 0/1: pooling reads it
 
     def context(self, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,15 +30,18 @@ def _obs(history=(), r=0, start=None, stage=("de",), replay=("replay/en",)) -> O
 
 
 def test_features_by_hand_with_a_window_of_history():
-    assert state_features(_obs()) == [1, 0.5, 0.5, 0, 0, 0, 0, 0, 0.5, 0.5, 0, 0, 0, 0, 0.0, 0.5]
+    # the last number of a row is its loss level: log(its loss / the mean loss of the stage's domains)
+    assert state_features(_obs()) == pytest.approx([1, 0.5, 0.5, 0, 0, 0, 0, math.log(8 / 6),
+                                                    0, 0.5, 0.5, 0, 0, 0, 0, math.log(4 / 6), 0.0, 0.5])
     h1 = RoundRecord(1, 0, {"de": 0.8, "replay/en": 0.2}, {"de": 6.0, "en": 4.4})
     f = state_features(_obs([h1], r=1))
-    assert f == pytest.approx([1, 0.8, 0.8, math.log(0.75), -2.5, 0, 0,
-                               0, 0.2, 0.2, math.log(1.1), 1.0, 0, 0, 0.25, 0.5])
+    assert f == pytest.approx([1, 0.8, 0.8, math.log(0.75), -2.5, 0, 0, math.log(6 / 5.2),
+                               0, 0.2, 0.2, math.log(1.1), 1.0, 0, 0, math.log(4.4 / 5.2), 0.25, 0.5])
     h2 = RoundRecord(1, 1, {"de": 0.6, "replay/en": 0.4}, {"de": 5.4, "en": 4.4})
     rows, glob = split_state(state_features(_obs([h1, h2], r=2)), 2)
-    assert rows[0] == pytest.approx([1, 0.6, 0.8, math.log(5.4 / 8), -1.0, -2.5, 0])  # newest change first
-    assert rows[1][4:] == pytest.approx([0, 1.0, 0]) and glob == [0.5, 0.5]
+    # newest change first
+    assert rows[0] == pytest.approx([1, 0.6, 0.8, math.log(5.4 / 8), -1.0, -2.5, 0, math.log(5.4 / 4.9)])
+    assert rows[1][4:7] == pytest.approx([0, 1.0, 0]) and glob == [0.5, 0.5]
     # target improved 25%, source got 10% worse -> reward 0.5 * (0.25 - 0.10)
     assert balanced_reward({"de": 8.0, "en": 4.0}, {"de": 6.0, "en": 4.4}, ["de"], ["replay/en"]) == \
         pytest.approx(0.075)
@@ -54,11 +57,13 @@ def _synthetic(n_traj=24, ks=(2, 3), best=0.7, seed=0):
     out, f = [], len(PER_DOMAIN)
     for i in range(n_traj):
         k = ks[i % len(ks)]
-        rows = [[1.0 if j == 0 else 0.0, 1 / k, 1 / k, 0, 0, 0, 0] for j in range(k)]
+        mean = (8.0 + 4.0 * (k - 1)) / k  # the loss levels of _start(k): target 8, sources 4
+        rows = [[1.0 if j == 0 else 0.0, 1 / k, 1 / k, 0, 0, 0, 0, math.log((8.0 if j == 0 else 4.0) / mean)]
+                for j in range(k)]
         for r in range(3):
             a = rng.dirichlet([1.0] * k)
             state = [x for row in rows for x in row] + [r / 3, 1 / k]
-            rows = [[row[0], a[j], row[1], row[3] - 0.05, -0.5, row[4], row[5]] for j, row in enumerate(rows)]
+            rows = [[row[0], a[j], row[1], row[3] - 0.05, -0.5, row[4], row[5], row[7]] for j, row in enumerate(rows)]
             nxt = [x for row in rows for x in row] + [(r + 1) / 3, 1 / k]
             assert len(state) == k * f + len(GLOBAL)
             out.append(T(f"run{i}", 1, r, state, a.tolist(), -abs(a[0] - best), nxt, r == 2,
@@ -137,7 +142,7 @@ def test_agent_errors(tmp_path):
             train_agent([], **bad)
     nets, meta = train_agent(_synthetic(4), epochs=5)
     save_agent(nets, tmp_path / "old.safetensors", {**meta, "feature_version": "1", "format": "cpt-agent/1"})
-    with pytest.raises(CheckpointError, match="feature version 2 .*retrain"):
+    with pytest.raises(CheckpointError, match="feature version 3 .*retrain"):
         load_agent(tmp_path / "old.safetensors")
     assert not list(tmp_path.glob(".*.tmp"))
 

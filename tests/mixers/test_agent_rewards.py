@@ -6,7 +6,7 @@ from types import SimpleNamespace as NS
 import numpy as np
 import pytest
 
-from mixers.agent import GLOBAL, PER_DOMAIN, Agent, AgentConfig, save_agent
+from mixers.agent import FEATURE_VERSION, GLOBAL, PER_DOMAIN, Agent, AgentConfig, save_agent
 from mixers.agent_rewards import balanced_change, from_store, round_scores, score_rewards
 from mixers.agent_train import train_agent
 from mixers.base import Observation
@@ -66,18 +66,18 @@ def test_an_agent_trained_on_score_rewards_follows_the_scores_not_the_losses(tmp
         store.finish_round(first, round_result())
         evals.record(store, rid, 0, 0, "de", [Score("acc,none", 0.40, None, 100)], 1.0, role="target")
         evals.record(store, rid, 0, 0, "en", [Score("acc,none", 0.60, None, 100)], 1.0, role="source")
-        rows = [[1.0, 0.5, 0.5, 0, 0, 0, 0], [0.0, 0.5, 0.5, 0, 0, 0, 0]]
+        rows = [[1.0, 0.5, 0.5, 0, 0, 0, 0, 0], [0.0, 0.5, 0.5, 0, 0, 0, 0, 0]]
         de = 0.40
         for r in range(3):
             a = rng.dirichlet([1.0, 1.0])
             state = _k2_state(rows, r / 3)
-            rows = [[row[0], a[j], row[1], row[3] - 0.05, -0.5, row[4], row[5]] for j, row in enumerate(rows)]
+            rows = [[row[0], a[j], row[1], row[3] - 0.05, -0.5, row[4], row[5], 0.0] for j, row in enumerate(rows)]
             rid_round = store.plan_round(round_plan(rid, stage=1, rnd=r), {}, {})
             store.start_round(rid_round)
             store.finish_round(rid_round, round_result(), transition={
                 "num_domains": 2, "domains": ["de", "replay/en"], "state": state, "action": a.tolist(),
                 "reward": -abs(a[0] - 0.2), "next_state": _k2_state(rows, (r + 1) / 3), "done": r == 2,
-                "mixer": "dirichlet", "feature_version": "2"})
+                "mixer": "dirichlet", "feature_version": FEATURE_VERSION})
             de *= 1 + 0.2 * (1 - abs(a[0] - 0.8))
             evals.record(store, rid, 1, r, "de", [Score("acc,none", de, None, 100)], 1.0, role="target")
             evals.record(store, rid, 1, r, "en", [Score("acc,none", 0.60, None, 100)], 1.0, role="source")
@@ -93,4 +93,4 @@ def test_an_agent_trained_on_score_rewards_follows_the_scores_not_the_losses(tmp
         path = save_agent(nets, tmp_path / f"{name}.safetensors", meta)
         share[name] = Agent(AgentConfig(kind="agent", path=str(path))).propose(start)["de"]
     assert share["scores"] > 0.65 > 0.45 > share["losses"], share
-    assert len(PER_DOMAIN) == 7 and len(GLOBAL) == 2  # the hand-built states above assume feature version 2
+    assert len(PER_DOMAIN) == 8 and len(GLOBAL) == 2  # the hand-built states above assume feature version 3

@@ -82,7 +82,7 @@ def test_explore_train_and_run_the_agent(tmp_path, synth, ray_local):
     results = explore(store, home, parse_spec(yaml.safe_dump(spec)), n=2, concentration=0.5, parallel=2,
                       groups=GROUPS)
     assert sorted(results.values()) == ["finished", "finished"]
-    two = store.transitions(num_domains=2, feature_version="2")
+    two = store.transitions(num_domains=2, feature_version="3")
     assert len(two) == 4 and {t.mixer for t in two} == {"dirichlet"}
     assert len({tuple(t.action) for t in two}) == 4  # every round drew a different mixture
     # exploring again is resumable: the finished trajectories are kept, only the missing one runs
@@ -98,7 +98,7 @@ def test_explore_train_and_run_the_agent(tmp_path, synth, ray_local):
     shown = cpt(tmp_path, "agent", "show", str(agent))
     assert shown.returncode == 0, shown.stderr
     for text in ("cql (alpha 1.0)", "en->de x3", "3 training + 0 held out (6 + 0", "hidden_size=32",
-                 "version 2: per domain role,weight"):
+                 "version 3: per domain role,weight"):
         assert text in shown.stdout, (text, shown.stdout)
     spec["stages"][1]["mixer"] = {"kind": "agent", "path": str(agent)}
     spec["stages"][1]["replay"]["fraction"] = 0.0  # the agent sets the replay share itself
