@@ -52,16 +52,19 @@ def test_second_controller_refused_sigterm_interrupts_ctrl_c_cancels_and_resume_
         done = p.get("step", 0) - p.get("round_first", 0)
         return latest if latest.status == "running" and 0 < done <= p.get("round_steps", 0) // 2 else None
 
+    # the ranks (in sessions of their own, below the CLI's raylet) are the persistent group's: found
+    # before the wait, so they are stopped the moment the round is seen training (walking /proc
+    # under load once took long enough for the round to finish first)
+    everything = _descendants(proc.pid)
+    ranks = [pid for pid, cmd in everything.items() if cmd.startswith("ray::RayTrainWorker")]
+    assert ranks, everything
     deadline = time.time() + 60
     while (latest := training()) is None:
         assert time.time() < deadline, "no round seen training in the store"
         time.sleep(0.01)
-    everything = _descendants(proc.pid)  # the ranks run in sessions of their own, below the CLI's raylet
-    ranks = [pid for pid, cmd in everything.items() if cmd.startswith("ray::RayTrainWorker")]
-    assert ranks, everything
-    os.killpg(proc.pid, signal.SIGSTOP)
     for pid in ranks:
         os.kill(pid, signal.SIGSTOP)
+    os.killpg(proc.pid, signal.SIGSTOP)
     try:
         out = cpt(home, "runs", "resume", run_id, "--quiet")
         # meanwhile, any terminal sees where the running round stands (read from the store)
