@@ -81,17 +81,18 @@ def split_state(state: list[float], k: int) -> tuple[list[list[float]], list[flo
     return [state[i * f:(i + 1) * f] for i in range(k)], state[k * f:]
 
 
+def mean_relative_change(before: dict[str, float], after: dict[str, float], names: list[str]) -> float | None:
+    """Relative change of the mean over the `names` measured in both (None: none is, or that mean is not > 0)."""
+    names = [n for n in names if n in before and n in after]
+    b = sum(before[n] for n in names) / len(names) if names else 0.0
+    return (sum(after[n] for n in names) / len(names) - b) / b if b > 0 else None
+
+
 def balanced_reward(before: dict[str, float], after: dict[str, float], target: list[str],
                     source: list[str]) -> float:
     """-1/2 (relative change of mean target loss + relative change of mean source loss)."""
-    def rel(group: list[str]) -> float | None:
-        names = [source_name(d) for d in group if source_name(d) in before and source_name(d) in after]
-        if not names:
-            return None
-        b = sum(before[n] for n in names) / len(names)
-        return (sum(after[n] for n in names) / len(names) - b) / b
-
-    parts = [x for x in (rel(target), rel(source)) if x is not None]
+    parts = [x for group in (target, source)
+             if (x := mean_relative_change(before, after, [source_name(d) for d in group])) is not None]
     return -sum(parts) / len(parts) if parts else 0.0
 
 

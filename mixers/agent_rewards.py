@@ -16,8 +16,10 @@ previous round has no score of a role-carrying task is left out of training, and
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from mixers.agent import mean_relative_change
 
 ROLES = ("source", "target")
 DEFAULT_METRICS = ("acc", "exact_match")
@@ -36,18 +38,15 @@ class Step:
     reward: float
     next_state: list
     done: bool
-    domains: list
+    domains: list = field(default_factory=list)
 
 
 def balanced_change(before: dict[str, tuple[float, str]], after: dict[str, tuple[float, str]]) -> float | None:
     """Mean over roles of the relative change of the role's mean score ({task: (value, role)});
     None when no source or target task is scored in both."""
-    parts = []
-    for role in ROLES:
-        tasks = [t for t, (_, r) in after.items() if r == role and t in before]
-        b = sum(before[t][0] for t in tasks) / len(tasks) if tasks else 0.0
-        if tasks and b > 0:
-            parts.append((sum(after[t][0] for t in tasks) / len(tasks) - b) / b)
+    b, a = {t: v for t, (v, _) in before.items()}, {t: v for t, (v, _) in after.items()}
+    parts = [x for role in ROLES if (x := mean_relative_change(b, a, [t for t, (_, r) in after.items() if r == role]))
+             is not None]
     return sum(parts) / len(parts) if parts else None
 
 

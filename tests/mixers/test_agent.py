@@ -1,26 +1,13 @@
 import json
 import math
-from dataclasses import dataclass, field
 
 import pytest
 
 from mixers.agent import GLOBAL, PER_DOMAIN, balanced_reward, load_agent, save_agent, split_state, state_features
+from mixers.agent_rewards import Step as T
 from mixers.agent_train import train_agent, validation_score
 from mixers.base import Observation, RoundRecord, build_mixer
 from store.errors import CheckpointError, InputError
-
-
-@dataclass
-class T:
-    run_id: str
-    stage_index: int
-    round_index: int
-    state: list
-    action: list
-    reward: float
-    next_state: list
-    done: bool
-    domains: list = field(default_factory=list)
 
 
 def _obs(history=(), r=0, start=None, stage=("de",), replay=("replay/en",)) -> Observation:
