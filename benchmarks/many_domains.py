@@ -20,9 +20,7 @@ other targets and other domain counts: code (13 domains) and German technical (9
 
 from __future__ import annotations
 
-import gzip
 import random
-import re
 import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-FORTUNES = Path("/usr/share/games/fortunes")
-MAN_DE = Path("/usr/share/man/de")
-PYDOC = Path("/usr/share/doc/python3.11/html/_sources")
-PACKAGES = ["fortunes", "fortunes-de", "manpages-de", "python3.11-doc"]
+from corpus.builtin import FORTUNES, MAN_DE, PYDOC, fortune_docs, man_docs, pydoc_docs, stdlib_files
+
+SOURCES = ["prose-en", "prose-de", "tech-de", "tech-en"]
+"""The built-in domains whose Debian packages hold the text cut up here."""
 
 EN = {"en-lit": ["literature", "songs-poems", "love", "art", "goedel"],
       "en-wisdom": ["wisdom", "platitudes", "people", "education", "fortunes", "work"],
@@ -87,43 +85,10 @@ def training_space(k: int) -> Setting:
     return Setting(f"de-prose-12:{'+'.join(targets)}", targets, tuple(JUNK), tuple(rng.sample(BASE, len(BASE))))
 
 
-def _fortunes(folder: Path, names: list[str]) -> Iterator[str]:
-    for name in names:
-        path = folder / name
-        if path.is_file():
-            for doc in re.split(r"^%\s*$", path.read_text(encoding="utf-8", errors="replace"), flags=re.M):
-                if len(doc.strip()) > 20:
-                    yield doc.strip() + "\n"
-
-
-def _man(sections: list[str]) -> Iterator[str]:
-    from corpus.builtin import strip_roff
-
-    for sec in sections:
-        for path in sorted((MAN_DE / sec).glob("*.gz")):
-            try:
-                doc = strip_roff(gzip.decompress(path.read_bytes()).decode("utf-8", errors="replace")).strip()
-            except (OSError, EOFError):
-                continue
-            if len(doc) > 200:
-                yield doc + "\n"
-
-
-def _docs(parts: list[str]) -> Iterator[str]:
-    for part in parts:
-        for path in sorted((PYDOC / part).rglob("*.rst.txt")):
-            text = path.read_text(encoding="utf-8", errors="replace")
-            if len(text) > 200:
-                yield text
-
-
 def _stdlib(which: str) -> Iterator[str]:
     root = Path(sysconfig.get_paths()["stdlib"])
-    for path in sorted(root.rglob("*.py")):
-        parts = path.relative_to(root).parts
-        if {"site-packages", "test", "tests", "idlelib", "lib2to3"} & set(parts):
-            continue
-        top = parts[0].removesuffix(".py")
+    for path in stdlib_files():
+        top = path.relative_to(root).parts[0].removesuffix(".py")
         group = "py-net" if top in PY_NET else "py-core" if top in PY_CORE else "py-other"
         if group == which:
             try:
@@ -134,20 +99,19 @@ def _stdlib(which: str) -> Iterator[str]:
 
 def texts(name: str) -> Iterator[str]:
     """The documents of a clean domain, in a fixed order."""
-    if name in EN:
-        return _fortunes(FORTUNES, EN[name])
-    if name in DE:
-        return _fortunes(FORTUNES / "de", DE[name])
+    if name in EN or name in DE:
+        folder, files = (FORTUNES, EN[name]) if name in EN else (FORTUNES / "de", DE[name])
+        return fortune_docs(p for p in (folder / f for f in files) if p.is_file())
     if name in DOCS:
-        return _docs(DOCS[name])
+        return pydoc_docs([p for part in DOCS[name] for p in sorted((PYDOC / part).rglob("*.rst.txt"))])
     if name in MAN:
-        return _man(MAN[name])
+        return man_docs([p for sec in MAN[name] for p in sorted((MAN_DE / sec).glob("*.gz"))])
     return _stdlib(name)
 
 
 def build(root: Path, train_tokens: int, val_tokens: int, vocab_size: int = 1024) -> dict[str, dict[str, np.ndarray]]:
     """Tokenize every domain once (cached in `root`): {name: {"train": ids, "val": ids}} (uint16)."""
-    from corpus.builtin import install_packages
+    from corpus.builtin import install_packages, missing_packages
     from corpus.tokenizer import load_tokenizer, train_tokenizer
 
     root.mkdir(parents=True, exist_ok=True)
@@ -156,9 +120,7 @@ def build(root: Path, train_tokens: int, val_tokens: int, vocab_size: int = 1024
     if cache.exists():
         z = np.load(cache)
         return {n: {"train": z[f"{n}/train"], "val": z[f"{n}/val"]} for n in [*names, *JUNK]}
-    missing = [p for p, probe in zip(PACKAGES, (FORTUNES / "fortunes", FORTUNES / "de", MAN_DE / "man1", PYDOC),
-                                     strict=True) if not probe.exists()]
-    if missing:
+    if missing := missing_packages(SOURCES):
         install_packages(missing)
     docs = {n: [d for _, d in zip(range(20_000), texts(n), strict=False)] for n in names}
     for n, d in docs.items():

@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,12 +46,17 @@ def _fortune_files(folder: Path) -> list[Path]:
                   if p.is_file() and not p.is_symlink() and p.suffix not in (".dat", ".u8"))
 
 
-def _fortunes(folder: Path) -> Iterator[str]:
-    for path in _fortune_files(folder):
+def fortune_docs(files: Iterable[Path]) -> Iterator[str]:
+    """Fortune files -> their quotations, one document each."""
+    for path in files:
         text = path.read_text(encoding="utf-8", errors="replace")
         for doc in re.split(r"^%\s*$", text, flags=re.M):
             if len(doc.strip()) > 20:
                 yield doc.strip() + "\n"
+
+
+def _fortunes(folder: Path) -> Iterator[str]:
+    return fortune_docs(_fortune_files(folder))
 
 
 _ROFF_ESC = re.compile(r"\\f(\[[^\]]*\]|\(..|.)|\\[&/,:~|^%]|\\\*\(..|\\\*.|\\s[-+]?\d")
@@ -69,8 +74,9 @@ def strip_roff(text: str) -> str:
     return "\n".join(out)
 
 
-def _man_de() -> Iterator[str]:
-    for path in sorted(MAN_DE.glob("man*/*.gz")):
+def man_docs(files: Iterable[Path]) -> Iterator[str]:
+    """Gzipped manual pages -> their text without roff markup, one document each."""
+    for path in files:
         try:
             text = gzip.decompress(path.read_bytes()).decode("utf-8", errors="replace")
         except (OSError, EOFError):
@@ -80,19 +86,33 @@ def _man_de() -> Iterator[str]:
             yield doc + "\n"
 
 
-def _pydoc() -> Iterator[str]:
-    files = sorted(PYDOC.rglob("*.rst.txt"))
-    random.Random(0).shuffle(files)
+def _man_de() -> Iterator[str]:
+    return man_docs(sorted(MAN_DE.glob("man*/*.gz")))
+
+
+def pydoc_docs(files: Iterable[Path]) -> Iterator[str]:
+    """reStructuredText sources of the Python docs -> one document per page (short ones skipped)."""
     for path in files:
         text = path.read_text(encoding="utf-8", errors="replace")
         if len(text) > 200:
             yield text
 
 
-def _stdlib() -> Iterator[str]:
+def _pydoc() -> Iterator[str]:
+    files = sorted(PYDOC.rglob("*.rst.txt"))
+    random.Random(0).shuffle(files)
+    return pydoc_docs(files)
+
+
+def stdlib_files() -> list[Path]:
+    """The standard library's own modules, sorted (no tests, site-packages, IDLE or lib2to3)."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.rglob("*.py")
-                   if not {"site-packages", "test", "tests", "idlelib", "lib2to3"} & set(p.relative_to(root).parts))
+    return sorted(p for p in root.rglob("*.py")
+                  if not {"site-packages", "test", "tests", "idlelib", "lib2to3"} & set(p.relative_to(root).parts))
+
+
+def _stdlib() -> Iterator[str]:
+    files = stdlib_files()
     random.Random(0).shuffle(files)  # a spread over the stdlib, not just the modules starting with 'a'
     for path in files:
         try:
