@@ -12,6 +12,7 @@ contexts. Reported on GPUs with a known peak (bf16 dense); None on CPU.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from functools import partial
@@ -162,6 +163,9 @@ class RoundRunner:
         every = max(1, plan.log_every)
         clip = plan.optimizer.grad_clip or float("inf")  # inf: measure the norm, change nothing
         t_last, k_last = time.perf_counter(), -1
+        # fault injection for tests: slow every step so that a test can signal a round while it trains,
+        # however fast the machine (the store's live progress lags the ranks by up to a second)
+        step_delay = float(os.environ.get("CPT_STEP_DELAY_S") or 0)
         model.train()
         for k in range(steps):
             step = plan.stage_step_start + k
@@ -189,6 +193,8 @@ class RoundRunner:
             norms[k] = fabric.clip_gradients(model, opt, max_norm=clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
+            if step_delay:
+                time.sleep(step_delay)
             logged = k % every == every - 1 or k == steps - 1  # the same steps on every rank: a collective
             if not logged:
                 step_times.append(time.time())  # when the step was queued (a GPU may still be running it)
@@ -323,8 +329,6 @@ class RoundRunner:
 
     def _write(self, folder: str, state: dict, meta: dict[str, Any], seq: int) -> None:
         """An asynchronous save, on its own thread and process group; rank 0 reports the outcome."""
-        import os
-
         import ray
 
         # fault injection for tests: hold the write so that a test can kill the controller in the middle of it

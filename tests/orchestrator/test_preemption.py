@@ -39,7 +39,10 @@ def test_second_controller_refused_sigterm_interrupts_ctrl_c_cancels_and_resume_
     home = tmp_path / "b"
     spec = tmp_path / "run.yaml"
     spec.write_text(yaml.safe_dump(raw))
-    proc, store, run_id = cpt_until_round_runs(home, ["submit", str(spec), "--quiet"], finished=1)
+    # every step held 0.2 s (rounds of >= 6 s): the store's live progress lags the ranks by up to a
+    # second, so on a fast machine an unslowed round could end between the read and the stop below
+    proc, store, run_id = cpt_until_round_runs(home, ["submit", str(spec), "--quiet"], finished=1,
+                                               env={"CPT_STEP_DELAY_S": "0.2"})
 
     # a second controller of the live run is refused, naming the owner, and changes nothing
     # (the first is paused meanwhile so that it cannot finish first: its process, and so its lease, live on)
@@ -53,8 +56,7 @@ def test_second_controller_refused_sigterm_interrupts_ctrl_c_cancels_and_resume_
         return latest if latest.status == "running" and 0 < done <= p.get("round_steps", 0) // 2 else None
 
     # the ranks (in sessions of their own, below the CLI's raylet) are the persistent group's: found
-    # before the wait, so they are stopped the moment the round is seen training (walking /proc
-    # under load once took long enough for the round to finish first)
+    # before the wait, so they are stopped the moment the round is seen training
     everything = _descendants(proc.pid)
     ranks = [pid for pid, cmd in everything.items() if cmd.startswith("ray::RayTrainWorker")]
     assert ranks, everything
