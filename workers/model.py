@@ -115,10 +115,13 @@ def eval_losses(model, ids, logit_bytes: int = LOGIT_BYTES):
 
 def eval_losses_whole(model, ids, logit_bytes: int = LOGIT_BYTES):
     """`eval_losses` for a model that may only run whole (FSDP: its per-block units run inside the
-    root's forward, and the output layer's weight is gathered only there): for one call the output
-    layer's forward is the sliced loss against `ids`, so the model's forward returns per-sequence
-    losses where it would return [B, L, V] logits."""
+    root's forward, and the output layer's weight is gathered only there or in its own unit's): for
+    one call the output layer's forward is the sliced loss against `ids`, so the model's forward
+    returns per-sequence losses where it would return [B, L, V] logits."""
     head = model.get_output_embeddings()
+    # an output layer that is an FSDP unit of its own (untied): the layer inside, so that its weight
+    # is gathered once for the call, not once per slice
+    head = getattr(head, "_fsdp_wrapped_module", head)
     if head is None or not hasattr(head, "out_features") or any(
             getattr(model.config, k, None) for k in _SCALED_LOGITS):
         return token_losses(model, ids)
