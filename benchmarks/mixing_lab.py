@@ -70,6 +70,8 @@ class Lab:
     def train(self, model, opt, weights: dict[str, float], steps: int, lrs: list[float],
               rng: np.random.Generator) -> tuple[dict[str, float], dict[str, list[float | None]]]:
         """`steps` steps on batches drawn by `weights` -> (mean training loss per domain, per-step trace)."""
+        from workers.model import token_losses
+
         doms = list(weights)
         p = np.array([weights[d] for d in doms])
         sums = {d: 0.0 for d in doms}
@@ -85,9 +87,7 @@ class Lab:
             ids = torch.from_numpy(np.stack(rows))
             for g in opt.param_groups:
                 g["lr"] = lrs[step]
-            logits = model(input_ids=ids[:, :-1]).logits
-            per_row = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                                        reduction="none").view(BATCH, SEQ).mean(1)
+            per_row = token_losses(model, ids)  # cpt's training loss, op for op
             loss = per_row.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
