@@ -82,7 +82,10 @@ class MixerConfig(Config):
     wait_for_evals: bool = False
     """Before each round, wait for the previous round's downstream evaluations (spec `evals:`) so
     its scores are in the observation. Training waits too (the previous checkpoint is committed,
-    then evaluated); the wait is recorded as an event of the run."""
+    then evaluated); the wait is recorded as an event of the run. An evaluation that needs CPUs or
+    GPUs the worker group holds gets them: the group is stopped for the wait (an event) and the
+    next round starts a new one from the checkpoint; give `evals:` resources of their own beside
+    the group to keep it."""
 
 
 class Mixer:

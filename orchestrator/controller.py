@@ -142,7 +142,8 @@ class Controller:
                 for i in range(len(self.spec.stages)):
                     self._run_stage(i)
                 if self.evals.jobs:  # the run is finished when its last scores are recorded; the ranks'
-                    self._drop_group(kill=False)  # CPUs/GPUs go to the evaluations still waiting for them
+                    self._stop_group_for_evals()  # CPUs/GPUs go to the evaluations still waiting for them
+                    self._drop_group(kill=False)  # (a group kept for the next run keeps them: stopped if needed)
                     self.evals.poll(timeout=None)
         except LeaseLost:
             raise
@@ -271,11 +272,26 @@ class Controller:
         (which launches its evaluations), then they are waited for; the wait is an event."""
         t0 = time.perf_counter()
         self._drain()
+        if short := self._stop_group_for_evals():
+            self.store.add_event(self.run_id, f"an evaluation needs {short}: the worker group was stopped for "
+                                              f"the wait (give `evals:` resources beside it to keep it between rounds)")
         self.evals.poll(timeout=None)
         waited = time.perf_counter() - t0
         if waited > 0.5:
             self.store.add_event(self.run_id, f"waited {waited:.1f} s for the last round's evaluations (mixer "
                                               f"{mixer} reads their scores)")
+
+    def _stop_group_for_evals(self) -> str | None:
+        """Stop the worker group (never pooled) when an evaluation still to run needs CPUs or GPUs
+        that the group holds: waited for beside the ranks it would never start. Returns what it needs."""
+        if self.group is None or not self.evals.jobs:
+            return None
+        res = self.group.res
+        short = self.evals.starved({"CPU": res.workers * res.cpus_per_worker, "GPU": res.workers * res.gpus_per_worker})
+        if short:
+            group, self.group = self.group, None
+            group.stop()  # the next round starts a new one from the last commit
+        return short
 
     def _drain(self) -> None:
         """Wait until the pending round's checkpoint is durable and commit it (a stage's end)."""

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Job:
+    entry: int
+    """Which `evals:` entry it runs."""
     stage: int
     round: int
     attempt: int
@@ -105,7 +107,22 @@ class Evals(RoundCallback):
         except Exception as exc:  # an evaluation that cannot even start is recorded, like one that fails
             self._failed(stage, round_, names, 0.0, f"not started: {exc}")
             return
-        self.jobs[ref] = Job(stage, round_, attempt, step, names, time.monotonic())
+        self.jobs[ref] = Job(k, stage, round_, attempt, step, names, time.monotonic())
+
+    def starved(self, held: dict[str, float]) -> str | None:
+        """What an evaluation still to be recorded needs that the cluster cannot give beside `held`
+        (the worker group's CPUs and GPUs), e.g. "1 CPU (0 free beside the worker group)"; None
+        when every one fits. Such an evaluation runs only once the group is gone."""
+        import ray
+
+        total = ray.cluster_resources()
+        for job in self.jobs.values():
+            res = self.spec.evals[job.entry].resources
+            for key, need in (("CPU", res.cpus), ("GPU", res.gpus)):
+                room = total.get(key, 0.0) - held.get(key, 0.0)
+                if need > room + 1e-9:
+                    return f"{need:g} {key} ({max(room, 0):g} free beside the worker group)"
+        return None
 
     def poll(self, timeout: float | None = 0) -> None:
         """Record the evaluations that are done (all of them, waiting up to `timeout`; None: no limit)."""

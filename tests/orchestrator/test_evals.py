@@ -5,6 +5,7 @@ recorded and the run finishes; resume evaluates what is missing."""
 
 import json
 import signal
+import threading
 
 import pytest
 import yaml
@@ -92,9 +93,12 @@ def test_scores_rise_are_lm_evals_own_survive_a_crashing_task_and_resume_fills_t
 
 
 @pytest.mark.e2e
-def test_a_mixer_that_waits_for_evals_sees_the_last_rounds_scores(tmp_path, synth, ray_local):
+@pytest.mark.parametrize("starved", [False, True])
+def test_a_mixer_that_waits_for_evals_sees_the_last_rounds_scores(tmp_path, synth, ray_local, starved):
     """`wait_for_evals: true`: before each round the previous round is committed and evaluated, and
-    the mixer's observation carries its scores (with their roles); the wait is an event."""
+    the mixer's observation carries its scores (with their roles); the wait is an event. Where the
+    ranks hold what the evaluation needs (`starved`), the group is stopped for the wait (an event)
+    and the next round starts a new one; before, the run waited forever."""
     from conftest import GROUPS, recorded_run, tiny_spec
     from mixers.base import Mixer, MixerConfig, Observation, register
     from orchestrator.controller import Controller
@@ -121,11 +125,20 @@ def test_a_mixer_that_waits_for_evals_sees_the_last_rounds_scores(tmp_path, synt
 
     GROUPS.close()  # pooled groups of earlier tests hold the CPU the evaluations need
     spec = tiny_spec(synth, evals=[{"task": str(mc_task(tmp_path / "task", WORDS, n=40)), "role": "target"}])
+    # the rank holds both of the cluster's CPUs: beside it the evaluation (1 CPU) would never start
+    spec["resources"] = {"cpus": 2} if starved else spec["resources"]
     spec["stages"] = [{"name": "de", "domains": ["de"], "tokens": 32 * 4 * 6, "rounds": 2,
                        "mixer": {"kind": "score_seer", "wait_for_evals": True},
                        "schedule": {"kind": "cosine", "peak_lr": 3e-3, "min_lr": 3e-4, "warmup": 0.1}}]
     home, store, run_id = recorded_run(tmp_path / "home", spec)
-    assert Controller(store, home, run_id, tracking=False, groups=GROUPS).run() == "finished"
+    ended: list[str] = []
+    ctl = threading.Thread(target=lambda: ended.append(Controller(store, home, run_id, tracking=False,
+                                                                  groups=GROUPS).run()), daemon=True)
+    ctl.start()
+    ctl.join(240)
+    assert ended == ["finished"], "the run did not finish: waiting for an evaluation that cannot start?"
+    stopped = [e.message for e in store.events(run_id) if e.message and "worker group was stopped" in e.message]
+    assert len(stopped) == starved and all("1 CPU (0 free beside the worker group)" in m for m in stopped)
     seen = store.rounds(run_id, status="finished")[-1].mixer_state["seen"]
     assert [s["round"] for s in seen] == [0, 1]
     assert seen[0]["scores"] == {}  # nothing evaluated before round 0
