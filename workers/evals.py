@@ -1,8 +1,9 @@
 """One downstream evaluation of a round checkpoint with lm-evaluation-harness, in a Ray task.
 
-The checkpoint is exported as a Hugging Face folder (workers/export.py: what `cpt export` writes,
-so the scores are the ones `lm_eval --model hf --model_args pretrained=EXPORT` gives for it) and
-evaluated by `lm_eval.simple_evaluate` on the task's device. A task folder (local YAML and data)
+The checkpoint is loaded as the Hugging Face model `cpt export` would write (workers/export.py:
+load_hf, in memory: nothing is written), so the scores are the ones `lm_eval --model hf
+--model_args pretrained=EXPORT` gives for an export of it, and evaluated by
+`lm_eval.simple_evaluate` (lm-eval's HF model around it) on the task's device. A task folder (local YAML and data)
 is added to lm-eval's task index; datasets are read offline (`HF_DATASETS_OFFLINE=1`) unless the
 task is a Hub name.
 """
@@ -10,7 +11,6 @@ task is a Hub name.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,8 @@ def evaluate(checkpoint: str, tokenizer: str, task: str, limit: int | None, num_
     """Scores of every lm-eval task `task` names on the checkpoint: {task: [Score...]}, seconds."""
     import torch
 
-    from workers.export import export_hf
+    from corpus import fs
+    from workers.export import load_hf
 
     t0 = time.perf_counter()
     # the ranks are the workload: on a node they share, an evaluation takes only the CPU they leave
@@ -69,15 +70,17 @@ def evaluate(checkpoint: str, tokenizer: str, task: str, limit: int | None, num_
 
     os.environ.setdefault("HF_DATASETS_CACHE", str(cache_root() / "hf-datasets"))  # not ~/.cache
     import lm_eval
+    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    with tempfile.TemporaryDirectory(prefix="cpt-eval-") as tmp:
-        folder = export_hf(checkpoint, Path(tmp) / "model", tokenizer)
-        device = "cuda" if gpus and torch.cuda.is_available() else "cpu"
-        names = task_names(task)
-        out = lm_eval.simple_evaluate(
-            model="hf", model_args={"pretrained": str(folder), "dtype": "float32", "device": device},
-            tasks=names, num_fewshot=num_fewshot, limit=limit, batch_size=8, log_samples=False,
-            task_manager=TaskManager(include_path=task) if local else TaskManager(), random_seed=seed,
-            numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+    # a checkpoint URI (checkpoints.uri) is read through a local cached copy
+    local_ckpt = fs.local_copy(checkpoint) if fs.is_remote(checkpoint) else Path(checkpoint)
+    model, tok = load_hf(local_ckpt, tokenizer)
+    device = "cuda" if gpus and torch.cuda.is_available() else "cpu"
+    names = task_names(task)
+    out = lm_eval.simple_evaluate(
+        model=HFLM(pretrained=model.to(device), tokenizer=tok, batch_size=8), tasks=names,
+        num_fewshot=num_fewshot, limit=limit, log_samples=False,
+        task_manager=TaskManager(include_path=task) if local else TaskManager(), random_seed=seed,
+        numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
     return {"scores": {name: scores_of(out, name) for name in names}, "seconds": time.perf_counter() - t0}

@@ -40,24 +40,11 @@ def export_hf(checkpoint: str | Path, out: str | Path, tokenizer_json: str | Pat
     # a checkpoint URI (checkpoints.uri) is read through a local cached copy
     checkpoint = fs.local_copy(str(checkpoint)) if fs.is_remote(checkpoint) else Path(checkpoint)
     meta = read_meta(checkpoint)
-    config = dict(meta.get("model_config") or {})
-    if not config.get("model_type"):
-        raise CheckpointError(f"{checkpoint}: the checkpoint records no model config (written by an older cpt); "
-                              f"re-run the round to export it")
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    cfg = AutoConfig.for_model(config.pop("model_type"), **config)
-    with torch.random.fork_rng(devices=[]):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    load_checkpoint(checkpoint, model)
     # the continued model's own tokenizer files when it had a complete set, else the run's tokenizer
     own = []
     if model_path and (Path(model_path) / "tokenizer_config.json").is_file():
         own = [Path(model_path) / f for f in TOKENIZER_FILES if (Path(model_path) / f).is_file()]
-    tokenizer = None if own else _run_tokenizer(tokenizer_json)
-    if tokenizer is not None:
-        _declare_special_tokens(model, tokenizer)
+    model, tokenizer = load_hf(checkpoint, None if own else tokenizer_json, meta)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
@@ -76,6 +63,28 @@ def export_hf(checkpoint: str | Path, out: str | Path, tokenizer_json: str | Pat
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def load_hf(checkpoint: Path, tokenizer_json: str | Path | None, meta: dict | None = None):
+    """A local round checkpoint (either format) as the transformers causal LM an export holds, in
+    memory, and the run's tokenizer as an export declares it (None for None): what evaluations score
+    without writing and reading the weights back (at 8B, 32 GB a round in fp32)."""
+    meta = read_meta(checkpoint) if meta is None else meta
+    config = dict(meta.get("model_config") or {})
+    if not config.get("model_type"):
+        raise CheckpointError(f"{checkpoint}: the checkpoint records no model config (written by an older cpt); "
+                              f"re-run the round to export it")
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(config.pop("model_type"), **config)
+    with torch.random.fork_rng(devices=[]):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    load_checkpoint(checkpoint, model)
+    tokenizer = None if tokenizer_json is None else _run_tokenizer(tokenizer_json)
+    if tokenizer is not None:
+        _declare_special_tokens(model, tokenizer)
+    return model.eval(), tokenizer
 
 
 def _run_tokenizer(tokenizer_json: str | Path):
