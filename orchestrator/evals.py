@@ -1,8 +1,10 @@
 """Downstream evaluations of committed rounds, beside training.
 
 After each commit (or each stage's last), every `evals:` entry of the spec becomes a Ray task
-with its own resources (workers/evals.py: export, then lm-evaluation-harness); the controller
-never waits for one between rounds. At each round boundary the finished ones are recorded
+with its own resources (workers/evals.py: the checkpoint as its export's model, in memory, then
+lm-evaluation-harness); the controller never waits for one between rounds (a mixer that reads
+scores does, and stops the worker group first when it holds what an evaluation needs:
+`starved`). At each round boundary the finished ones are recorded
 (store/evals.py, MLflow `eval.<task>.<metric>` at the round's last step); an evaluation that
 raises is recorded with its error and the run goes on. A checkpoint with an evaluation in flight
 is kept by retention until the evaluation is done. On resume, committed rounds whose checkpoint

@@ -1,11 +1,11 @@
 """One downstream evaluation of a round checkpoint with lm-evaluation-harness, in a Ray task.
 
 The checkpoint is loaded as the Hugging Face model `cpt export` would write (workers/export.py:
-load_hf, in memory: nothing is written), so the scores are the ones `lm_eval --model hf
---model_args pretrained=EXPORT` gives for an export of it, and evaluated by
-`lm_eval.simple_evaluate` (lm-eval's HF model around it) on the task's device. A task folder (local YAML and data)
-is added to lm-eval's task index; datasets are read offline (`HF_DATASETS_OFFLINE=1`) unless the
-task is a Hub name.
+load_hf, in memory: nothing is written) and evaluated by `lm_eval.simple_evaluate` through
+lm-eval's HF model on the task's device, so the scores are the ones `lm_eval --model hf
+--model_args pretrained=EXPORT` gives for an export of it. A task folder (local YAML and data) is
+added to lm-eval's task index; datasets are read offline (`HF_DATASETS_OFFLINE=1`) unless the task
+is a Hub name.
 """
 
 from __future__ import annotations
