@@ -75,6 +75,28 @@ def cpt_until_round_runs(home: Path, args: list[str], finished: int, timeout: fl
     raise AssertionError("the round never started")
 
 
+def pause_outside_writes(db: Path, stop, resume, tries: int = 200) -> None:
+    """Call `stop` (SIGSTOP a controller) at a moment it holds no write lock on the SQLite store `db`:
+    a process frozen inside a write transaction blocks every other writer until it runs again
+    (SQLite's lock has no holder timeout), which would fail the test's next command for a reason
+    that is not the one it tests. Probed with BEGIN IMMEDIATE (WAL: only writers exclude writers)."""
+    import sqlite3
+
+    for _ in range(tries):
+        stop()
+        con = sqlite3.connect(db, timeout=0.2, isolation_level=None)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:  # stopped mid-write: let it finish, try again
+            resume()
+            time.sleep(0.02)
+        finally:
+            con.close()
+    raise AssertionError(f"{db}: always write-locked when the controller was paused")
+
+
 def round_plan(run_id: str, stage=0, rnd=0, attempt=1):
     """A small valid RoundPlan (store tests, retention tests)."""
     from store.records import RoundPlan

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import long_spec
-from tests_helpers import children, cli_env, cpt, cpt_until_round_runs, final_losses
+from tests_helpers import children, cli_env, cpt, cpt_until_round_runs, final_losses, pause_outside_writes
 
 pytestmark = pytest.mark.e2e
 
@@ -66,7 +66,8 @@ def test_second_controller_refused_sigterm_interrupts_ctrl_c_cancels_and_resume_
         time.sleep(0.01)
     for pid in ranks:
         os.kill(pid, signal.SIGSTOP)
-    os.killpg(proc.pid, signal.SIGSTOP)
+    pause_outside_writes(home / "store.db", lambda: os.killpg(proc.pid, signal.SIGSTOP),
+                         lambda: os.killpg(proc.pid, signal.SIGCONT))
     try:
         out = cpt(home, "runs", "resume", run_id, "--quiet")
         # meanwhile, any terminal sees where the running round stands (read from the store)
@@ -133,7 +134,9 @@ def test_a_controller_paused_past_its_lease_writes_nothing_after_the_take_over(t
     first, store, run_id = cpt_until_round_runs(home, ["submit", str(spec), "--quiet"], finished=1,
                                                 env={**ttl, "CPT_LEASE_HEARTBEAT_S": "3600"})
     owner = store.get_run(run_id).lease_owner
-    os.kill(first.pid, signal.SIGSTOP)  # the controller only: its ranks train on and finish the round
+    # the controller only: its ranks train on and finish the round
+    pause_outside_writes(home / "store.db", lambda: os.kill(first.pid, signal.SIGSTOP),
+                         lambda: os.kill(first.pid, signal.SIGCONT))
     try:
         time.sleep(4)
         second = subprocess.Popen([sys.executable, "-m", "cli.main", "runs", "resume", run_id, "--quiet"],
