@@ -34,7 +34,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _local(folder: str | Path) -> Path:
+def local_folder(folder: str | Path) -> Path:
     """A local folder to read a checkpoint from: the folder itself, or a cached copy of a URI."""
     from corpus import fs
 
@@ -142,7 +142,7 @@ def _unwrap(model, optimizer):
 
 
 def read_meta(folder: str | Path, expect_signature: str | None = None) -> dict:
-    folder = _local(folder)
+    folder = local_folder(folder)
     try:
         meta = json.loads((folder / META_FILE).read_text())
     except FileNotFoundError:
@@ -160,7 +160,7 @@ def read_checkpoint(folder: str | Path, expect_signature: str | None, with_optim
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    folder = _local(folder)
+    folder = local_folder(folder)
     meta = read_meta(folder, expect_signature)
     try:
         state = load_file(str(folder / MODEL_FILE))
@@ -180,7 +180,7 @@ def is_sharded(meta: dict) -> bool:
 
 def load_checkpoint(folder: str | Path, model, expect_signature: str | None = None) -> dict:
     """Load weights from a checkpoint folder (either format) into a plain `model`; returns its metadata."""
-    folder = _local(folder)
+    folder = local_folder(folder)
     meta = read_meta(folder, expect_signature)
     if is_sharded(meta):
         from workers.sharded import load_weights

@@ -54,7 +54,7 @@ def evaluate(checkpoint: str, tokenizer: str, task: str, limit: int | None, num_
     """Scores of every lm-eval task `task` names on the checkpoint: {task: [Score...]}, seconds."""
     import torch
 
-    from corpus import fs
+    from workers.checkpoint import local_folder
     from workers.export import load_hf
 
     t0 = time.perf_counter()
@@ -73,9 +73,7 @@ def evaluate(checkpoint: str, tokenizer: str, task: str, limit: int | None, num_
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    # a checkpoint URI (checkpoints.uri) is read through a local cached copy
-    local_ckpt = fs.local_copy(checkpoint) if fs.is_remote(checkpoint) else Path(checkpoint)
-    model, tok = load_hf(local_ckpt, tokenizer)
+    model, tok = load_hf(local_folder(checkpoint), tokenizer)  # a checkpoint URI: a local cached copy
     device = "cuda" if gpus and torch.cuda.is_available() else "cpu"
     names = task_names(task)
     out = lm_eval.simple_evaluate(

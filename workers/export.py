@@ -19,7 +19,7 @@ from pathlib import Path
 
 from store.errors import CheckpointError, InputError
 from store.files import check_replaceable
-from workers.checkpoint import load_checkpoint, read_meta
+from workers.checkpoint import load_checkpoint, local_folder, read_meta
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                    "tokenizer.model")
@@ -27,8 +27,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def export_hf(checkpoint: str | Path, out: str | Path, tokenizer_json: str | Path, model_path: str | None = None,
               overwrite: bool = False, extra: dict | None = None, max_shard_size: str = "5GB") -> Path:
-    from corpus import fs
-
     # what can be refused is refused before torch and transformers load (seconds of imports)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -38,7 +36,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, tokenizer_json: str | Pat
     if out.exists() and overwrite:
         check_replaceable(out, "cpt_export.json", "an export")
     # a checkpoint URI (checkpoints.uri) is read through a local cached copy
-    checkpoint = fs.local_copy(str(checkpoint)) if fs.is_remote(checkpoint) else Path(checkpoint)
+    checkpoint = local_folder(checkpoint)
     meta = read_meta(checkpoint)
     # the continued model's own tokenizer files when it had a complete set, else the run's tokenizer
     own = []

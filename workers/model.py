@@ -88,14 +88,17 @@ def build_empty(model: ModelConfig | dict[str, Any], vocab_size: int, seq_len: i
 
 def token_losses(model, ids):
     """Mean next-token loss of each sequence in a [B, L+1] batch -> [B] (training: full logits)."""
+    return _position_losses(model(input_ids=ids[:, :-1]).logits.float(), ids[:, 1:]).mean(dim=1)
+
+
+def _position_losses(logits, targets):
+    """Cross-entropy of [B, L, V] logits against [B, L] targets -> [B, L]. Taken over rows of V, not
+    [B, V, L]: the last dimension of contiguous rows is the fast kernel (benchmarks/loss_layout.py:
+    1.2-2.0x a CPU training step)."""
     import torch.nn.functional as F
 
-    logits = model(input_ids=ids[:, :-1]).logits
     rows, length, vocab = logits.shape
-    # rows of V, not [B, V, L]: cross-entropy over the last dimension of contiguous rows is the fast
-    # kernel (benchmarks/loss_layout.py: 1.2-2.0x a CPU training step)
-    loss = F.cross_entropy(logits.float().reshape(-1, vocab), ids[:, 1:].reshape(-1), reduction="none")
-    return loss.view(rows, length).mean(dim=1)
+    return F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1), reduction="none").view(rows, length)
 
 
 LOGIT_BYTES = 64 * 1024**2
@@ -140,16 +143,12 @@ def _sliced_loss(hidden, head, ids, logit_bytes: int, vocab: int | None = None):
     """Mean next-token loss per sequence from the last hidden states [B, L, H], the output layer
     applied a slice of positions at a time."""
     import torch
-    import torch.nn.functional as F
 
     rows, length = hidden.shape[:2]
     step = max(1, logit_bytes // (4 * (vocab or head.weight.shape[0]) * rows))
     total = torch.zeros(rows, dtype=torch.float64, device=hidden.device)
     for s in range(0, length, step):
-        logits = head(hidden[:, s:s + step]).float()
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1 + s:1 + s + step].reshape(-1),
-                               reduction="none")
-        total += loss.view(rows, -1).sum(1)
+        total += _position_losses(head(hidden[:, s:s + step]).float(), ids[:, 1 + s:1 + s + step]).sum(1)
     return (total / length).float()
 
 

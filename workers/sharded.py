@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from store.errors import CheckpointError, TrainingError
-from workers.checkpoint import META_FILE, _fsync_dir, _local, _unwrap
+from workers.checkpoint import META_FILE, _fsync_dir, _unwrap, local_folder
 
 FORMAT = "cpt-dcp/1"
 
@@ -223,7 +223,7 @@ def _load(state: dict, folder: str | Path, **kw) -> None:
     from workers.dcp_io import Reader
 
     try:
-        dcp.load(state, storage_reader=Reader(_local(folder)), **kw)
+        dcp.load(state, storage_reader=Reader(local_folder(folder)), **kw)
     except CheckpointError:
         raise
     except (Exception, dcp.CheckpointException) as exc:
